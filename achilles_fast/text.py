@@ -48,8 +48,9 @@ def tokenize(tokenizer, text: Optional[str], max_tokens: int = 512, what: str = 
 
 
 def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, bos_id: Optional[int] = None):
-    """Split a long token stream [N] into non-overlapping windows [W, window] (optionally BOS-prefixed)."""
-    body = window - (1 if bos_id is not None else 0)
+    """Split a token stream [N] into non-overlapping windows of ``window`` tokens -> [W, window] ([W, window+1] when
+    prefixed with ``bos_id``)."""
+    body = window
     n = ids.numel() // body
     if max_windows is not None:
         n = min(n, max_windows)
