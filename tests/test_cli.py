@@ -1,0 +1,64 @@
+"""The achilles-fast CLI as a user runs it (subprocesses), on the real stories260K model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from achilles_fast.loading import ModelNotFoundError, resolve
+
+from conftest import STORIES, smollm2_available
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "achilles_fast.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_find_then_mask_roundtrip(shared_dir, tmp_path):
+    out = tmp_path / "r.json"
+    p = cli("find", STORIES, "--k", 6, "--epsilon", 0.3, "--out", out, "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "critical" in p.stdout and "log10 PPL ratio" in p.stdout
+    res = json.loads(out.read_text())
+    assert res["converged"] and res["n_critical"] == len(res["neurons"]) > 0
+    assert res["params"]["k"] == 6 and res["params"]["epsilon"] == 0.3
+    m = cli("mask", STORIES, "--neurons", out, "--out", tmp_path / "m.json")
+    assert m.returncode == 0, m.stderr
+    ev = json.loads((tmp_path / "m.json").read_text())
+    assert ev["log10_ratio"] == pytest.approx(res["log10_ratio"], abs=1e-4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["find", STORIES, "--k", "0"], "k (number of noisy samples)"),
+    (["find", STORIES, "--alpha", "-1"], "alpha"),
+    (["find", STORIES, "--epsilon", "0"], "epsilon"),
+    (["find", STORIES, "--text", ""], "empty"),
+    (["find", "/nonexistent/model"], "not found"),
+    (["mask", STORIES, "--neurons", "model.layers.0.mlp.down_proj:9999"], "out of range"),
+    (["mask", STORIES, "--neurons", "model.layers.42.mlp.down_proj:1"], "no scannable module"),
+    (["mask", STORIES, "--neurons", "garbage"], "bad neuron name"),
+])
+def test_bad_input_clear_error(shared_dir, args, needle):
+    p = cli(*args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_choice_rejected_by_parser():
+    p = cli("find", "x", "--scope", "everything")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_resolve_specs(shared_dir, tmp_path):
+    assert resolve(str(STORIES)) == ("hf", STORIES)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve(str(tmp_path / "m.gguf")) == ("gguf", tmp_path / "m.gguf")
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        resolve("some-org/some-hub-model")
+    if smollm2_available():
+        kind, path = resolve("smollm2-135m")
+        assert kind == "gguf" and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
