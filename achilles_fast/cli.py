@@ -12,6 +12,7 @@ from . import __version__
 COMMANDS = [
     "achilles_fast.commands.find",
     "achilles_fast.commands.mask",
+    "achilles_fast.commands.sweep",
 ]
 
 

@@ -1,0 +1,266 @@
+"""Baseline rankers (the paper's comparisons), each searched by the same Stage 2 driver as ``find_critical``.
+
+- ``random``: a seeded random permutation of all channels.
+- ``activation``: mean |activation| of each output channel over the text.
+- ``gradient``: mean |d loss / d activation| over the text.
+- ``taylor``: |sum_t activation * gradient|, the first-order estimate of the loss change when the channel is
+  zeroed (activation x gradient attribution).
+- ``superweight``: the super-weight heuristic (Yu et al. 2024) on the MLP down projections: in each layer the
+  input channel j* with the largest |input| spike, and output channel i scored by max_t |x_t,j*| * |W[i, j*]|,
+  the spike routed through candidate super weight W[i, j*] into output i.
+
+Gradients are taken with respect to activations only: parameters have ``requires_grad`` switched off for the
+pass and restored afterwards; weights and ``.grad`` are never touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .greedy import greedy_search
+from .masking import BatchedMask, WeightMask
+from .neurons import Neuron, NeuronIndex
+from .perplexity import NLLEvaluator, log10_ratio
+from .ranking import rank_channels
+from .registry import discover_targets
+from .result import CriticalNeuron, CriticalResult, versions
+from .targets import Target
+from .text import tokenize
+
+METHODS = ("random", "activation", "gradient", "taylor", "superweight")
+
+
+def _find_params() -> set:
+    """find_critical's keyword parameters: a baseline accepts (and ignores) those it has no use for."""
+    import inspect
+
+    from .api import find_critical
+    return set(inspect.signature(find_critical).parameters)
+
+
+def _targets(model: nn.Module, scope: str, discover: bool = False) -> List[Target]:
+    return discover_targets(model, scope, allow_discovery=True) if discover else discover_targets(model, scope)
+
+
+@contextlib.contextmanager
+def _no_param_grads(model: nn.Module):
+    """Switch off requires_grad on every parameter; restore the exact flags afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def _abs_stats(model, targets: Sequence[Target], ids: torch.Tensor, want_input: bool = False):
+    """Per target: mean |y| over tokens [C]; with want_input, also max |x| over tokens of the module input."""
+    mean_abs: Dict[str, torch.Tensor] = {}
+    in_max: Dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def make(t: Target):
+        def hook(module, args, out):
+            y = t.output(out).detach().float()
+            mean_abs[t.name] = y.abs().reshape(-1, y.shape[-1]).mean(0).cpu()
+            if want_input:
+                x = args[0].detach().float()
+                in_max[t.name] = x.abs().reshape(-1, x.shape[-1]).amax(0).cpu()
+        return hook
+
+    try:
+        for t in targets:
+            hooks.append(t.module.register_forward_hook(make(t)))
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return mean_abs, in_max
+
+
+def _grad_stats(model, targets: Sequence[Target], ids: torch.Tensor):
+    """Per target: (activations y [N, C], d mean-NLL / d y [N, C]) over the N tokens of the text."""
+    ys: Dict[str, torch.Tensor] = {}
+    zs: Dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def make(t: Target):
+        def hook(module, args, out):
+            y = t.output(out)
+            z = torch.zeros_like(y, requires_grad=True)  # d loss / d z == d loss / d y
+            ys[t.name], zs[t.name] = y.detach(), z
+            return t.with_output(out, y + z)
+        return hook
+
+    try:
+        for t in targets:
+            hooks.append(t.module.register_forward_hook(make(t)))
+        with _no_param_grads(model), torch.enable_grad():
+            logits = model(input_ids=ids, use_cache=False).logits
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            grads = torch.autograd.grad(loss, [zs[t.name] for t in targets], allow_unused=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for t, g in zip(targets, grads):
+        y = ys[t.name].float()
+        g = torch.zeros_like(y) if g is None else g.float()
+        out[t.name] = (y.reshape(-1, y.shape[-1]).cpu(), g.reshape(-1, g.shape[-1]).cpu())
+    return out
+
+
+def _superweight_scores(targets: Sequence[Target], in_max: Dict[str, torch.Tensor], down: set) -> List[torch.Tensor]:
+    """Down projections only (``down``: their names); other targets score 0."""
+    scores = []
+    for t in targets:
+        dim = t.weight_dim
+        if t.name not in down:
+            scores.append(torch.zeros(t.num_channels))
+            continue
+        if dim is None or not hasattr(t.module, "weight"):
+            raise ValueError(f"superweight baseline: {t.name} has no weight matrix layout ({t.layout})")
+        x = in_max[t.name]
+        j = int(torch.argmax(x))
+        w = t.module.weight.detach()
+        col = (w[:, j] if dim == 0 else w[j, :]).float().abs().cpu()
+        scores.append(col * x[j])
+    return scores
+
+
+def channel_scores(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, method: str,
+                   seed: int = 0) -> List[torch.Tensor]:
+    """One score per output channel of every target ([C_m] each), higher = masked first."""
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}: expected one of {', '.join(METHODS)}")
+    dev = model.get_input_embeddings().weight.device
+    ids2 = (ids if ids.dim() == 2 else ids.unsqueeze(0)).to(dev)
+    if method == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        total = sum(t.num_channels for t in targets)
+        flat = torch.rand(total, generator=g)
+        return list(torch.split(flat, [t.num_channels for t in targets]))
+    if method in ("activation", "superweight"):
+        mean_abs, in_max = _abs_stats(model, targets, ids2, want_input=method == "superweight")
+        if method == "activation":
+            return [mean_abs[t.name] for t in targets]
+        try:
+            down = {t.name for t in _targets(model, "down_proj")}
+        except ValueError:  # unregistered family: the caller opted into discovery to get here
+            down = {t.name for t in _targets(model, "down_proj", discover=True)}
+        return _superweight_scores(targets, in_max, down)
+    stats = _grad_stats(model, targets, ids2)
+    if method == "gradient":
+        return [stats[t.name][1].abs().mean(0) for t in targets]
+    return [(stats[t.name][0] * stats[t.name][1]).sum(0).abs() for t in targets]  # taylor
+
+
+def rank_neurons(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, method: str, seed: int = 0,
+                 top: int = 1000) -> Tuple[List[Neuron], List[float]]:
+    """Ranked neurons (best first) and their scores for a baseline method."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = channel_scores(model, targets, ids, method, seed)
+    finally:
+        model.train(was_training)
+    flat_ids, vals = rank_channels(scores, "max", top=top)
+    index = NeuronIndex(targets)
+    return [index.neuron(int(i)) for i in flat_ids.tolist()], [float(v) for v in vals.tolist()]
+
+
+def search_ranked(model: nn.Module, targets: Sequence[Target], ranked: Sequence[Neuron], scores: Sequence[float],
+                  eval_ids: torch.Tensor, *, epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000,
+                  strategy: str = "bisect", batch_size: Optional[int] = None,
+                  max_batch_tokens: Optional[int] = None, verify: bool = True, top_report: int = 50,
+                  model_name: str = "", params: Optional[Dict[str, Any]] = None,
+                  timings: Optional[Dict[str, float]] = None) -> CriticalResult:
+    """Stage 2 on any ranking: greedy_search + NLLEvaluator + BatchedMask -> CriticalResult (weights untouched)."""
+    timings = dict(timings or {})
+    stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
+    t1 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ev = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
+            clean = ev.nll()
+            bsz = batch_size or (16 if ev.device.type == "cuda" else 4)
+            with BatchedMask(targets) as bm:
+                out = greedy_search(ev, bm, ranked, clean, epsilon=epsilon, step=step, max_neurons=max_neurons,
+                                    strategy=strategy, batch_size=bsz)
+            n_final = out.n if out.converged else max(out.curve, default=0)
+            if verify and out.converged:
+                with WeightMask(targets).apply(ranked[:n_final]):
+                    stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
+    finally:
+        model.train(was_training)
+    timings["stage2"] = time.perf_counter() - t1
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    stats.update(stage2_forwards=out.forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz)
+    final = out.nll.get(n_final)
+
+    def entry(i: int) -> CriticalNeuron:
+        n = ranked[i]
+        return CriticalNeuron(name=n.name, module=n.module, channel=n.channel, layer=n.layer, kind=n.kind, rank=i,
+                              score=float(scores[i]))
+
+    return CriticalResult(
+        model=model_name, neurons=[entry(i) for i in range(out.n)] if out.converged else [],
+        converged=out.converged, epsilon=epsilon, clean_nll=clean, final_nll=final,
+        log10_ratio=None if final is None else log10_ratio(final, clean),
+        curve=[[n, v] for n, v in out.curve.items()], params=dict(params or {}), timings=timings, stats=stats,
+        versions=versions(), top_ranked=[entry(i) for i in range(min(top_report, len(ranked)))])
+
+
+def baseline_result(model: nn.Module, tokenizer, text: Optional[str] = None, method: str = "random", *,
+                    eval_text: Optional[str] = None, max_tokens: int = 512, seed: int = 0, epsilon: float = 1.0,
+                    step: int = 1, max_neurons: int = 1000, scope: str = "down_proj", strategy: str = "bisect",
+                    batch_size: Optional[int] = None, max_batch_tokens: Optional[int] = None, verify: bool = True,
+                    top_report: int = 50, discover: bool = False, **ignored) -> CriticalResult:
+    """Rank channels with a baseline ``method`` and find its critical set with the same Stage 2 as find_critical.
+
+    The result's ``curve`` is the method's phase-transition curve; ``params["ranker"]`` names the method.
+    """
+    bad = set(ignored) - _find_params()
+    if bad:
+        raise TypeError(f"baseline_result() got unexpected arguments {sorted(bad)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}: expected one of {', '.join(METHODS)}")
+    from .api import validate_params
+    validate_params(1, 1.0, epsilon, step, max_neurons, scope, "max", strategy, max_tokens)
+    targets = _targets(model, scope, discover)
+    ids = tokenize(tokenizer, text, max_tokens, "text")
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text")
+    t0 = time.perf_counter()
+    ranked, scores = rank_neurons(model, targets, ids, method, seed=seed, top=max_neurons)
+    timings = {"rank": time.perf_counter() - t0}
+    params = dict(ranker=method, seed=seed, epsilon=epsilon, step=step, max_neurons=max_neurons, scope=scope,
+                  strategy=strategy, max_tokens=max_tokens, n_tokens=int(ids.numel()),
+                  n_eval_tokens=int(eval_ids.numel()), eval_text="same" if eval_text is None else "separate")
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return search_ranked(model, targets, ranked, scores, eval_ids, epsilon=epsilon, step=step,
+                         max_neurons=max_neurons, strategy=strategy, batch_size=batch_size,
+                         max_batch_tokens=max_batch_tokens, verify=verify, top_report=top_report, model_name=name,
+                         params=params, timings=timings)
+
+
+def compare_rankers(model: nn.Module, tokenizer, text: Optional[str] = None,
+                    methods: Sequence[str] = ("sensitivity",) + METHODS, **kw) -> Dict[str, CriticalResult]:
+    """Run find_critical ("sensitivity") and the baselines with the same Stage 2 settings -> {method: result}."""
+    from .api import find_critical
+    out = {}
+    for m in methods:
+        if m == "sensitivity":
+            out[m] = find_critical(model, tokenizer, text, progress=False, **kw)
+        else:
+            out[m] = baseline_result(model, tokenizer, text, m, **{k: v for k, v in kw.items()})
+    return out

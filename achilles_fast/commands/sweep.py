@@ -1,0 +1,44 @@
+"""``achilles-fast sweep SPEC.yaml``: checkpoints x texts x parameter grids into a SQLite DB (resumable)."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="run (or resume) a sweep over checkpoints x texts x parameters")
+    p.add_argument("spec", help="sweep spec (YAML): checkpoints, texts, params, grid (see achilles_fast.sweep)")
+    p.add_argument("--db", default=None, help="SQLite file for the rows (default: the spec's 'db')")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run one Ray task per checkpoint on this cluster ('auto', 'ray://host:port', or 'local')")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray task (default: spec, else 0)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per Ray task (default: spec, else 1)")
+    p.add_argument("--retries", type=int, default=None, help="resubmissions of a crashed Ray task (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and what is already done, run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..sweep import SweepSpec, run_sweep
+    from ..sweepdb import SweepDB
+    spec = SweepSpec.load(args.spec)
+    db = args.db or spec.db
+    if not db:
+        raise ValueError("no database: pass --db FILE or set 'db' in the spec")
+    if args.dry_run:
+        jobs = spec.jobs()
+        with SweepDB(db) as store:
+            done = store.done_keys([j.key for j in jobs])
+        for j in jobs:
+            print(f"{'done   ' if j.key in done else 'pending'} {j.key} {j.checkpoint} / {j.text} / "
+                  f"{ {k: v for k, v in j.params.items() if k in spec.grid} }")
+        print(f"{len(done)}/{len(jobs)} done")
+        return 0
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    rep = run_sweep(spec, db=db, ray_address=args.ray, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+                    retries=args.retries, log=log)
+    print(f"sweep: {rep.written} written, {rep.skipped} already done, {rep.failed} failed, "
+          f"{rep.total} total -> {db}")
+    return 0 if rep.complete else 1
