@@ -13,6 +13,11 @@ COMMANDS = [
     "achilles_fast.commands.find",
     "achilles_fast.commands.mask",
     "achilles_fast.commands.sweep",
+    "achilles_fast.commands.report",
+    "achilles_fast.commands.plot",
+    "achilles_fast.commands.robustness",
+    "achilles_fast.commands.evaluate",
+    "achilles_fast.commands.baselines",
 ]
 
 

@@ -26,13 +26,13 @@ def save(fig: Figure, out_dir, stem: str, formats: Sequence[str] = FORMATS, dpi:
     paths = []
     for fmt in formats:
         p = d / f"{stem}.{fmt}"
-        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, format=fmt, dpi=dpi)
         paths.append(str(p))
     return paths
 
 
 def _new(figsize=(6.4, 4.2)):
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot(1, 1, 1)
 
 
@@ -105,7 +105,8 @@ def layer_map_figure(result, n_layers: Optional[int] = None, title: Optional[str
     top = max(seen_layers, default=0) + 1
     layers = list(range(max(top, n_layers or 0)))
     kinds = sorted({n.kind for n in every}) or ["mlp.down_proj"]
-    fig = Figure(figsize=(2.2 + 1.6 * len(kinds) * 2, 1.2 + 0.32 * max(len(layers), 4)))
+    fig = Figure(figsize=(max(7.0, 2.5 + 1.2 * len(kinds) * 2), 1.6 + 0.3 * max(len(layers), 5)),
+                 layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
     for ax, (label, ns) in zip(axes, sets):
         grid = layer_counts(ns, layers, kinds)
@@ -192,7 +193,7 @@ def plot_sweep(rows: Sequence[Mapping], out_dir, formats: Sequence[str] = FORMAT
 
 def _short(s: str, n: int = 48) -> str:
     s = str(s)
-    if "/" in s and len(s) > n:
+    if "/" in s:
         s = s.rstrip("/").rsplit("/", 1)[-1]
     return s if len(s) <= n else s[: n - 1] + "…"
 

@@ -1,0 +1,51 @@
+"""``achilles-fast baselines MODEL``: sensitivity ranking vs the paper's baseline rankers, same Stage 2."""
+from __future__ import annotations
+
+import json
+import sys
+
+from . import add_model_args, load, read_text
+from .robustness import add_search_args, search_kwargs
+
+
+def register(sub) -> None:
+    from ..baselines import METHODS
+    p = sub.add_parser("baselines", help="critical sets and curves of baseline rankers (random, activation, "
+                       "gradient, taylor, superweight) next to the sensitivity ranking")
+    add_model_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--text", default=None, help="text as a string (default: built-in passage)")
+    g.add_argument("--text-file", default=None, help="text from a UTF-8 file")
+    add_search_args(p)
+    p.add_argument("--methods", default=",".join(("sensitivity",) + METHODS),
+                   help="comma-separated rankers: sensitivity," + ",".join(METHODS))
+    p.add_argument("--out", default=None, help="write {method: result} as JSON")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write the curves plot (PNG and SVG)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..baselines import METHODS, compare_rankers
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in ("sensitivity",) + METHODS]
+    if bad:
+        raise ValueError(f"unknown ranker(s) {bad}: expected sensitivity or one of {', '.join(METHODS)}")
+    model, tok, name = load(args)
+    results = compare_rankers(model, tok, read_text(args), methods, **search_kwargs(args))
+    print(f"model {name}  (epsilon {args.epsilon}, max {args.max_neurons} neurons)")
+    print(f"{'ranker':<12} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
+    for m, r in results.items():
+        r.model = name
+        n = str(len(r.neurons)) if r.converged else f">{args.max_neurons}"
+        lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
+        print(f"{m:<12} {n:>8}  {lr:>11}  {len(r.curve):>16}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({m: r.to_dict() for m, r in results.items()}, f, indent=2)
+        print(f"saved {args.out}", file=sys.stderr)
+    if args.plot:
+        from ..plots import curves_figure, save
+        for p in save(curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers"), args.plot,
+                      "baselines_curves"):
+            print(f"plot {p}")
+    return 0

@@ -1,0 +1,47 @@
+"""``achilles-fast report DB``: summary tables across checkpoints, CSV/JSON export, plots."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="summarise a sweep database (tables, CSV/JSON, plots)")
+    p.add_argument("db", help="SQLite file written by `achilles-fast sweep`")
+    p.add_argument("--csv", default=None, help="write one flat row per run here")
+    p.add_argument("--summary-csv", default=None, help="write the per-checkpoint summary here")
+    p.add_argument("--json", default=None, help="write summary + full rows (params, versions, results) here")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write plots (PNG and SVG) into DIR")
+    p.add_argument("--no-run-plots", action="store_true", help="with --plot: only the per-checkpoint plot")
+    p.add_argument("--runs", action="store_true", help="also print one line per run")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..report import RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, summarize, table_text, write_csv, write_json
+    if not os.path.isfile(args.db):
+        raise FileNotFoundError(f"{args.db}: no such sweep database")
+    rows = load_rows(args.db)
+    if not rows:
+        print(f"{args.db}: no finished runs yet")
+        return 1
+    summary = summarize(rows)
+    flat = [flat_row(r) for r in rows]
+    print(table_text(summary, SUMMARY_COLUMNS, title=f"{len(rows)} run(s) in {args.db}"))
+    if args.runs:
+        print()
+        print(table_text(flat, RUN_COLUMNS))
+    if args.csv:
+        write_csv(flat, args.csv)
+        print(f"saved {args.csv}", file=sys.stderr)
+    if args.summary_csv:
+        write_csv(summary, args.summary_csv)
+        print(f"saved {args.summary_csv}", file=sys.stderr)
+    if args.json:
+        write_json(rows, args.json)
+        print(f"saved {args.json}", file=sys.stderr)
+    if args.plot:
+        from ..plots import plot_sweep
+        for p in plot_sweep(rows, args.plot, per_row=not args.no_run_plots):
+            print(f"plot {p}")
+    return 0
