@@ -103,6 +103,7 @@ def find_critical(
     verify: bool = True,
     progress: bool = True,
     top_report: int = 50,
+    discover: bool = False,
 ) -> CriticalResult:
     """Find the critical neurons of a causal LM (arXiv 2510.10238).
 
@@ -113,11 +114,13 @@ def find_critical(
     model: HF causal LM object, or a local folder / .gguf path / named default ("smollm2-135m").
     text: scoring text (default: a public-domain passage shipped with the package), first ``max_tokens`` tokens.
     strategy: "bisect" (batched exponential + bracketing search, default) or "linear" (the paper's n = 1, 2, ...).
+    discover: for a model type without a registry entry, scan modules whose name looks like an MLP down
+    projection (best effort, with a warning) instead of raising ``UnsupportedModelError``.
     Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
     """
     validate_params(k, alpha, epsilon, step, max_neurons, scope, ranking, strategy, max_tokens)
     model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
-    targets = discover_targets(model, scope)
+    targets = discover_targets(model, scope, allow_discovery=discover)
     ids = tokenize(tokenizer, text, max_tokens, "text")
     eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text")
     params: Dict[str, Any] = dict(k=k, alpha=alpha, seed=seed, epsilon=epsilon, step=step, max_neurons=max_neurons,

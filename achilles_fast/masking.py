@@ -30,9 +30,13 @@ def _group(neurons: Iterable[Neuron]) -> Dict[str, List[int]]:
     return groups
 
 
-def _weight_is_real(module: nn.Module) -> bool:
-    w = getattr(module, "weight", None)
-    return isinstance(w, torch.Tensor) and w.device.type != "meta"
+def _offloaded(module: nn.Module, w: torch.Tensor) -> bool:
+    """True when the weight is not resident (meta) or an accelerate hook reloads it at every forward, so an
+    in-place edit would be lost or would hit a temporary copy: such targets are masked by hooks instead."""
+    if w.device.type == "meta":
+        return True
+    hook = getattr(module, "_hf_hook", None)
+    return any(getattr(h, "offload", False) for h in getattr(hook, "hooks", [hook]) if h is not None)
 
 
 class WeightMask:
@@ -40,23 +44,22 @@ class WeightMask:
 
     def __init__(self, targets: Sequence[Target]):
         self._targets = {t.name: t for t in targets}
-        self._saved: list = []  # (target, channels, saved_w, saved_b)
+        self._saved: list = []  # (weight, bias, dim, channels, saved_w, saved_b)
         self._hooks: list = []
 
     def apply(self, neurons: Iterable[Neuron]) -> "WeightMask":
         try:
             for module_name, channels in _group(neurons).items():
                 t = self._targets[module_name]
-                dim = t.weight_dim
-                if dim is None or not _weight_is_real(t.module):
+                params = t.mask_params()
+                if params is None or _offloaded(t.module, params[0]):
                     self._hooks.append(_zero_hook(t, channels))
                     continue
-                w = t.module.weight
-                b = getattr(t.module, "bias", None)
+                w, b, dim = params
                 idx = torch.tensor(channels, dtype=torch.long, device=w.device)
                 with torch.no_grad():
                     saved_w, saved_b = ops.mask_channels_(w.data, None if b is None else b.data, idx, dim)
-                self._saved.append((t, idx, saved_w, saved_b))
+                self._saved.append((w, b, dim, idx, saved_w, saved_b))
         except BaseException:
             self.restore()
             raise
@@ -67,11 +70,9 @@ class WeightMask:
             h.remove()
         self._hooks.clear()
         while self._saved:
-            t, idx, saved_w, saved_b = self._saved.pop()
-            b = getattr(t.module, "bias", None)
+            w, b, dim, idx, saved_w, saved_b = self._saved.pop()
             with torch.no_grad():
-                ops.restore_channels_(t.module.weight.data, None if b is None else b.data, idx, saved_w, saved_b,
-                                      t.weight_dim)
+                ops.restore_channels_(w.data, None if b is None else b.data, idx, saved_w, saved_b, dim)
 
     def __enter__(self):
         return self
@@ -91,7 +92,7 @@ def _zero_hook(t: Target, channels: List[int]):
             idx = idx_cache[y.device] = torch.tensor(channels, dtype=torch.long, device=y.device)
         return t.with_output(out, y.index_fill(-1, idx, 0))
 
-    return t.module.register_forward_hook(hook)
+    return t.register_forward_hook(hook)
 
 
 class BatchedMask:
@@ -117,7 +118,7 @@ class BatchedMask:
             t = self._targets[name]
             k = k.to(t.device)
             self._keep[name] = k
-            self._hooks.append(t.module.register_forward_hook(self._make_hook(t, k)))
+            self._hooks.append(t.register_forward_hook(self._make_hook(t, k)))
 
     @staticmethod
     def _make_hook(t: Target, keep: torch.Tensor):
@@ -147,11 +148,11 @@ class BatchedMask:
         return False
 
 
-def maskable_targets(model: nn.Module) -> List[Target]:
+def maskable_targets(model: nn.Module, allow_discovery: bool = False) -> List[Target]:
     """Every target a neuron name may refer to (scope='all' plus the down projections)."""
     seen, out = set(), []
     for scope in ("down_proj", "all"):
-        for t in discover_targets(model, scope):
+        for t in discover_targets(model, scope, allow_discovery=allow_discovery):
             if t.name not in seen:
                 seen.add(t.name)
                 out.append(t)
@@ -159,13 +160,14 @@ def maskable_targets(model: nn.Module) -> List[Target]:
 
 
 @contextlib.contextmanager
-def masked(model: nn.Module, neurons: Iterable, targets: Optional[Sequence[Target]] = None):
+def masked(model: nn.Module, neurons: Iterable, targets: Optional[Sequence[Target]] = None,
+           discover: bool = False):
     """Zero the given neurons (names like ``model.layers.2.mlp.down_proj:62`` or Neuron objects) inside the block.
 
     Weights are restored bit-exact on exit, also on exceptions and KeyboardInterrupt. Unknown names raise
-    KeyError before anything is changed.
+    KeyError before anything is changed. discover: allow guessed targets for unregistered model types.
     """
-    targets = list(targets) if targets is not None else maskable_targets(model)
+    targets = list(targets) if targets is not None else maskable_targets(model, allow_discovery=discover)
     resolved = NeuronIndex(targets).resolve(neurons)
     wm = WeightMask(targets)
     try:

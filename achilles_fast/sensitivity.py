@@ -52,11 +52,12 @@ class _Capture:
         self.clean: List[Optional[torch.Tensor]] = [None] * len(self.targets)
         self.acc: List[Optional[torch.Tensor]] = [None] * len(self.targets)
         self.fired = 0
+        self.batch = 1
         self.handles = []
 
     def __enter__(self):
         for i, t in enumerate(self.targets):
-            self.handles.append(t.module.register_forward_hook(self._hook(i, t)))
+            self.handles.append(t.register_forward_hook(self._hook(i, t)))
         return self
 
     def __exit__(self, *exc):
@@ -67,7 +68,9 @@ class _Capture:
 
     def _hook(self, i: int, t: Target):
         def hook(module, args, out):
-            y = t.output(out)  # [B, T, C]
+            y = t.output(out)  # [B, T, C], or [B*T, C] for modules fed flattened tokens (MoE experts, OPT fc2)
+            if y.dim() == 2:
+                y = y.reshape(self.batch, -1, y.shape[-1])
             if self.mode == "clean":
                 self.clean[i] = y[0].detach().clone()  # [T, C]
             else:
@@ -82,6 +85,7 @@ class _Capture:
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
         self.fired = 0
+        self.batch = embeds.shape[0]
         try:
             model(inputs_embeds=embeds, use_cache=False)
         except _StopForward:

@@ -5,18 +5,21 @@ how an output channel maps to parameters, so masking can be done in place on the
 
 - ``linear``: nn.Linear-like, weight [out, in] -> zero weight row c (and bias[c]).
 - ``conv1d``: GPT-2 Conv1D, weight [in, out] -> zero weight column c (and bias[c]).
-- ``hook``: no parameter layout to exploit (e.g. Gemma's (1 + w) RMSNorm, fused MoE experts): the output
-  channel is zeroed by a forward hook.
+- ``hook``: no parameter layout to exploit (e.g. Gemma's (1 + w) RMSNorm): the output channel is zeroed by a
+  forward hook.
+- ``expert``: one expert of a fused MoE experts module (see ``moe.py``): ``params`` gives the expert's slice of
+  the fused weight for in-place masking, and ``attach`` hooks the expert's own output, which is not a module
+  output.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-LAYOUTS = ("linear", "conv1d", "hook")
+LAYOUTS = ("linear", "conv1d", "hook", "expert")
 
 
 @dataclasses.dataclass(eq=False)
@@ -31,6 +34,12 @@ class Target:
     select: Optional[Callable] = None
     # Optional: write a modified [..., C] tensor back into the raw output structure.
     replace: Optional[Callable] = None
+    # Optional: hook -> removable handle. Registers ``hook(module, args, raw)`` to see this target's output when
+    # it is not ``module``'s own output (default: ``module.register_forward_hook``).
+    attach: Optional[Callable] = None
+    # Optional: () -> (weight, bias or None, channel dim) to mask in place when the channels are not rows/columns
+    # of ``module.weight`` (e.g. expert e's slice [H, I] of a fused [E, H, I] parameter).
+    params: Optional[Callable[[], Tuple[torch.Tensor, Optional[torch.Tensor], int]]] = None
 
     def output(self, raw) -> torch.Tensor:
         """Raw module output -> tensor [..., C]."""
@@ -46,6 +55,23 @@ class Target:
             return (new,) + tuple(raw[1:])
         return new
 
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, args, raw)`` after every forward that produces this target's output."""
+        if self.attach is not None:
+            return self.attach(hook)
+        return self.module.register_forward_hook(hook)
+
+    def mask_params(self):
+        """(weight, bias or None, channel dim) to mask in place, or None when only hook masking applies."""
+        if self.params is not None:
+            return self.params()
+        dim = self.weight_dim
+        w = getattr(self.module, "weight", None)
+        if dim is None or not isinstance(w, torch.Tensor):
+            return None
+        b = getattr(self.module, "bias", None)
+        return w, b if isinstance(b, torch.Tensor) else None, dim
+
     @property
     def weight_dim(self) -> Optional[int]:
         """Dimension of ``module.weight`` indexed by output channel, or None for hook masking."""
@@ -53,8 +79,9 @@ class Target:
 
     @property
     def device(self) -> torch.device:
-        for p in self.module.parameters(recurse=False):
-            return p.device
-        for p in self.module.parameters():
-            return p.device
+        """Device of the module's (first non-meta) parameters; cpu when all are offloaded to meta."""
+        for recurse in (False, True):
+            for p in self.module.parameters(recurse=recurse):
+                if p.device.type != "meta":
+                    return p.device
         return torch.device("cpu")
