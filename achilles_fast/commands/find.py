@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=None, help="tokens per forward (default: auto)")
     p.add_argument("--no-kernels", action="store_true", help="use the pure-PyTorch reference ops")
     p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write the curve and layer map (PNG and SVG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -51,6 +52,10 @@ def run(args) -> int:
     if args.out:
         res.to_json(args.out)
         print(f"saved {args.out}", file=sys.stderr)
+    if args.plot:
+        from ..plots import plot_result
+        for path in plot_result(res, args.plot, "find"):
+            print(f"plot {path}", file=sys.stderr)
     return 0 if res.converged else 1
 
 
