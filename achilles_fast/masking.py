@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .devices import offloaded
 from .neurons import Neuron, NeuronIndex
 from .registry import discover_targets
 from .targets import Target
@@ -28,15 +29,6 @@ def _group(neurons: Iterable[Neuron]) -> Dict[str, List[int]]:
         if n.channel not in groups[n.module]:
             groups[n.module].append(n.channel)
     return groups
-
-
-def _offloaded(module: nn.Module, w: torch.Tensor) -> bool:
-    """True when the weight is not resident (meta) or an accelerate hook reloads it at every forward, so an
-    in-place edit would be lost or would hit a temporary copy: such targets are masked by hooks instead."""
-    if w.device.type == "meta":
-        return True
-    hook = getattr(module, "_hf_hook", None)
-    return any(getattr(h, "offload", False) for h in getattr(hook, "hooks", [hook]) if h is not None)
 
 
 class WeightMask:
@@ -52,7 +44,7 @@ class WeightMask:
             for module_name, channels in _group(neurons).items():
                 t = self._targets[module_name]
                 params = t.mask_params()
-                if params is None or _offloaded(t.module, params[0]):
+                if params is None or offloaded(t.module, params[0]):  # not resident: mask by hook
                     self._hooks.append(_zero_hook(t, channels))
                     continue
                 w, b, dim = params

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .devices import offloaded
 from .masking import BatchedMask
 from .neurons import Neuron
 
@@ -87,7 +88,7 @@ class NLLEvaluator:
 
     def _check_fused(self) -> bool:
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.device.type == "meta":
+        if not isinstance(head, nn.Linear) or head.bias is not None or offloaded(head):
             return False
         if getattr(self.model, "base_model", None) is None or self.model.base_model is self.model:
             return False
