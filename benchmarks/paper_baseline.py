@@ -5,8 +5,9 @@ samples (one full forward each, LM head included), per-entry ranking in Python (
 channel) entry becomes a Python tuple, sorted, then duplicate channels collapse), and one full forward per greedy
 step n = step, 2 step, ... with the top-n channels zeroed by forward hooks.
 
-It uses the same noise definition as achilles_fast (the Philox stream of ``achilles_fast.ops.reference``) so that
-both return the same critical set for the same seed. Do not use it for real work: it is slow on purpose.
+It uses the same noise as achilles_fast (the Philox stream defined in ``achilles_fast.ops.reference``, generated
+one sample at a time through ``achilles_fast.ops.noisy_embeds``, which costs about what the paper's
+``torch.randn`` costs) so that both return the same critical set for the same seed. Do not use it for real work: it is slow on purpose.
 
     python benchmarks/paper_baseline.py MODEL [--k 100] [--epsilon 1] [--out baseline.json]
 """
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from achilles_fast.ops.reference import philox_normal
+from achilles_fast import ops
 from achilles_fast.registry import discover_targets
 from achilles_fast.text import tokenize
 
@@ -50,14 +51,13 @@ def paper_find_critical(model, tokenizer, text: Optional[str] = None, k: int = 1
                  for t in targets]
         try:
             emb = model.get_input_embeddings()(ids.unsqueeze(0))[0]  # [T, H]
-            T, H = emb.shape
             model(inputs_embeds=emb.unsqueeze(0), use_cache=False)
             forwards += 1
             clean = dict(acts)
             total = {t.name: torch.zeros(clean[t.name].shape, dtype=torch.float32) for t in targets}
             for s in range(k):
-                eps = philox_normal(seed, torch.arange(T * H, dtype=torch.int64) + s * T * H).view(T, H)
-                model(inputs_embeds=(emb.float() + alpha * eps).to(emb.dtype).unsqueeze(0), use_cache=False)
+                noisy = ops.noisy_embeds(emb, float(alpha), int(seed), s, 1)  # [1, T, H] = emb + alpha * eps_s
+                model(inputs_embeds=noisy, use_cache=False)
                 forwards += 1
                 for t in targets:
                     total[t.name] += (acts[t.name].float() - clean[t.name].float()).abs()
