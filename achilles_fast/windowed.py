@@ -15,7 +15,8 @@ LN10 = math.log(10.0)
 
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
                    bos: bool = True) -> torch.Tensor:
-    """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows [W, window]."""
+    """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
+    ([W, window], or [W, window + 1] with a BOS prefix)."""
     enc = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)
     ids = enc["input_ids"][0]
     bos_id = getattr(tokenizer, "bos_token_id", None) if bos else None
@@ -37,7 +38,8 @@ def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: in
                 nll = ev.nll()
     finally:
         model.train(was_training)
-    return {"windows": int(ids.shape[0]), "window": int(ids.shape[1]), "n_tokens": int(ids.numel()),
+    return {"windows": int(ids.shape[0]), "window": window, "bos": ids.shape[1] > window,
+            "n_tokens": int(ids.shape[0] * window),
             "n_neurons": len(resolved), "clean_nll": clean, "masked_nll": nll,
             "log10_clean_ppl": log10_ppl(clean), "log10_masked_ppl": log10_ppl(nll),
             "log10_ratio": log10_ratio(nll, clean)}
