@@ -1,0 +1,263 @@
+"""Triton kernels of the achilles_fast ops (GPU; tested on CPU tensors under ``TRITON_INTERPRET=1``).
+
+Each public function has the signature of the custom op of the same name (see ``_registry.SCHEMAS``) and the
+semantics of its reference in ``reference.py``. They are registered as the ``achilles_fast::triton_<name>`` ops
+and, on CUDA without compiled CUDA kernels, as the CUDA kernels of the main ops.
+
+Noise: ``triton.language.random.philox`` on counter (lo32(idx), hi32(idx), 0, 0) with key (lo32(seed),
+hi32(seed)), then the ``tl.randn`` transform: the Philox words are bit-exact with every backend. On the GPU the
+log / cos / sqrt are libdevice's precise ``logf`` / ``cosf`` and ``sqrt_rn`` (Triton's default ``tl.log`` /
+``tl.cos`` are approximations), so the normals agree with the CPU / CUDA kernels to ~1 ulp.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+try:  # precise device functions on GPU (the interpreter has no libdevice: it uses numpy's float32 log / cos)
+    from triton.language.extra import libdevice
+    PRECISE = not INTERPRET
+except Exception:  # pragma: no cover - older triton: tl.log / tl.cos
+    libdevice = None
+    PRECISE = False
+
+
+@triton.jit
+def _box_muller(u0, u1, PRECISE: tl.constexpr):
+    if PRECISE:
+        r = libdevice.sqrt_rn(-2.0 * libdevice.log(u0)) * libdevice.cos(6.283185307179586 * u1)
+    else:
+        r = tl.sqrt_rn(-2.0 * tl.log(u0)) * tl.cos(6.283185307179586 * u1)
+    return r
+
+
+def _check_device(*ts):
+    for t in ts:
+        if t is not None and t.device.type != "cuda" and not INTERPRET:
+            raise RuntimeError("the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _noisy_embeds_kernel(e_ptr, out_ptr, alpha, seed, base, TH, N, BLOCK: tl.constexpr, PRECISE: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat output index
+    m = offs < N
+    idx = offs + base  # global element index (int64)
+    c0 = (idx & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((idx >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    z = tl.zeros_like(c0)
+    r0, r1, _, _ = tl.random.philox(seed, c0, c1, z, z)
+    u0 = tl.maximum(tl.random.uint_to_uniform_float(r0), 1.0e-7)
+    u1 = tl.random.uint_to_uniform_float(r1)
+    noise = _box_muller(u0, u1, PRECISE)
+    e = tl.load(e_ptr + offs % TH, mask=m, other=0.0).to(tl.float32)
+    y = e + alpha * noise
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def noisy_embeds(embeds, alpha, seed, k_start, k_count):
+    _check_device(embeds)
+    assert embeds.dim() == 2, f"embeds must be [T, H], got {tuple(embeds.shape)}"
+    e = embeds.contiguous()
+    T, H = e.shape
+    out = torch.empty((k_count, T, H), dtype=e.dtype, device=e.device)
+    n = out.numel()
+    if n:
+        alpha32 = float(torch.tensor(alpha, dtype=torch.float32))  # the reference rounds alpha to fp32
+        BLOCK = 1024
+        _noisy_embeds_kernel[(triton.cdiv(n, BLOCK),)](e, out, alpha32, int(seed), int(k_start) * T * H, T * H, n,
+                                                       BLOCK=BLOCK, PRECISE=PRECISE)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _absdiff_kernel(acc_ptr, clean_ptr, noisy_ptr, K, TC, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat (t, c)
+    m = offs < TC
+    cl = tl.load(clean_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    p = noisy_ptr + offs
+    for _k in range(0, K):
+        x = tl.load(p, mask=m, other=0.0).to(tl.float32)
+        s += tl.abs(x - cl)
+        p += TC
+    a = tl.load(acc_ptr + offs, mask=m, other=0.0)
+    tl.store(acc_ptr + offs, a + s, mask=m)
+
+
+def absdiff_accum_(acc, clean, noisy):
+    _check_device(acc, clean, noisy)
+    K, T, C = noisy.shape
+    assert clean.shape == (T, C) and acc.dtype == torch.float32
+    if K == 0 or T * C == 0:
+        return None
+    per_pos = acc.dim() == 2
+    out = acc if (per_pos and acc.is_contiguous()) else torch.zeros((T, C), dtype=torch.float32, device=acc.device)
+    BLOCK = 512
+    _absdiff_kernel[(triton.cdiv(T * C, BLOCK),)](out, clean.contiguous(), noisy.contiguous(), K, T * C, BLOCK=BLOCK)
+    if not per_pos:
+        acc.add_(out.sum(0))  # sum over k, then over positions (reference order); deterministic
+    elif out is not acc:
+        acc.add_(out)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _gather_channels_kernel(w_ptr, s_ptr, ch_ptr, N_OUT, M, NCH, INNER, ZERO: tl.constexpr, RESTORE: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    # weight viewed as [outer, NCH, INNER]; saved as [outer, M, INNER]; element e of saved <-> weight[o, ch[i], j]
+    pid = tl.program_id(0)
+    e = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < N_OUT
+    j = e % INNER
+    r = e // INNER
+    i = r % M
+    o = r // M
+    c = tl.load(ch_ptr + i, mask=m, other=0)
+    src = (o * NCH + c) * INNER + j
+    if RESTORE:
+        v = tl.load(s_ptr + e, mask=m)
+        tl.store(w_ptr + src, v, mask=m)
+    elif ZERO:
+        tl.store(w_ptr + src, tl.zeros([BLOCK], dtype=w_ptr.dtype.element_ty), mask=m)
+    else:
+        v = tl.load(w_ptr + src, mask=m)
+        tl.store(s_ptr + e, v, mask=m)
+
+
+def _channel_geometry(weight, dim):
+    outer = 1
+    for d in range(dim):
+        outer *= weight.shape[d]
+    inner = 1
+    for d in range(dim + 1, weight.dim()):
+        inner *= weight.shape[d]
+    return outer, weight.shape[dim], inner
+
+
+def mask_channels_(weight, channels, dim):
+    _check_device(weight, channels)
+    dim = dim % weight.dim()
+    ch = channels.to(device=weight.device, dtype=torch.long).contiguous()
+    if ch.numel() and (int(ch.min()) < 0 or int(ch.max()) >= weight.shape[dim]):
+        raise IndexError(f"mask_channels_: channel index out of range [0, {weight.shape[dim]})")
+    shape = list(weight.shape)
+    shape[dim] = ch.numel()
+    if not weight.is_contiguous():
+        saved = weight.index_select(dim, ch).clone()
+        weight.index_fill_(dim, ch, 0)
+        return saved
+    saved = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+    n = saved.numel()
+    if n:
+        outer, nch, inner = _channel_geometry(weight, dim)
+        BLOCK = 1024
+        grid = (triton.cdiv(n, BLOCK),)
+        for zero in (False, True):  # gather everything, then zero (duplicates keep their originals)
+            _gather_channels_kernel[grid](weight, saved, ch, n, ch.numel(), nch, inner, ZERO=zero, RESTORE=False,
+                                          BLOCK=BLOCK)
+    return saved
+
+
+def restore_channels_(weight, channels, saved, dim):
+    _check_device(weight, channels, saved)
+    dim = dim % weight.dim()
+    ch = channels.to(device=weight.device, dtype=torch.long).contiguous()
+    if not weight.is_contiguous():
+        weight.index_copy_(dim, ch, saved)
+        return None
+    s = saved.to(weight.dtype).contiguous()
+    n = s.numel()
+    if n:
+        outer, nch, inner = _channel_geometry(weight, dim)
+        BLOCK = 1024
+        _gather_channels_kernel[(triton.cdiv(n, BLOCK),)](weight, s, ch, n, ch.numel(), nch, inner, ZERO=False,
+                                                          RESTORE=True, BLOCK=BLOCK)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _batched_mask_kernel(y_ptr, k_ptr, out_ptr, N, TC, C, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    b = offs // TC
+    c = offs % C
+    y = tl.load(y_ptr + offs, mask=m, other=0.0)
+    k = tl.load(k_ptr + b * C + c, mask=m, other=0.0).to(y.dtype)
+    if y.dtype == tl.float64:
+        r = y * k
+    else:
+        r = (y.to(tl.float32) * k.to(tl.float32)).to(y.dtype)
+    tl.store(out_ptr + offs, r, mask=m)
+
+
+def batched_channel_mask(out, keep):
+    _check_device(out, keep)
+    B, T, C = out.shape
+    y = out.contiguous()
+    res = torch.empty_like(y)
+    n = y.numel()
+    if n:
+        BLOCK = 1024
+        _batched_mask_kernel[(triton.cdiv(n, BLOCK),)](y, keep.contiguous(), res, n, T * C, C, BLOCK=BLOCK)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _token_nll_kernel(h_ptr, w_ptr, t_ptr, out_ptr, N, V, H, stride_h, stride_w, BLOCK_N: tl.constexpr,
+                      BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    # one program = BLOCK_N tokens; streams the vocabulary in BLOCK_V tiles with an online log-sum-exp
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = rn < N
+    tgt = tl.load(t_ptr + rn, mask=mn, other=-100)
+    m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    s_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    t_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        rv = v0 + tl.arange(0, BLOCK_V)
+        mv = rv < V
+        acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            rh = h0 + tl.arange(0, BLOCK_H)
+            mh = rh < H
+            a = tl.load(h_ptr + rn[:, None].to(tl.int64) * stride_h + rh[None, :], mask=mn[:, None] & mh[None, :],
+                        other=0.0).to(tl.float32)
+            b = tl.load(w_ptr + rv[None, :].to(tl.int64) * stride_w + rh[:, None], mask=mh[:, None] & mv[None, :],
+                        other=0.0).to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = tl.where(mv[None, :], acc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(acc, 1))
+        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), 1)
+        m_i = m_new
+        t_i += tl.sum(tl.where(rv[None, :] == tgt[:, None], acc, 0.0), 1)
+    nll = m_i + tl.log(s_i) - t_i
+    nll = tl.where(tgt == -100, 0.0, nll)
+    tl.store(out_ptr + rn, nll, mask=mn)
+
+
+def token_nll(hidden, lm_weight, targets):
+    _check_device(hidden, lm_weight, targets)
+    N, H = hidden.shape
+    V = lm_weight.shape[0]
+    out = torch.empty((N,), dtype=torch.float32, device=hidden.device)
+    if N == 0:
+        return out
+    h = hidden.contiguous()
+    w = lm_weight.contiguous()
+    t = targets.to(torch.long).contiguous()
+    BLOCK_N, BLOCK_V, BLOCK_H = (16, 32, 32) if INTERPRET else (32, 128, 64)
+    _token_nll_kernel[(triton.cdiv(N, BLOCK_N),)](h, w, t, out, N, V, H, h.stride(0), w.stride(0), BLOCK_N=BLOCK_N,
+                                                  BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H)
+    return out

@@ -1,0 +1,45 @@
+// Per-token NLL over an LM head, chunked over the vocabulary with an online log-sum-exp, so the full
+// [N, V] logits never exist (forward only). Written with ATen ops, hence device-agnostic: registered for CPU by
+// csrc/cpu and for CUDA by csrc/cuda. Semantics: achilles_fast/ops/reference.py::token_nll_ref
+// (cross_entropy(hidden.float() @ w.float().T, targets, reduction="none"), ignore_index -100 -> 0).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace achilles_fast {
+
+inline at::Tensor token_nll_chunked(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets) {
+  TORCH_CHECK(hidden.dim() == 2, "token_nll: hidden must be [N, H], got ", hidden.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == hidden.size(1), "token_nll: lm_weight must be [V, H=",
+              hidden.size(1), "], got ", weight.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0), "token_nll: targets must be [N]");
+  TORCH_CHECK(hidden.device() == weight.device() && hidden.device() == targets.device(),
+              "token_nll: all inputs must be on one device");
+  const int64_t N = hidden.size(0), V = weight.size(0);
+  auto f32 = hidden.options().dtype(at::kFloat);
+  if (N == 0) return at::empty({0}, f32);
+  const at::Tensor h = hidden.to(at::kFloat);
+  const at::Tensor tgt = targets.to(at::kLong);
+  // ~8 MiB of fp32 logits per chunk (cache-sized on CPU; large enough for a full GPU).
+  int64_t vchunk = (8 << 20) / (4 * N);
+  vchunk = std::max<int64_t>(256, std::min<int64_t>(V, (vchunk / 256) * 256));
+  at::Tensor m = at::full({N}, -std::numeric_limits<float>::infinity(), f32);
+  at::Tensor s = at::zeros({N}, f32);
+  at::Tensor tl = at::zeros({N}, f32);
+  for (int64_t v0 = 0; v0 < V; v0 += vchunk) {
+    const int64_t len = std::min(vchunk, V - v0);
+    at::Tensor logits = at::mm(h, weight.narrow(0, v0, len).to(at::kFloat).t());  // [N, len]
+    at::Tensor in = tgt.ge(v0).logical_and_(tgt.lt(v0 + len));
+    at::Tensor local = (tgt - v0).clamp_(0, len - 1).unsqueeze(1);
+    tl = at::where(in, logits.gather(1, local).squeeze(1), tl);
+    at::Tensor nm = at::maximum(m, std::get<0>(logits.max(1)));
+    s = s.mul_((m - nm).exp_()).add_(logits.sub_(nm.unsqueeze(1)).exp_().sum(1));
+    m = nm;
+  }
+  at::Tensor nll = m.add_(s.log_()).sub_(tl);
+  return at::where(tgt.eq(-100), at::zeros_like(nll), nll);
+}
+
+}  // namespace achilles_fast

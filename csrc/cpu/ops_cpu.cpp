@@ -1,0 +1,290 @@
+// C++ CPU kernels of the achilles_fast:: ops (schemas are defined in achilles_fast/ops/_registry.py).
+//
+// Loops are written so GCC/Clang auto-vectorise them; on x86-64 the hot loops are additionally compiled for
+// AVX-512 / AVX2 and picked at load time (target_clones), so a portable build still runs wide vectors.
+// Threading: at::parallel_for (OpenMP) over channel blocks / rows.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "../common/philox.h"
+#include "../common/token_nll.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ACHILLES_FAST_NO_CLONES)
+#define AF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AF_CLONES
+#endif
+
+namespace achilles_fast {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// absdiff: buf[j] += sum_k |x[k * stride + j] - clean[j]|,  j < len.  One variant per storage type.
+// ---------------------------------------------------------------------------------------------------------------
+AF_CLONES void absdiff_rows_f32(const float* __restrict__ x, int64_t stride, int64_t K, const float* __restrict__ clean, float* __restrict__ buf,
+                                int64_t len) {
+  for (int64_t k = 0; k < K; ++k) {
+    const float* xk = x + k * stride;
+    for (int64_t j = 0; j < len; ++j) buf[j] += std::fabs(xk[j] - clean[j]);
+  }
+}
+
+static inline float bf16_bits_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+AF_CLONES void absdiff_rows_bf16(const uint16_t* __restrict__ x, int64_t stride, int64_t K, const float* __restrict__ clean, float* __restrict__ buf,
+                                 int64_t len) {
+  for (int64_t k = 0; k < K; ++k) {
+    const uint16_t* xk = x + k * stride;
+    for (int64_t j = 0; j < len; ++j) buf[j] += std::fabs(bf16_bits_to_float(xk[j]) - clean[j]);
+  }
+}
+
+template <typename T>
+void absdiff_rows_generic(const T* x, int64_t stride, int64_t K, const float* clean, float* buf, int64_t len) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T* xk = x + k * stride;
+    for (int64_t j = 0; j < len; ++j) buf[j] += std::fabs(static_cast<float>(xk[j]) - clean[j]);
+  }
+}
+
+template <typename T>
+inline void absdiff_rows(const T* x, int64_t stride, int64_t K, const float* clean, float* buf, int64_t len) {
+  if constexpr (std::is_same_v<T, float>) {
+    absdiff_rows_f32(x, stride, K, clean, buf, len);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    absdiff_rows_bf16(reinterpret_cast<const uint16_t*>(x), stride, K, clean, buf, len);
+  } else {
+    absdiff_rows_generic(x, stride, K, clean, buf, len);
+  }
+}
+
+void absdiff_accum_cpu(at::Tensor& acc, const at::Tensor& clean, const at::Tensor& noisy) {
+  TORCH_CHECK(clean.dim() == 2, "absdiff_accum_: clean must be [T, C], got ", clean.sizes());
+  TORCH_CHECK(noisy.dim() == 3 && noisy.size(1) == clean.size(0) && noisy.size(2) == clean.size(1),
+              "absdiff_accum_: noisy must be [k, T, C] with clean [T, C]; got ", noisy.sizes(), " and ",
+              clean.sizes());
+  TORCH_CHECK(acc.scalar_type() == at::kFloat, "absdiff_accum_: acc must be float32");
+  const int64_t K = noisy.size(0), T = clean.size(0), C = clean.size(1), TC = T * C;
+  const bool per_pos = acc.dim() == 2;
+  TORCH_CHECK((per_pos && acc.size(0) == T && acc.size(1) == C) || (acc.dim() == 1 && acc.size(0) == C),
+              "absdiff_accum_: acc must be [T, C] or [C]; got ", acc.sizes());
+  if (K == 0 || T == 0 || C == 0) return;
+  // per position: accumulate straight into acc; reduced: into a [T, C] buffer, then sum over positions
+  // (sum over k, then over t: the reference's order).
+  at::Tensor out = per_pos ? (acc.is_contiguous() ? acc : acc.contiguous())
+                           : at::zeros({T, C}, acc.options());
+  const at::Tensor x = noisy.contiguous();
+  const at::Tensor cf = clean.to(at::kFloat).contiguous();
+  float* a = out.data_ptr<float>();
+  const float* cp = cf.data_ptr<float>();
+  // Each task owns a contiguous slice of the T*C (position, channel) plane and streams through the K samples
+  // slice by slice: long contiguous reads of `noisy`, the running sums stay in L1.
+  constexpr int64_t kSlice = 4096;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "absdiff_accum_cpu", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    at::parallel_for(0, TC, kSlice, [&](int64_t b, int64_t e) {
+      float buf[kSlice];
+      for (int64_t s0 = b; s0 < e; s0 += kSlice) {
+        const int64_t len = std::min(kSlice, e - s0);
+        std::fill(buf, buf + len, 0.f);
+        absdiff_rows(xp + s0, TC, K, cp + s0, buf, len);
+        float* as = a + s0;
+        for (int64_t j = 0; j < len; ++j) as[j] += buf[j];
+      }
+    });
+  });
+  if (!per_pos) {
+    acc.add_(out.sum(0));
+  } else if (!out.is_same(acc)) {
+    acc.copy_(out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// noisy_embeds: out[k, t, h] = embeds[t, h] + alpha * noise(idx = (k_start + k) * T * H + t * H + h)
+// ---------------------------------------------------------------------------------------------------------------
+// Integer part (Philox + uniform conversion) in a loop the compiler vectorises; log/cos in a second loop.
+AF_CLONES void philox_uniforms(uint64_t idx0, int64_t n, uint32_t k0, uint32_t k1, float* u0, float* u1) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t idx = idx0 + static_cast<uint64_t>(j);
+    uint32_t r0, r1;
+    philox_2x(static_cast<uint32_t>(idx), static_cast<uint32_t>(idx >> 32), k0, k1, r0, r1);
+    const float a = uint_to_uniform(r0);
+    u0[j] = a < kMinUniform ? kMinUniform : a;
+    u1[j] = kTwoPi * uint_to_uniform(r1);
+  }
+}
+
+void philox_normals(uint64_t idx0, int64_t n, uint32_t k0, uint32_t k1, float* out, float* tmp) {
+  philox_uniforms(idx0, n, k0, k1, out, tmp);
+  for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(-2.0f * std::log(out[j])) * std::cos(tmp[j]);
+}
+
+at::Tensor noisy_embeds_cpu(const at::Tensor& embeds, double alpha, int64_t seed, int64_t k_start, int64_t k_count) {
+  TORCH_CHECK(embeds.dim() == 2, "noisy_embeds: embeds must be [T, H], got ", embeds.sizes());
+  TORCH_CHECK(k_start >= 0 && k_count >= 0, "noisy_embeds: k_start and k_count must be >= 0");
+  const at::Tensor e = embeds.contiguous();
+  const int64_t T = e.size(0), H = e.size(1), TH = T * H;
+  at::Tensor out = at::empty({k_count, T, H}, e.options());
+  if (out.numel() == 0) return out;
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const uint32_t key0 = static_cast<uint32_t>(s), key1 = static_cast<uint32_t>(s >> 32);
+  const float a = static_cast<float>(alpha);
+  const uint64_t base = static_cast<uint64_t>(k_start) * static_cast<uint64_t>(TH);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "noisy_embeds_cpu", [&] {
+    const scalar_t* ep = e.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    constexpr int64_t kB = 1024;
+    const int64_t nhb = (H + kB - 1) / kB;
+    at::parallel_for(0, k_count * T * nhb, 1, [&](int64_t b, int64_t en) {
+      float nz[kB], tmp[kB];
+      for (int64_t p = b; p < en; ++p) {
+        const int64_t row = p / nhb, h0 = (p % nhb) * kB, len = std::min(kB, H - h0);
+        const int64_t off = row * H + h0;
+        philox_normals(base + static_cast<uint64_t>(off), len, key0, key1, nz, tmp);
+        const scalar_t* er = ep + (row % T) * H + h0;
+        scalar_t* orow = op + off;
+        for (int64_t j = 0; j < len; ++j) {
+          const float noise = a * nz[j];  // rounded, then added: no contraction (-ffp-contract=off)
+          orow[j] = static_cast<scalar_t>(static_cast<float>(er[j]) + noise);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// mask / restore: weight viewed as [outer, size(dim), inner]; copies whole channel slices (dtype-agnostic bytes).
+// ---------------------------------------------------------------------------------------------------------------
+struct ChannelView {
+  int64_t outer, n, inner;
+};
+
+ChannelView channel_view(const at::Tensor& w, int64_t dim) {
+  ChannelView v{1, w.size(dim), 1};
+  for (int64_t d = 0; d < dim; ++d) v.outer *= w.size(d);
+  for (int64_t d = dim + 1; d < w.dim(); ++d) v.inner *= w.size(d);
+  return v;
+}
+
+at::Tensor checked_channels(const at::Tensor& channels, int64_t n, const char* op) {
+  TORCH_CHECK(channels.dim() == 1, op, ": channels must be 1-D");
+  at::Tensor ch = channels.to(at::kLong).contiguous();
+  if (ch.numel()) {
+    const int64_t lo = ch.min().item<int64_t>(), hi = ch.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < n, op, ": channel index out of range [0, ", n, "): ", lo, "..", hi);
+  }
+  return ch;
+}
+
+at::Tensor mask_channels_cpu(at::Tensor& weight, const at::Tensor& channels, int64_t dim) {
+  TORCH_CHECK(weight.dim() >= 1, "mask_channels_: weight must have at least 1 dim");
+  dim = c10::maybe_wrap_dim(dim, weight.dim());
+  const at::Tensor ch = checked_channels(channels, weight.size(dim), "mask_channels_");
+  std::vector<int64_t> sz(weight.sizes().begin(), weight.sizes().end());
+  sz[dim] = ch.numel();
+  if (!weight.is_contiguous()) {  // rare: keep the semantics with ATen ops
+    at::Tensor saved = weight.index_select(dim, ch).clone();
+    weight.index_fill_(dim, ch, 0);
+    return saved;
+  }
+  at::Tensor saved = at::empty(sz, weight.options());
+  if (saved.numel() == 0) return saved;
+  const ChannelView v = channel_view(weight, dim);
+  const int64_t m = ch.numel(), es = weight.element_size(), row = v.inner * es;
+  char* w = static_cast<char*>(weight.data_ptr());
+  char* sv = static_cast<char*>(saved.data_ptr());
+  const int64_t* c = ch.data_ptr<int64_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row));
+  // gather everything first, then zero (duplicate channels keep their original values, as index_select does)
+  at::parallel_for(0, v.outer * m, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t o = p / m, i = p % m;
+      std::memcpy(sv + (o * m + i) * row, w + (o * v.n + c[i]) * row, row);
+    }
+  });
+  at::parallel_for(0, v.outer * m, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t o = p / m, i = p % m;
+      std::memset(w + (o * v.n + c[i]) * row, 0, row);
+    }
+  });
+  return saved;
+}
+
+void restore_channels_cpu(at::Tensor& weight, const at::Tensor& channels, const at::Tensor& saved, int64_t dim) {
+  TORCH_CHECK(weight.dim() >= 1, "restore_channels_: weight must have at least 1 dim");
+  dim = c10::maybe_wrap_dim(dim, weight.dim());
+  const at::Tensor ch = checked_channels(channels, weight.size(dim), "restore_channels_");
+  TORCH_CHECK(saved.dim() == weight.dim() && saved.size(dim) == ch.numel(), "restore_channels_: saved has shape ",
+              saved.sizes(), ", expected weight's shape with ", ch.numel(), " channels along dim ", dim);
+  TORCH_CHECK(saved.scalar_type() == weight.scalar_type(), "restore_channels_: dtype mismatch");
+  if (!weight.is_contiguous()) {
+    weight.index_copy_(dim, ch, saved);
+    return;
+  }
+  const at::Tensor sc = saved.contiguous();
+  const ChannelView v = channel_view(weight, dim);
+  const int64_t m = ch.numel(), es = weight.element_size(), row = v.inner * es;
+  if (m == 0 || v.outer == 0 || row == 0) return;
+  char* w = static_cast<char*>(weight.data_ptr());
+  const char* sv = static_cast<const char*>(sc.data_ptr());
+  const int64_t* c = ch.data_ptr<int64_t>();
+  // sequential over duplicates within one o (last one wins, like index_copy_ on CPU); parallel over o
+  at::parallel_for(0, v.outer, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row * m)), [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o)
+      for (int64_t i = 0; i < m; ++i) std::memcpy(w + (o * v.n + c[i]) * row, sv + (o * m + i) * row, row);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// batched_channel_mask: out[b, t, c] = y[b, t, c] * keep[b, c]   (keep rounded to y's dtype, product in fp32)
+// ---------------------------------------------------------------------------------------------------------------
+at::Tensor batched_channel_mask_cpu(const at::Tensor& y, const at::Tensor& keep) {
+  TORCH_CHECK(y.dim() == 3, "batched_channel_mask: out must be [B, T, C], got ", y.sizes());
+  TORCH_CHECK(keep.dim() == 2 && keep.size(0) == y.size(0) && keep.size(1) == y.size(2),
+              "batched_channel_mask: keep must be [B, C]; got ", keep.sizes(), " for ", y.sizes());
+  const at::Tensor yc = y.contiguous();
+  const at::Tensor kc = keep.to(y.scalar_type()).to(at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(yc);
+  const int64_t B = y.size(0), T = y.size(1), C = y.size(2);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "batched_channel_mask_cpu", [&] {
+    using opm = at::opmath_type<scalar_t>;
+    const scalar_t* yp = yc.data_ptr<scalar_t>();
+    const float* kp = kc.data_ptr<float>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const float* kr = kp + (r / T) * C;
+        const scalar_t* yr = yp + r * C;
+        scalar_t* orow = op + r * C;
+        for (int64_t c = 0; c < C; ++c) orow[c] = static_cast<scalar_t>(static_cast<opm>(yr[c]) * static_cast<opm>(kr[c]));
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(achilles_fast, CPU, m) {
+  m.impl("noisy_embeds", &noisy_embeds_cpu);
+  m.impl("absdiff_accum_", &absdiff_accum_cpu);
+  m.impl("mask_channels_", &mask_channels_cpu);
+  m.impl("restore_channels_", &restore_channels_cpu);
+  m.impl("batched_channel_mask", &batched_channel_mask_cpu);
+  m.impl("token_nll", &token_nll_chunked);
+}
+
+}  // namespace achilles_fast

@@ -1,0 +1,322 @@
+// CUDA kernels of the achilles_fast:: ops (schemas in achilles_fast/ops/_registry.py), registered for the CUDA
+// dispatch key. Built by setup.py when ACHILLES_FAST_BUILD_CUDA=1 (or auto with a CUDA torch + nvcc);
+// csrc/check_cuda_compile.sh compiles this file for sm_90a and sm_80 in CI.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../common/philox.h"
+#include "../common/token_nll.h"
+
+namespace achilles_fast {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, threads), int64_t(1) << 30));
+}
+
+// float <-> storage type (c10::Half / c10::BFloat16 convert through float on the device)
+template <typename T>
+__device__ __forceinline__ float to_f(T v) { return static_cast<float>(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v) { return static_cast<T>(v); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// noisy_embeds: out[i] = e[i % TH] + alpha * philox_normal(base + i), grid-stride
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void noisy_embeds_kernel(const T* __restrict__ e, T* __restrict__ out, float alpha, uint32_t k0,
+                                    uint32_t k1, uint64_t base, int64_t TH, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float z = philox_normal(base + static_cast<uint64_t>(i), k0, k1);
+    out[i] = from_f<T>(__fadd_rn(to_f(e[i % TH]), __fmul_rn(alpha, z)));
+  }
+}
+
+at::Tensor noisy_embeds_cuda(const at::Tensor& embeds, double alpha, int64_t seed, int64_t k_start,
+                             int64_t k_count) {
+  TORCH_CHECK(embeds.dim() == 2, "noisy_embeds: embeds must be [T, H], got ", embeds.sizes());
+  TORCH_CHECK(k_start >= 0 && k_count >= 0, "noisy_embeds: k_start and k_count must be >= 0");
+  const c10::cuda::CUDAGuard guard(embeds.device());
+  const at::Tensor e = embeds.contiguous();
+  const int64_t T = e.size(0), H = e.size(1), TH = T * H;
+  at::Tensor out = at::empty({k_count, T, H}, e.options());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const uint64_t base = static_cast<uint64_t>(k_start) * static_cast<uint64_t>(TH);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "noisy_embeds_cuda", [&] {
+    noisy_embeds_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+        e.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<float>(alpha), static_cast<uint32_t>(s),
+        static_cast<uint32_t>(s >> 32), base, TH, n);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// absdiff: acc[j] += sum_k |noisy[k * TC + j] - clean[j]|  over the flat (t, c) plane.
+// One thread owns VEC consecutive elements (one 16-byte load per sample when aligned); samples are unrolled by 4
+// so several independent loads are in flight per thread.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+// read-only-cache 16-byte load when the pack is 16 bytes, plain load otherwise
+template <typename P>
+__device__ __forceinline__ P load_pack(const P* ptr) {
+  if constexpr (sizeof(P) == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(ptr));
+    P out;
+    memcpy(&out, &raw, sizeof(P));
+    return out;
+  } else {
+    return *ptr;
+  }
+}
+
+template <typename T, int VEC>
+__global__ void absdiff_kernel(float* __restrict__ acc, const T* __restrict__ clean, const T* __restrict__ noisy,
+                               int64_t K, int64_t TC) {
+  const int64_t g = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * VEC;
+  if (g >= TC) return;
+  if (g + VEC <= TC) {
+    const Pack<T, VEC> cp = *reinterpret_cast<const Pack<T, VEC>*>(clean + g);
+    float c[VEC], s[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      c[j] = to_f(cp.v[j]);
+      s[j] = 0.f;
+    }
+    const T* p = noisy + g;
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      Pack<T, VEC> x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) x[u] = load_pack(reinterpret_cast<const Pack<T, VEC>*>(p + (k + u) * TC));
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s[j] += fabsf(to_f(x[u].v[j]) - c[j]);
+    }
+    for (; k < K; ++k) {
+      const Pack<T, VEC> x = load_pack(reinterpret_cast<const Pack<T, VEC>*>(p + k * TC));
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) s[j] += fabsf(to_f(x.v[j]) - c[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[g + j] += s[j];
+  } else {  // tail
+    for (int64_t i = g; i < TC; ++i) {
+      const float c = to_f(clean[i]);
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += fabsf(to_f(noisy[k * TC + i]) - c);
+      acc[i] += s;
+    }
+  }
+}
+
+template <typename T, int VEC>
+void launch_absdiff(float* acc, const T* clean, const T* noisy, int64_t K, int64_t TC, cudaStream_t stream) {
+  const int64_t threads_needed = ceil_div(TC, VEC);
+  absdiff_kernel<T, VEC><<<grid_for(threads_needed), kThreads, 0, stream>>>(acc, clean, noisy, K, TC);
+}
+
+void absdiff_accum_cuda(at::Tensor& acc, const at::Tensor& clean, const at::Tensor& noisy) {
+  TORCH_CHECK(clean.dim() == 2, "absdiff_accum_: clean must be [T, C], got ", clean.sizes());
+  TORCH_CHECK(noisy.dim() == 3 && noisy.size(1) == clean.size(0) && noisy.size(2) == clean.size(1),
+              "absdiff_accum_: noisy must be [k, T, C] with clean [T, C]; got ", noisy.sizes(), " and ",
+              clean.sizes());
+  TORCH_CHECK(acc.scalar_type() == at::kFloat, "absdiff_accum_: acc must be float32");
+  TORCH_CHECK(clean.scalar_type() == noisy.scalar_type(), "absdiff_accum_: clean and noisy dtypes differ");
+  const int64_t K = noisy.size(0), T = clean.size(0), C = clean.size(1), TC = T * C;
+  const bool per_pos = acc.dim() == 2;
+  TORCH_CHECK((per_pos && acc.size(0) == T && acc.size(1) == C) || (acc.dim() == 1 && acc.size(0) == C),
+              "absdiff_accum_: acc must be [T, C] or [C]; got ", acc.sizes());
+  if (K == 0 || TC == 0) return;
+  const c10::cuda::CUDAGuard guard(acc.device());
+  at::Tensor out = per_pos ? (acc.is_contiguous() ? acc : acc.contiguous()) : at::zeros({T, C}, acc.options());
+  const at::Tensor x = noisy.contiguous();
+  const at::Tensor cl = clean.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "absdiff_accum_cuda", [&] {
+    constexpr int V = sizeof(scalar_t) >= 8 ? 2 : 16 / sizeof(scalar_t);
+    const auto aligned = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    const bool vec_ok = TC % V == 0 && aligned(x.data_ptr()) && aligned(cl.data_ptr()) && aligned(out.data_ptr());
+    if (vec_ok) {
+      launch_absdiff<scalar_t, V>(out.data_ptr<float>(), cl.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, TC,
+                                  stream);
+    } else {
+      launch_absdiff<scalar_t, 1>(out.data_ptr<float>(), cl.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, TC,
+                                  stream);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!per_pos) {
+    acc.add_(out.sum(0));  // sum over k, then positions (reference order), deterministic
+  } else if (!out.is_same(acc)) {
+    acc.copy_(out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// mask / restore: weight as [outer, n, inner], saved as [outer, m, inner]; one thread per saved element
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T, int MODE>  // 0 gather, 1 zero, 2 restore
+__global__ void channels_kernel(T* __restrict__ w, T* __restrict__ saved, const int64_t* __restrict__ ch,
+                                int64_t total, int64_t m, int64_t n, int64_t inner) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = e % inner, r = e / inner, i = r % m, o = r / m;
+    const int64_t src = (o * n + ch[i]) * inner + j;
+    if (MODE == 0) saved[e] = w[src];
+    else if (MODE == 1) w[src] = T(0);
+    else w[src] = saved[e];
+  }
+}
+
+struct Geometry {
+  int64_t outer, n, inner;
+};
+
+Geometry geometry(const at::Tensor& w, int64_t dim) {
+  Geometry g{1, w.size(dim), 1};
+  for (int64_t d = 0; d < dim; ++d) g.outer *= w.size(d);
+  for (int64_t d = dim + 1; d < w.dim(); ++d) g.inner *= w.size(d);
+  return g;
+}
+
+template <int MODE>
+void launch_channels(const at::Tensor& w, const at::Tensor& saved, const at::Tensor& ch, const Geometry& g) {
+  const int64_t total = saved.numel();
+  if (total == 0) return;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  // dtype-agnostic: move elements as unsigned integers of the element size
+  switch (w.element_size()) {
+#define AF_CASE(BYTES, TYPE)                                                                                        \
+  case BYTES:                                                                                                       \
+    channels_kernel<TYPE, MODE><<<grid_for(total), kThreads, 0, stream>>>(                                          \
+        static_cast<TYPE*>(w.data_ptr()), static_cast<TYPE*>(saved.data_ptr()), ch.data_ptr<int64_t>(), total,   \
+        ch.numel(), g.n, g.inner);                                                                                  \
+    break;
+    AF_CASE(1, uint8_t)
+    AF_CASE(2, uint16_t)
+    AF_CASE(4, uint32_t)
+    AF_CASE(8, uint64_t)
+#undef AF_CASE
+    default:
+      TORCH_CHECK(false, "mask_channels_: unsupported element size ", w.element_size());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor checked_channels(const at::Tensor& channels, const at::Tensor& w, int64_t n, const char* op) {
+  TORCH_CHECK(channels.dim() == 1, op, ": channels must be 1-D");
+  at::Tensor ch = channels.to(w.device(), at::kLong).contiguous();
+  if (ch.numel()) {
+    const int64_t lo = ch.min().item<int64_t>(), hi = ch.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < n, op, ": channel index out of range [0, ", n, "): ", lo, "..", hi);
+  }
+  return ch;
+}
+
+at::Tensor mask_channels_cuda(at::Tensor& weight, const at::Tensor& channels, int64_t dim) {
+  TORCH_CHECK(weight.dim() >= 1, "mask_channels_: weight must have at least 1 dim");
+  dim = c10::maybe_wrap_dim(dim, weight.dim());
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const at::Tensor ch = checked_channels(channels, weight, weight.size(dim), "mask_channels_");
+  if (!weight.is_contiguous()) {
+    at::Tensor saved = weight.index_select(dim, ch).clone();
+    weight.index_fill_(dim, ch, 0);
+    return saved;
+  }
+  std::vector<int64_t> sz(weight.sizes().begin(), weight.sizes().end());
+  sz[dim] = ch.numel();
+  at::Tensor saved = at::empty(sz, weight.options());
+  const Geometry g = geometry(weight, dim);
+  launch_channels<0>(weight, saved, ch, g);  // gather all, then zero (duplicates keep their originals)
+  launch_channels<1>(weight, saved, ch, g);
+  return saved;
+}
+
+void restore_channels_cuda(at::Tensor& weight, const at::Tensor& channels, const at::Tensor& saved, int64_t dim) {
+  TORCH_CHECK(weight.dim() >= 1, "restore_channels_: weight must have at least 1 dim");
+  dim = c10::maybe_wrap_dim(dim, weight.dim());
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const at::Tensor ch = checked_channels(channels, weight, weight.size(dim), "restore_channels_");
+  TORCH_CHECK(saved.dim() == weight.dim() && saved.size(dim) == ch.numel(), "restore_channels_: saved has shape ",
+              saved.sizes(), ", expected weight's shape with ", ch.numel(), " channels along dim ", dim);
+  TORCH_CHECK(saved.scalar_type() == weight.scalar_type(), "restore_channels_: dtype mismatch");
+  if (!weight.is_contiguous()) {
+    weight.index_copy_(dim, ch, saved);
+    return;
+  }
+  const at::Tensor sc = saved.to(weight.device()).contiguous();
+  launch_channels<2>(weight, sc, ch, geometry(weight, dim));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// batched_channel_mask: out[b, t, c] = y[b, t, c] * keep[b, c]
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void batched_mask_kernel(const T* __restrict__ y, const T* __restrict__ keep, T* __restrict__ out,
+                                    int64_t n, int64_t TC, int64_t C) {
+  using opm = at::opmath_type<T>;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / TC, c = i % C;
+    out[i] = static_cast<T>(static_cast<opm>(y[i]) * static_cast<opm>(keep[b * C + c]));
+  }
+}
+
+at::Tensor batched_channel_mask_cuda(const at::Tensor& y, const at::Tensor& keep) {
+  TORCH_CHECK(y.dim() == 3, "batched_channel_mask: out must be [B, T, C], got ", y.sizes());
+  TORCH_CHECK(keep.dim() == 2 && keep.size(0) == y.size(0) && keep.size(1) == y.size(2),
+              "batched_channel_mask: keep must be [B, C]; got ", keep.sizes(), " for ", y.sizes());
+  const c10::cuda::CUDAGuard guard(y.device());
+  const at::Tensor yc = y.contiguous();
+  const at::Tensor kc = keep.to(y.device(), y.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(yc);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "batched_channel_mask_cuda", [&] {
+    batched_mask_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+        yc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, y.size(1) * y.size(2),
+        y.size(2));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor token_nll_cuda(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets) {
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  return token_nll_chunked(hidden, weight, targets);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(achilles_fast, CUDA, m) {
+  m.impl("noisy_embeds", &noisy_embeds_cuda);
+  m.impl("absdiff_accum_", &absdiff_accum_cuda);
+  m.impl("mask_channels_", &mask_channels_cuda);
+  m.impl("restore_channels_", &restore_channels_cuda);
+  m.impl("batched_channel_mask", &batched_channel_mask_cuda);
+  m.impl("token_nll", &token_nll_cuda);
+}
+
+}  // namespace achilles_fast
