@@ -119,21 +119,18 @@ register_family(FamilySpec(
 ))
 
 
-def _fused_experts(name: str, module: nn.Module, layer: Optional[int], scope: str) -> List[Target]:
-    """Expert targets of a transformers-5 fused experts module; transformers 4 ModuleList experts: clear error."""
+def _moe_experts(name: str, module: nn.Module, layer: Optional[int], scope: str) -> List[Target]:
+    """One target per expert: fused experts module (transformers 5) or ModuleList MoE block (transformers 4)."""
     from . import moe
     if moe.is_fused_experts(module):
         return moe.expert_targets(name, module, layer)
-    if isinstance(module, nn.ModuleList) and name.endswith(".experts"):
-        raise UnsupportedModelError(
-            f"{name} is a ModuleList of expert modules (transformers < 5): achilles_fast scans MoE experts in the "
-            "fused layout of transformers >= 5 only; upgrade transformers (pip install 'transformers>=5')")
+    if moe.is_modulelist_moe(module):
+        return moe.legacy_expert_targets(name, module, layer)
     return []
 
 
 # MoE: dense layers' down_proj, the shared expert's down_proj, and every expert's down projection.
-_MOE = dict(down_proj="mlp.down_proj", expand=_fused_experts,
-            expand_paths=("mlp.experts", "block_sparse_moe.experts"))
+_MOE = dict(down_proj="mlp.down_proj", expand=_moe_experts, expand_paths=("mlp.experts", "mlp", "block_sparse_moe"))
 register_family(FamilySpec(model_types=("mixtral",), components={**_ATTN, **_NORMS, "mlp.down_proj": "mlp.down_proj"},
                            **_MOE))
 register_family(FamilySpec(

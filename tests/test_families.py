@@ -1,6 +1,7 @@
 """Every registered family: tiny random model -> targets, exact channel masking, find_critical end to end."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -29,9 +30,9 @@ FAMILIES = {
     "gpt2": ("gpt2", "mlp.c_proj", "conv1d"),
     "gpt_neox": ("gpt_neox", "mlp.dense_4h_to_h", "linear"),
     "opt": ("opt", "fc2", "linear"),
-    "mixtral": ("mixtral", "mlp.experts", "expert"),
-    "qwen2_moe": ("qwen2_moe", "mlp.experts", "expert"),
-    "qwen3_moe": ("qwen3_moe", "mlp.experts", "expert"),
+    "mixtral": ("mixtral", None, "expert"),
+    "qwen2_moe": ("qwen2_moe", None, "expert"),
+    "qwen3_moe": ("qwen3_moe", None, "expert"),
 }
 
 
@@ -85,10 +86,12 @@ def test_registry_targets(family):
     layers = model.config.num_hidden_layers
     downs = [t for t in targets if t.layout == layout]
     assert {t.layer for t in downs} == set(range(layers)), [t.name for t in targets]
-    assert all(f".{down}" in t.name for t in downs)
-    if layout == "expert":
+    if layout == "expert":  # transformers 5: <experts>.<e>.down_proj (virtual); 4: the real expert module
+        assert all(re.search(r"\.experts\.\d+\.(down_proj|w2)$", t.name) for t in downs), [t.name for t in downs]
         assert len(downs) == layers * 4  # one target per expert
         assert downs[0].num_channels == model.config.hidden_size
+    else:
+        assert all(t.name.endswith(f".{down}") for t in downs)
     all_t = discover_targets(model, "all")
     assert {t.name for t in targets} <= {t.name for t in all_t}
     assert len({t.name for t in all_t}) == len(all_t)
@@ -159,31 +162,36 @@ def test_find_critical_end_to_end(family, scope):
 
 
 def test_moe_expert_masking_zeroes_the_expert_slice():
-    """In-place masking of expert e, channel c zeroes down_proj[e, c, :] only, and restores it bit-exact."""
+    """In-place masking of expert e, channels c zeroes exactly those rows of e's down weight; exact restore."""
     model = _build("qwen3_moe")
     snap = weights_snapshot(model)
-    experts = model.model.layers[1].mlp.experts
-    with masked(model, ["model.layers.1.mlp.experts.2.down_proj:5", "model.layers.1.mlp.experts.2.down_proj:7"]):
-        w = experts.down_proj.detach()  # [E, H, I]
-        assert torch.all(w[2, [5, 7]] == 0)
-        diff = (w != snap["model.layers.1.mlp.experts.down_proj"]).nonzero()
-        assert set(map(tuple, diff[:, :2].tolist())) <= {(2, 5), (2, 7)}
+    t = [t for t in discover_targets(model) if t.layer == 1 and t.layout == "expert"][2]
+    w, _, dim = t.mask_params()  # transformers 5: view [H, I] of the fused [E, H, I]; 4: the expert's Linear
+    with masked(model, [f"{t.name}:5", f"{t.name}:7"]):
+        assert torch.all(w.index_select(dim, torch.tensor([5, 7])) == 0)
+        changed = sum(int((p.detach() != snap[n]).sum()) for n, p in model.named_parameters())
+        assert 0 < changed <= 2 * w.shape[1 - dim]
     assert_bit_identical(model, snap)
 
 
+def _moe_block(layer):
+    return getattr(layer, "block_sparse_moe", None) or layer.mlp
+
+
 def test_moe_expert_contributions_sum_to_block_output():
-    """The per-expert outputs used for scoring add up to the experts module's output."""
+    """The per-expert outputs used for scoring add up to the MoE block's output (Mixtral: no shared expert)."""
     model = _build("mixtral")
-    targets = [t for t in discover_targets(model) if t.name.startswith("model.layers.0.")]
+    targets = [t for t in discover_targets(model) if t.layer == 0]
     ids = torch.tensor([[(3 * i + 2) % 97 for i in range(20)]])
     got = _outputs(model, targets, ids)
     block = {}
-    h = model.model.layers[0].mlp.experts.register_forward_hook(lambda m, a, out: block.setdefault("y", out.clone()))
+    h = _moe_block(model.model.layers[0]).register_forward_hook(
+        lambda m, a, out: block.update(y=(out[0] if isinstance(out, tuple) else out).clone()))
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     h.remove()
     total = sum(got[t.name] for t in targets)  # [T, H]
-    torch.testing.assert_close(total, block["y"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, block["y"].reshape(total.shape), rtol=1e-5, atol=1e-6)
     assert sum(int((got[t.name].abs().sum(-1) > 0).sum()) for t in targets) == 2 * ids.shape[1]  # top-2 routing
 
 
