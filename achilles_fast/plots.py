@@ -128,24 +128,35 @@ def layer_map_figure(result, n_layers: Optional[int] = None, title: Optional[str
 
 # ---- (3) sweeps ------------------------------------------------------------------------------------------
 def sweep_sizes_figure(rows: Sequence[Mapping], title: str = "critical-set size per checkpoint") -> Figure:
-    """One bar per checkpoint (median size over its converged rows) with every row as a dot."""
+    """Bars per checkpoint (median size over converged rows), one bar series per ranker; every row as a dot."""
     import statistics
-    by: Dict[str, List[Mapping]] = {}
+    names: List[str] = []
+    rankers: List[str] = []
+    by: Dict[tuple, List[Mapping]] = {}
     for row in rows:
-        by.setdefault(row["checkpoint"], []).append(row)
-    names = list(by)
-    fig, ax = _new((max(4.0, 1.3 * len(names) + 2), 4.2))
-    med, dots_x, dots_y, failed_x = [], [], [], []
-    for i, name in enumerate(names):
-        sizes = [int(r["n_critical"]) for r in by[name] if r["converged"]]
-        med.append(statistics.median(sizes) if sizes else 0)
-        dots_x += [i] * len(sizes)
-        dots_y += sizes
-        failed_x += [i] * (len(by[name]) - len(sizes))
-    bars = ax.bar(range(len(names)), med, color="tab:blue", alpha=0.6, label="median over runs", gid="bars")
-    for b, m in zip(bars, med):
-        ax.annotate(f"{m:g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.scatter(dots_x, dots_y, color="k", s=12, zorder=3, label="one run", gid="runs")
+        ck, rk = row["checkpoint"], (row.get("params") or {}).get("ranker", "sensitivity")
+        names += [ck] if ck not in names else []
+        rankers += [rk] if rk not in rankers else []
+        by.setdefault((ck, rk), []).append(row)
+    fig, ax = _new((max(4.0, 1.2 * len(names) * max(1, len(rankers)) ** 0.5 + 2), 4.2))
+    width = 0.8 / len(rankers)
+    dots_x, dots_y, failed_x = [], [], []
+    for s_i, rk in enumerate(rankers):
+        xs, med = [], []
+        for i, ck in enumerate(names):
+            x = i - 0.4 + width * (s_i + 0.5)
+            rs = by.get((ck, rk), [])
+            sizes = [int(r["n_critical"]) for r in rs if r["converged"]]
+            xs.append(x)
+            med.append(statistics.median(sizes) if sizes else 0)
+            dots_x += [x] * len(sizes)
+            dots_y += sizes
+            failed_x += [x] * (len(rs) - len(sizes))
+        bars = ax.bar(xs, med, width=width * 0.9, alpha=0.6, label=f"{rk} (median)", gid=f"bars:{rk}")
+        for bar, m in zip(bars, med):
+            ax.annotate(f"{m:g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+    ax.scatter(dots_x, dots_y, color="k", s=10, zorder=3, label="one run", gid="runs")
     if failed_x:
         ax.scatter(failed_x, [0] * len(failed_x), marker="x", color="tab:red", zorder=3, label="not converged",
                    gid="not_converged")

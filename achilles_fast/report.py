@@ -48,20 +48,24 @@ def flat_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def ranker_of(row: Mapping[str, Any]) -> str:
+    return (row.get("params") or {}).get("ranker", "sensitivity")
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """Per checkpoint: runs, converged runs, critical-set sizes, log10 ratios and where the neurons sit."""
-    by: Dict[str, List[Mapping]] = {}
+    """Per (checkpoint, ranker): runs, converged runs, critical-set sizes, log10 ratios, where the neurons sit."""
+    by: Dict[tuple, List[Mapping]] = {}
     for r in rows:
-        by.setdefault(r["checkpoint"], []).append(r)
+        by.setdefault((r["checkpoint"], ranker_of(r)), []).append(r)
     out = []
-    for ck, rs in by.items():
+    for (ck, ranker), rs in by.items():
         conv = [r for r in rs if r["converged"]]
         sizes = [int(r["n_critical"]) for r in conv]
         ratios = [r["log10_ratio"] for r in conv if r["log10_ratio"] is not None]
         sets = [{n["name"] for n in (r["result"] or {}).get("neurons", [])} for r in conv]
         all_neurons = [n for r in conv for n in (r["result"] or {}).get("neurons", [])]
         out.append({
-            "checkpoint": ck, "runs": len(rs), "converged": len(conv),
+            "checkpoint": ck, "ranker": ranker, "runs": len(rs), "converged": len(conv),
             "n_critical_median": statistics.median(sizes) if sizes else None,
             "n_critical_min": min(sizes) if sizes else None, "n_critical_max": max(sizes) if sizes else None,
             "log10_ratio_median": statistics.median(ratios) if ratios else None,
@@ -99,7 +103,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-SUMMARY_COLUMNS = (("checkpoint", "checkpoint"), ("runs", "runs"), ("converged", "conv"),
+SUMMARY_COLUMNS = (("checkpoint", "checkpoint"), ("ranker", "ranker"), ("runs", "runs"), ("converged", "conv"),
                    ("n_critical_median", "n median"), ("n_critical_min", "min"), ("n_critical_max", "max"),
                    ("log10_ratio_median", "log10 ratio"), ("distinct_neurons", "distinct"),
                    ("in_every_run", "in all"), ("layers", "layers (layer:count)"), ("kinds", "kinds"))

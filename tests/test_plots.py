@@ -104,13 +104,20 @@ def test_sweep_sizes_bars_and_dots():
     rows = [_row("a", 3), _row("a", 5), _row("a", 0, conv=False), _row("b", 10), _row("c", 0, conv=False)]
     fig = plots.sweep_sizes_figure(rows)
     ax = fig.axes[0]
-    bars = [p for p in ax.patches if p.get_gid() != "legend"]
+    assert len(ax.containers) == 1 and len(ax.patches) == 3  # one ranker: one bar per checkpoint
     heights = [b.get_height() for b in ax.containers[0]]
     assert heights == [4, 10, 0]  # medians of converged runs per checkpoint, in first-seen order
     dots = {c.get_gid(): c.get_offsets() for c in ax.collections}
     assert len(dots["runs"]) == 3 and len(dots["not_converged"]) == 2
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
-    assert len(bars) >= 3
+
+
+def test_sweep_sizes_one_series_per_ranker():
+    rows = [_row("a", 3), _row("a", 9), _row("b", 10), _row("b", 20)]
+    rows[1]["params"] = rows[3]["params"] = {"ranker": "random"}
+    ax = plots.sweep_sizes_figure(rows).axes[0]
+    series = {c.patches[0].get_gid(): [b.get_height() for b in c] for c in ax.containers}
+    assert series == {"bars:sensitivity": [3, 10], "bars:random": [9, 20]}
 
 
 def test_curves_and_jaccard_figures(result, tmp_path):
