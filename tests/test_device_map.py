@@ -140,3 +140,40 @@ def _neurons(t):
 class _Bad:
     module = "no.such.module"
     channel = 0
+
+
+STORY_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
+             "model.layers.3": "disk", "model.layers.4": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+             "lm_head": "cpu"}
+
+
+def test_load_model_with_device_map_real_weights(tmp_path):
+    """stories260K loaded by from_pretrained(device_map=..., offload_folder=...) gives the same result."""
+    from conftest import STORIES, _need_shared
+    _need_shared(STORIES)
+    from achilles_fast.loading import load_model
+    ref, tok, _ = load_model(str(STORIES))
+    model, _, _ = load_model(str(STORIES), device_map=STORY_MAP, offload_folder=tmp_path)
+    assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    kw = dict(KW, epsilon=0.2, max_neurons=16, max_tokens=64)
+    r_ref = af.find_critical(ref, tok, **kw)
+    r = af.find_critical(model, tok, **kw)
+    assert [n.name for n in r.top_ranked] == [n.name for n in r_ref.top_ranked]
+    assert [v for _, v in r.curve] == pytest.approx([v for _, v in r_ref.curve], abs=1e-4)
+    assert any(".layers.1." in n.name or ".layers.3." in n.name for n in r.top_ranked)  # offloaded layers scored
+
+
+def test_cli_device_map(tmp_path, capsys):
+    import json
+    from conftest import STORIES, _need_shared
+    _need_shared(STORIES)
+    from achilles_fast.cli import main
+    common = [str(STORIES), "--k", "3", "--max-neurons", "8", "--epsilon", "0.2", "--max-tokens", "48", "--quiet",
+              "--strategy", "linear"]
+    assert main(["find", *common, "--out", str(tmp_path / "a.json")]) in (0, 1)
+    assert main(["find", *common, "--out", str(tmp_path / "b.json"), "--device-map", json.dumps(STORY_MAP),
+                 "--offload-folder", str(tmp_path / "off")]) in (0, 1)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [n["name"] for n in a["top_ranked"]] == [n["name"] for n in b["top_ranked"]]
+    assert main(["find", *common, "--device-map", "{not json"]) == 2
+    assert "--device-map" in capsys.readouterr().err

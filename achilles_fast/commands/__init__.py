@@ -9,6 +9,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="local HF folder, .gguf file, or a named default (smollm2-135m)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--device-map", default=None,
+                   help="spread the model over devices with accelerate: auto, balanced, sequential, or a JSON "
+                        "object {module: device} (devices: 0, 1, cuda:0, cpu, disk); overrides --device")
+    p.add_argument("--offload-folder", default=None, help="folder for 'disk' entries of --device-map")
 
 
 def add_text_args(p: argparse.ArgumentParser, flag_help: str = "text") -> None:
@@ -25,6 +29,20 @@ def read_text(args) -> Optional[str]:
     return getattr(args, "text", None)
 
 
+def parse_device_map(spec: Optional[str]):
+    """--device-map value -> what from_pretrained takes (a strategy name or a dict)."""
+    if spec is None or not spec.strip().startswith("{"):
+        return spec
+    import json
+    try:
+        dm = json.loads(spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--device-map: not a JSON object ({e})") from None
+    return {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in dm.items()}
+
+
 def load(args):
     from ..loading import load_model
-    return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu")
+    return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu",
+                      device_map=parse_device_map(getattr(args, "device_map", None)),
+                      offload_folder=getattr(args, "offload_folder", None))

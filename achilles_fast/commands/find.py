@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the curve and layer map (PNG and SVG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--discover", action="store_true",
+                   help="model type not in the registry: scan modules named like an MLP down projection "
+                        "(best effort; check the reported modules)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +49,8 @@ def run(args) -> int:
                         alpha=args.alpha, seed=args.seed, epsilon=args.epsilon, step=args.step,
                         max_neurons=args.max_neurons, scope=args.scope, ranking=args.ranking,
                         strategy=args.strategy, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                        kernels=not args.no_kernels, progress=not args.quiet)
+                        kernels=not args.no_kernels, progress=not args.quiet,
+                        discover=args.discover)
     res.model = name
     print_result(res)
     if args.out:

@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--neurons", required=True,
                    help="result.json from `find`, or a comma-separated list like model.layers.2.mlp.down_proj:62")
     p.add_argument("--out", default=None, help="write the evaluation as JSON here")
+    p.add_argument("--discover", action="store_true",
+                   help="model type not in the registry: accept modules named like an MLP down projection")
     p.set_defaults(func=run)
 
 
@@ -38,7 +40,7 @@ def run(args) -> int:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
     text = read_text(args)
     model, tok, name = load(args)
-    r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens)
+    r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens, discover=args.discover)
     r["model"] = name
     r["neurons"] = names
     l10 = 1 / math.log(10)
