@@ -22,23 +22,25 @@ inline at::Tensor token_nll_chunked(const at::Tensor& hidden, const at::Tensor& 
   if (N == 0) return at::empty({0}, f32);
   const at::Tensor h = hidden.to(at::kFloat);
   const at::Tensor tgt = targets.to(at::kLong);
-  // ~8 MiB of fp32 logits per chunk (cache-sized on CPU; large enough for a full GPU).
-  int64_t vchunk = (8 << 20) / (4 * N);
+  // <= 64 MiB of fp32 logits per chunk: bounded memory for any N, V; a single chunk (small N * V) takes the
+  // reference's own fused log_softmax path, so it is never slower than the reference.
+  int64_t vchunk = (int64_t(64) << 20) / (4 * N);
   vchunk = std::max<int64_t>(256, std::min<int64_t>(V, (vchunk / 256) * 256));
-  at::Tensor m = at::full({N}, -std::numeric_limits<float>::infinity(), f32);
-  at::Tensor s = at::zeros({N}, f32);
+  at::Tensor lse = at::full({N}, -std::numeric_limits<float>::infinity(), f32);
   at::Tensor tl = at::zeros({N}, f32);
   for (int64_t v0 = 0; v0 < V; v0 += vchunk) {
     const int64_t len = std::min(vchunk, V - v0);
-    at::Tensor logits = at::mm(h, weight.narrow(0, v0, len).to(at::kFloat).t());  // [N, len]
-    at::Tensor in = tgt.ge(v0).logical_and_(tgt.lt(v0 + len));
-    at::Tensor local = (tgt - v0).clamp_(0, len - 1).unsqueeze(1);
+    const at::Tensor logits = at::mm(h, weight.narrow(0, v0, len).to(at::kFloat).t());  // [N, len]
+    if (len == V) {  // single chunk: -log_softmax at the target
+      at::Tensor nll = at::log_softmax(logits, 1).gather(1, tgt.clamp(0, V - 1).unsqueeze(1)).squeeze(1).neg_();
+      return at::where(tgt.eq(-100), at::zeros_like(nll), nll);
+    }
+    const at::Tensor in = tgt.ge(v0).logical_and_(tgt.lt(v0 + len));
+    const at::Tensor local = (tgt - v0).clamp_(0, len - 1).unsqueeze(1);
     tl = at::where(in, logits.gather(1, local).squeeze(1), tl);
-    at::Tensor nm = at::maximum(m, std::get<0>(logits.max(1)));
-    s = s.mul_((m - nm).exp_()).add_(logits.sub_(nm.unsqueeze(1)).exp_().sum(1));
-    m = nm;
+    lse = at::logaddexp(lse, at::logsumexp(logits, {1}));
   }
-  at::Tensor nll = m.add_(s.log_()).sub_(tl);
+  at::Tensor nll = lse.sub_(tl);
   return at::where(tgt.eq(-100), at::zeros_like(nll), nll);
 }
 
