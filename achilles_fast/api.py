@@ -139,6 +139,8 @@ def find_critical(
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
                                             per_position=ranking != "mean", max_batch_tokens=max_batch_tokens,
                                             progress=bar.update if bar is not None else None, stats=stats)
+            if ranking == "mean":  # [C] sums over positions -> means
+                scores = [sc / ids.numel() for sc in scores]
             index = NeuronIndex(targets)
             flat_ids, flat_scores = rank_channels(scores, ranking, top=max_neurons)
             ranked: List[Neuron] = [index.neuron(int(i)) for i in flat_ids.tolist()]

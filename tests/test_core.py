@@ -351,3 +351,14 @@ def test_scope_all_scans_every_component():
     r = af.find_critical(model, ToyTokenizer(), TEXT, k=3, epsilon=0.02, max_neurons=16, scope="all",
                          progress=False)
     assert r.top_ranked and len({n.kind for n in r.top_ranked}) >= 1
+
+
+def test_mean_ranking_scores_are_means_over_positions(model):
+    kw = dict(k=4, epsilon=0.02, max_neurons=8, progress=False)
+    ids = ToyTokenizer()(TEXT)["input_ids"][0]
+    ref = _hand_scores(model, ids, k=4, alpha=5.0, seed=0)
+    r = af.find_critical(model, ToyTokenizer(), TEXT, ranking="mean", **kw)
+    index = NeuronIndex(discover_targets(model))
+    flat = torch.cat([s.mean(0) for s in ref])
+    for n in r.top_ranked:
+        assert n.score == pytest.approx(float(flat[index.flat_id(Neuron(n.module, n.channel))]), rel=1e-4)
