@@ -250,6 +250,36 @@ void restore_channels_cpu(at::Tensor& weight, const at::Tensor& channels, const 
 // ---------------------------------------------------------------------------------------------------------------
 // batched_channel_mask: out[b, t, c] = y[b, t, c] * keep[b, c]   (keep rounded to y's dtype, product in fp32)
 // ---------------------------------------------------------------------------------------------------------------
+AF_CLONES void mask_row_f32(const float* __restrict__ y, const float* __restrict__ k, float* __restrict__ o,
+                            int64_t n) {
+  for (int64_t c = 0; c < n; ++c) o[c] = y[c] * k[c];
+}
+
+static inline uint16_t float_to_bf16_bits(float f) {  // c10::BFloat16's rounding: nearest even, NaN -> 0x7FC0
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7FC0u;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+AF_CLONES void mask_row_bf16(const uint16_t* __restrict__ y, const float* __restrict__ k, uint16_t* __restrict__ o,
+                             int64_t n) {
+  for (int64_t c = 0; c < n; ++c) o[c] = float_to_bf16_bits(bf16_bits_to_float(y[c]) * k[c]);
+}
+
+template <typename T>
+inline void mask_row(const T* y, const float* k, T* o, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    mask_row_f32(y, k, o, n);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    mask_row_bf16(reinterpret_cast<const uint16_t*>(y), k, reinterpret_cast<uint16_t*>(o), n);
+  } else {
+    using opm = at::opmath_type<T>;
+    for (int64_t c = 0; c < n; ++c) o[c] = static_cast<T>(static_cast<opm>(y[c]) * static_cast<opm>(k[c]));
+  }
+}
+
 at::Tensor batched_channel_mask_cpu(const at::Tensor& y, const at::Tensor& keep) {
   TORCH_CHECK(y.dim() == 3, "batched_channel_mask: out must be [B, T, C], got ", y.sizes());
   TORCH_CHECK(keep.dim() == 2 && keep.size(0) == y.size(0) && keep.size(1) == y.size(2),
@@ -260,16 +290,15 @@ at::Tensor batched_channel_mask_cpu(const at::Tensor& y, const at::Tensor& keep)
   const int64_t B = y.size(0), T = y.size(1), C = y.size(2);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "batched_channel_mask_cpu", [&] {
-    using opm = at::opmath_type<scalar_t>;
     const scalar_t* yp = yc.data_ptr<scalar_t>();
     const float* kp = kc.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, B * T, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const float* kr = kp + (r / T) * C;
         const scalar_t* yr = yp + r * C;
         scalar_t* orow = op + r * C;
-        for (int64_t c = 0; c < C; ++c) orow[c] = static_cast<scalar_t>(static_cast<opm>(yr[c]) * static_cast<opm>(kr[c]));
+        mask_row(yr, kr, orow, C);
       }
     });
   });
