@@ -1,4 +1,4 @@
-"""Plots (matplotlib Figures, no pyplot state: headless-safe), each returned as a Figure and optionally saved as PNG and SVG.
+"""Plots as matplotlib Figures (no pyplot state, so headless-safe), saved as PNG and SVG by ``save``.
 
 - ``curve_figure``: the phase-transition curve, log10 PPL ratio vs number of masked neurons, epsilon marked.
 - ``layer_map_figure``: layer x component counts of the critical set and of the top-ranked neurons (the
