@@ -362,3 +362,50 @@ print("OK")
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def _run_py(code, env, timeout=600, no_site=False, cwd=None):
+    env = {**env}
+    env.pop("TRITON_INTERPRET", None)
+    args = [sys.executable] + (["-S"] if no_site else []) + ["-c", code]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def test_build_py_ships_cpu_sources(tmp_path):
+    """setup.py's build_py copies csrc/{common,cpu} into the package (for the JIT of a plain `pip install .`)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, ACHILLES_FAST_BUILD_EXT="0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "achilles_fast" / "_csrc" / "cpu" / "ops_cpu.cpp").exists()
+    assert (tmp_path / "achilles_fast" / "_csrc" / "common" / "philox.h").exists()
+
+
+@pytest.mark.slow
+def test_jit_build_from_installed_package(tmp_path):
+    """A package installed without the extension (plain `pip install .`) JIT-compiles the CPU kernels once."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "lib"
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)], cwd=root,
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, ACHILLES_FAST_BUILD_EXT="0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = r"""
+import sys, torch
+import achilles_fast.ops as ops
+assert ops.__file__.startswith(LIB), ops.__file__
+info = ops.backend_info()
+assert info["cpp"] and info["source"].startswith("jit:"), info
+from achilles_fast.ops import reference as R
+e = torch.randn(5, 40)
+torch.testing.assert_close(ops.noisy_embeds(e, 5.0, 3, 1, 2), R.noisy_embeds_ref(e, 5.0, 3, 1, 2), rtol=0, atol=5e-5)
+print("OK", info["source"])
+"""
+    code = f"LIB = {str(lib)!r}\n" + code
+    import sysconfig
+    # -S + explicit site-packages: the copy in `lib` is imported, not the editable checkout (its finder is a .pth)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lib), sysconfig.get_paths()["purelib"]]),
+               ACHILLES_FAST_CACHE=str(tmp_path / "cache"), ACHILLES_FAST_JIT="auto")
+    r = _run_py(code, env, no_site=True, cwd=str(tmp_path))
+    assert r.returncode == 0 and "OK jit:" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    r2 = _run_py(code, env, no_site=True, cwd=str(tmp_path))  # second process: cached build, no recompilation
+    assert r2.returncode == 0 and "OK jit:" in r2.stdout, (r2.stdout + r2.stderr)[-3000:]
