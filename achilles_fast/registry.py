@@ -186,7 +186,7 @@ def _guessed_targets(model: nn.Module, mt: str) -> List[Target]:
     for name, module in model.named_modules():
         layer, rest = _layer_of(name)
         w = getattr(module, "weight", None)
-        if rest is None or not isinstance(w, torch.Tensor) or w.dim() != 2:
+        if rest is None or not _text_only(name) or not isinstance(w, torch.Tensor) or w.dim() != 2:
             continue
         if not any(rest == s or rest.endswith("." + s) for s in DOWN_PROJ_SUFFIXES):
             continue
@@ -210,6 +210,15 @@ def _wanted_paths(spec: FamilySpec, scope: str) -> Dict[str, str]:
     return {spec.down_proj: kind, **spec.more_down_proj}
 
 
+# Sub-models that a text-only forward never runs (multimodal checkpoints, e.g. Gemma-3 4B+): never scanned.
+NON_TEXT_PARTS = frozenset({"vision_tower", "vision_model", "visual", "audio_tower", "audio_model",
+                            "multi_modal_projector"})
+
+
+def _text_only(name: str) -> bool:
+    return NON_TEXT_PARTS.isdisjoint(name.split("."))
+
+
 def discover_targets(model: nn.Module, scope: str = "down_proj", allow_discovery: bool = False) -> List[Target]:
     """All scannable targets of ``model`` in forward (module registration) order.
 
@@ -230,7 +239,7 @@ def discover_targets(model: nn.Module, scope: str = "down_proj", allow_discovery
     targets: List[Target] = []
     for name, module in model.named_modules():
         layer, rest = _layer_of(name)
-        if rest is None:
+        if rest is None or not _text_only(name):
             continue
         if spec.expand is not None and rest in spec.expand_paths:
             targets.extend(spec.expand(name, module, layer, scope))

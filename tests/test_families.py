@@ -218,3 +218,43 @@ def test_discovery_knows_conv1d():
         targets = discover_targets(model, allow_discovery=True)
     assert [t.layout for t in targets] == ["conv1d"] * 3
     assert all(t.name.endswith("mlp.c_proj") for t in targets)
+
+
+def test_multimodal_gemma3_scans_the_language_model_only():
+    """Gemma-3 checkpoints with a vision tower: a text-only forward never runs it, so it is not scanned."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    cfg = AutoConfig.for_model("gemma3")
+    for k, v in dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=8, vocab_size=97).items():
+        setattr(cfg.text_config, k, v)
+    for k, v in dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                     image_size=28, patch_size=14).items():
+        setattr(cfg.vision_config, k, v)
+    cfg.mm_tokens_per_image = 4
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForImageTextToText.from_config(cfg).eval()
+    targets = discover_targets(model, "all")
+    assert targets and all("vision" not in t.name for t in targets)
+    assert {t.layer for t in targets if t.kind == "mlp.down_proj"} == {0, 1}
+    snap = weights_snapshot(model)
+    r = af.find_critical(model, ToyTokenizer(), TEXT, k=2, max_neurons=4, epsilon=0.05, scope="all", progress=False)
+    assert r.top_ranked
+    assert_bit_identical(model, snap)
+
+
+def test_moe_with_dense_layers():
+    """Qwen2-MoE with a dense MLP layer: that layer's down_proj, and experts + shared expert elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tiny_model("qwen2_moe", pad_token_id=0, initializer_range=0.2, **dict(MOE, mlp_only_layers=[1]))
+    by_layer = {}
+    for t in discover_targets(model):
+        by_layer.setdefault(t.layer, []).append(t.kind)
+    assert by_layer[1] == ["mlp.down_proj"]
+    assert by_layer[0] == by_layer[2] == ["moe.expert.down_proj"] * 4 + ["moe.shared_expert.down_proj"]
+    snap = weights_snapshot(model)
+    r = af.find_critical(model, ToyTokenizer(), TEXT, k=2, max_neurons=6, epsilon=0.05, progress=False)
+    assert r.curve
+    assert_bit_identical(model, snap)
