@@ -74,7 +74,7 @@ def curves_figure(results: Mapping[str, object], title: str = "rankers through t
         eps = r.epsilon
     if eps is not None:
         ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}", gid="epsilon")
-    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xscale("log")  # n >= 1
     ax.set_xlabel("number of masked neurons")
     ax.set_ylabel("log10(PPL masked / PPL clean)")
     ax.set_title(title)
