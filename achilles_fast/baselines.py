@@ -77,7 +77,7 @@ def _abs_stats(model, targets: Sequence[Target], ids: torch.Tensor, want_input: 
 
     try:
         for t in targets:
-            hooks.append(t.module.register_forward_hook(make(t)))
+            hooks.append(t.register_forward_hook(make(t)))
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)
     finally:
@@ -102,7 +102,7 @@ def _grad_stats(model, targets: Sequence[Target], ids: torch.Tensor):
 
     try:
         for t in targets:
-            hooks.append(t.module.register_forward_hook(make(t)))
+            hooks.append(t.register_forward_hook(make(t)))
         with _no_param_grads(model), torch.enable_grad():
             logits = model(input_ids=ids, use_cache=False).logits
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
