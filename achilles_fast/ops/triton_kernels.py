@@ -77,19 +77,38 @@ def noisy_embeds(embeds, alpha, seed, k_start, k_count):
 
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _absdiff_kernel(acc_ptr, clean_ptr, noisy_ptr, K, TC, BLOCK: tl.constexpr):
+def _absdiff_kernel(acc_ptr, clean_ptr, noisy_ptr, K, TC, K_PER, PARTIAL: tl.constexpr, BLOCK: tl.constexpr):
+    # program (i, y): BLOCK (t, c) elements, samples [y * K_PER, min(K, (y + 1) * K_PER))
     pid = tl.program_id(0)
+    y = tl.program_id(1)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat (t, c)
     m = offs < TC
     cl = tl.load(clean_ptr + offs, mask=m, other=0.0).to(tl.float32)
     s = tl.zeros([BLOCK], dtype=tl.float32)
-    p = noisy_ptr + offs
-    for _k in range(0, K):
+    k0 = y * K_PER
+    k1 = tl.minimum(K, k0 + K_PER)
+    p = noisy_ptr + k0.to(tl.int64) * TC + offs
+    for _k in range(k0, k1):
         x = tl.load(p, mask=m, other=0.0).to(tl.float32)
         s += tl.abs(x - cl)
         p += TC
-    a = tl.load(acc_ptr + offs, mask=m, other=0.0)
-    tl.store(acc_ptr + offs, a + s, mask=m)
+    if PARTIAL:
+        tl.store(acc_ptr + y.to(tl.int64) * TC + offs, s, mask=m)
+    else:
+        a = tl.load(acc_ptr + offs, mask=m, other=0.0)
+        tl.store(acc_ptr + offs, a + s, mask=m)
+
+
+_ABSDIFF_SPLITS = None  # tests force a K split under the interpreter
+
+
+def _absdiff_splits(dev, blocks, K):
+    if _ABSDIFF_SPLITS is not None:
+        return max(1, min(int(_ABSDIFF_SPLITS), K))
+    if dev.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    return max(1, min(triton.cdiv(4 * sms, blocks), K // 8, 65535))
 
 
 def absdiff_accum_(acc, clean, noisy):
@@ -98,10 +117,20 @@ def absdiff_accum_(acc, clean, noisy):
     assert clean.shape == (T, C) and acc.dtype == torch.float32
     if K == 0 or T * C == 0:
         return None
+    TC = T * C
     per_pos = acc.dim() == 2
     out = acc if (per_pos and acc.is_contiguous()) else torch.zeros((T, C), dtype=torch.float32, device=acc.device)
     BLOCK = 512
-    _absdiff_kernel[(triton.cdiv(T * C, BLOCK),)](out, clean.contiguous(), noisy.contiguous(), K, T * C, BLOCK=BLOCK)
+    blocks = triton.cdiv(TC, BLOCK)
+    splits = _absdiff_splits(acc.device, blocks, K)
+    cl, x = clean.contiguous(), noisy.contiguous()
+    if splits == 1:
+        _absdiff_kernel[(blocks, 1)](out, cl, x, K, TC, K, PARTIAL=False, BLOCK=BLOCK)
+    else:  # small (t, c) plane: split K over programs, add the partial sums in a fixed order (deterministic)
+        k_per = triton.cdiv(K, splits)
+        part = torch.empty((splits, T, C), dtype=torch.float32, device=acc.device)
+        _absdiff_kernel[(blocks, splits)](part, cl, x, K, TC, k_per, PARTIAL=True, BLOCK=BLOCK)
+        out.add_(part.sum(0))
     if not per_pos:
         acc.add_(out.sum(0))  # sum over k, then over positions (reference order); deterministic
     elif out is not acc:

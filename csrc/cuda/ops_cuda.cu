@@ -90,21 +90,24 @@ __device__ __forceinline__ P load_pack(const P* ptr) {
 }
 
 template <typename T, int VEC>
-__global__ void absdiff_kernel(float* __restrict__ acc, const T* __restrict__ clean, const T* __restrict__ noisy,
-                               int64_t K, int64_t TC) {
+__global__ void absdiff_kernel(float* __restrict__ acc, const float* __restrict__ clean,
+                               const T* __restrict__ noisy, int64_t K, int64_t TC, int64_t k_per, bool partial) {
+  // blockIdx.y = slice of the K samples (k_per each); partial: write slice sums to acc[y * TC + i], else acc[i] +=
   const int64_t g = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * VEC;
   if (g >= TC) return;
+  const int64_t k0 = blockIdx.y * k_per, k1 = min(K, k0 + k_per);
+  const int64_t Kc = k1 > k0 ? k1 - k0 : 0;
+  float* out = partial ? acc + blockIdx.y * TC : acc;
+  const T* p = noisy + k0 * TC + g;
   if (g + VEC <= TC) {
-    const Pack<T, VEC> cp = *reinterpret_cast<const Pack<T, VEC>*>(clean + g);
     float c[VEC], s[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      c[j] = to_f(cp.v[j]);
+      c[j] = clean[g + j];
       s[j] = 0.f;
     }
-    const T* p = noisy + g;
     int64_t k = 0;
-    for (; k + 4 <= K; k += 4) {
+    for (; k + 4 <= Kc; k += 4) {
       Pack<T, VEC> x[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) x[u] = load_pack(reinterpret_cast<const Pack<T, VEC>*>(p + (k + u) * TC));
@@ -113,27 +116,52 @@ __global__ void absdiff_kernel(float* __restrict__ acc, const T* __restrict__ cl
 #pragma unroll
         for (int j = 0; j < VEC; ++j) s[j] += fabsf(to_f(x[u].v[j]) - c[j]);
     }
-    for (; k < K; ++k) {
+    for (; k < Kc; ++k) {
       const Pack<T, VEC> x = load_pack(reinterpret_cast<const Pack<T, VEC>*>(p + k * TC));
 #pragma unroll
       for (int j = 0; j < VEC; ++j) s[j] += fabsf(to_f(x.v[j]) - c[j]);
     }
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) acc[g + j] += s[j];
-  } else {  // tail
+    for (int j = 0; j < VEC; ++j) out[g + j] = partial ? s[j] : out[g + j] + s[j];
+  } else {  // tail (VEC > 1 only when TC % VEC != 0, which the launcher avoids)
     for (int64_t i = g; i < TC; ++i) {
-      const float c = to_f(clean[i]);
+      const float c = clean[i];
       float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += fabsf(to_f(noisy[k * TC + i]) - c);
-      acc[i] += s;
+      for (int64_t k = 0; k < Kc; ++k) s += fabsf(to_f(noisy[(k0 + k) * TC + i]) - c);
+      out[i] = partial ? s : out[i] + s;
     }
   }
 }
 
+int num_sms(int device) {
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+    (void)cudaGetLastError();
+    sms = 100;
+  }
+  return sms;
+}
+
+// Small (position, channel) planes leave most SMs idle: split the K samples over blockIdx.y into a [splits, TC]
+// buffer of partial sums, then add them up (fixed order: deterministic).
 template <typename T, int VEC>
-void launch_absdiff(float* acc, const T* clean, const T* noisy, int64_t K, int64_t TC, cudaStream_t stream) {
-  const int64_t threads_needed = ceil_div(TC, VEC);
-  absdiff_kernel<T, VEC><<<grid_for(threads_needed), kThreads, 0, stream>>>(acc, clean, noisy, K, TC);
+void launch_absdiff(at::Tensor& out, const float* clean, const T* noisy, int64_t K, int64_t TC, int device,
+                    cudaStream_t stream) {
+  const int64_t blocks = ceil_div(ceil_div(TC, VEC), kThreads);
+  const int64_t want = 4 * static_cast<int64_t>(num_sms(device));
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({ceil_div(want, blocks), K / 8, 65535}));
+  if (splits == 1) {
+    absdiff_kernel<T, VEC><<<dim3(static_cast<unsigned>(blocks), 1), kThreads, 0, stream>>>(
+        out.data_ptr<float>(), clean, noisy, K, TC, K, false);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const int64_t k_per = ceil_div(K, splits);
+  at::Tensor part = at::empty({splits, TC}, out.options());
+  absdiff_kernel<T, VEC><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
+      part.data_ptr<float>(), clean, noisy, K, TC, k_per, true);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  out.add_(part.sum(0).view_as(out));
 }
 
 void absdiff_accum_cuda(at::Tensor& acc, const at::Tensor& clean, const at::Tensor& noisy) {
@@ -142,7 +170,6 @@ void absdiff_accum_cuda(at::Tensor& acc, const at::Tensor& clean, const at::Tens
               "absdiff_accum_: noisy must be [k, T, C] with clean [T, C]; got ", noisy.sizes(), " and ",
               clean.sizes());
   TORCH_CHECK(acc.scalar_type() == at::kFloat, "absdiff_accum_: acc must be float32");
-  TORCH_CHECK(clean.scalar_type() == noisy.scalar_type(), "absdiff_accum_: clean and noisy dtypes differ");
   const int64_t K = noisy.size(0), T = clean.size(0), C = clean.size(1), TC = T * C;
   const bool per_pos = acc.dim() == 2;
   TORCH_CHECK((per_pos && acc.size(0) == T && acc.size(1) == C) || (acc.dim() == 1 && acc.size(0) == C),
@@ -151,21 +178,18 @@ void absdiff_accum_cuda(at::Tensor& acc, const at::Tensor& clean, const at::Tens
   const c10::cuda::CUDAGuard guard(acc.device());
   at::Tensor out = per_pos ? (acc.is_contiguous() ? acc : acc.contiguous()) : at::zeros({T, C}, acc.options());
   const at::Tensor x = noisy.contiguous();
-  const at::Tensor cl = clean.contiguous();
+  const at::Tensor cl = clean.to(at::kFloat).contiguous();  // read once per thread: keep it in fp32
   auto stream = c10::cuda::getCurrentCUDAStream();
+  const int device = acc.get_device();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "absdiff_accum_cuda", [&] {
     constexpr int V = sizeof(scalar_t) >= 8 ? 2 : 16 / sizeof(scalar_t);
-    const auto aligned = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    const bool vec_ok = TC % V == 0 && aligned(x.data_ptr()) && aligned(cl.data_ptr()) && aligned(out.data_ptr());
+    const bool vec_ok = TC % V == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
     if (vec_ok) {
-      launch_absdiff<scalar_t, V>(out.data_ptr<float>(), cl.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, TC,
-                                  stream);
+      launch_absdiff<scalar_t, V>(out, cl.data_ptr<float>(), x.data_ptr<scalar_t>(), K, TC, device, stream);
     } else {
-      launch_absdiff<scalar_t, 1>(out.data_ptr<float>(), cl.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), K, TC,
-                                  stream);
+      launch_absdiff<scalar_t, 1>(out, cl.data_ptr<float>(), x.data_ptr<scalar_t>(), K, TC, device, stream);
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!per_pos) {
     acc.add_(out.sum(0));  // sum over k, then positions (reference order), deterministic
   } else if (!out.is_same(acc)) {
