@@ -15,7 +15,7 @@ Spec (YAML or a dict)::
     grid: {epsilon: [0.5, 1.0], ranker: [sensitivity, random]}   # every combination
     ray: {num_gpus: 1, num_cpus: 1, retries: 2}
 
-Every job has a key (hash of checkpoint label, text hash and the full normalised parameters). A run skips keys
+Every job has a key (hash of checkpoint label, text hash and the non-default parameters). A run skips keys
 already in the database, so re-running the same command resumes a killed sweep. Locally the jobs of one
 checkpoint run in this process; with Ray each checkpoint is one task (a streaming generator) running the very
 same ``run_checkpoint`` generator, and the driver writes the rows it yields.
@@ -109,14 +109,20 @@ class Job:
     checkpoint: str
     text: str
     text_sha: str
-    params: Dict[str, Any]  # full, normalised (defaults filled in)
+    params: Dict[str, Any]  # full (defaults filled in); recorded in the row
+    key: str  # see job_key
     text_body: Optional[str] = dataclasses.field(default=None, repr=False)
 
-    @property
-    def key(self) -> str:
-        blob = json.dumps({"checkpoint": self.checkpoint, "text_sha": self.text_sha, "params": self.params},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+def job_key(checkpoint: str, text_sha: str, params: Dict[str, Any], defaults: Dict[str, Any]) -> str:
+    """Hash of checkpoint label, text hash and the parameters that differ from their defaults.
+
+    Leaving defaults out makes "k: 100" written out the same job as k omitted, and keeps the keys of an existing
+    database valid when a later version adds a parameter (with a default) to find_critical.
+    """
+    own = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    blob = json.dumps({"checkpoint": checkpoint, "text_sha": text_sha, "params": own}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass
@@ -158,8 +164,8 @@ class SweepSpec:
         return cls.from_dict(d, base=p.resolve().parent)
 
     def param_sets(self) -> List[Dict[str, Any]]:
-        defaults = find_params_defaults()
-        allowed = set(defaults) | {RANKERS_KEY}
+        defaults = self.defaults()
+        allowed = set(defaults)
         for k in list(self.params) + list(self.grid):
             if k not in allowed:
                 raise ValueError(f"sweep spec: unknown parameter {k!r}; allowed: {', '.join(sorted(allowed))}")
@@ -167,15 +173,19 @@ class SweepSpec:
         out = []
         for combo in itertools.product(*(self.grid[k] for k in keys)):
             p = dict(defaults)
-            p[RANKERS_KEY] = DEFAULT_RANKER
             p.update(self.params)
             p.update(dict(zip(keys, combo)))
             out.append(p)
         return out
 
+    @staticmethod
+    def defaults() -> Dict[str, Any]:
+        return {**find_params_defaults(), RANKERS_KEY: DEFAULT_RANKER}
+
     def jobs(self) -> List[Job]:
-        sets = self.param_sets()
-        return [Job(c.name, t.name, t.sha, p, t.text) for c in self.checkpoints for t in self.texts for p in sets]
+        sets, d = self.param_sets(), self.defaults()
+        return [Job(c.name, t.name, t.sha, p, job_key(c.name, t.sha, p, d), t.text)
+                for c in self.checkpoints for t in self.texts for p in sets]
 
 
 # ---- executing jobs (same code locally and in a Ray task) ------------------------------------------------

@@ -35,7 +35,6 @@ def run_on_ray(groups: List[Tuple[Dict, List[Dict]]], sink: Callable[[Dict], Non
     _connect(address, num_cpus)
     import ray
 
-    from .sweep import Job
     remote = ray.remote(_task).options(num_returns="streaming", num_gpus=num_gpus, num_cpus=num_cpus,
                                        max_retries=0)
     active: Dict = {}  # generator -> (ck, jobs, attempt)
@@ -59,7 +58,7 @@ def run_on_ray(groups: List[Tuple[Dict, List[Dict]]], sink: Callable[[Dict], Non
                 continue
             except Exception as e:  # worker died (kill -9, OOM, node loss) or task error
                 del active[gen]
-                keys = [Job(**j).key for j in jobs]
+                keys = [j["key"] for j in jobs]
                 done = store.done_keys(keys)
                 missing = [j for j, k in zip(jobs, keys) if k not in done]
                 log(f"task for {ck['name']} failed ({type(e).__name__}); {len(missing)} job(s) left")
@@ -71,6 +70,6 @@ def run_on_ray(groups: List[Tuple[Dict, List[Dict]]], sink: Callable[[Dict], Non
                 else:
                     for j in missing:
                         sink({"error": f"Ray task failed {attempt + 1} time(s): {type(e).__name__}: {e}",
-                              "key": Job(**j).key, "checkpoint": j["checkpoint"], "text": j["text"],
+                              "key": j["key"], "checkpoint": j["checkpoint"], "text": j["text"],
                               "params": j["params"]})
     return n_retries

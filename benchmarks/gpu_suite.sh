@@ -14,7 +14,7 @@ ACHILLES_FAST_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-d
 python3 -c "import achilles_fast.ops as o; print(o.backend_info())"
 python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 python3 benchmarks/bench_kernels.py --device cuda --models all --out "$OUT/bench_kernels.csv" 2>&1 | tee "$OUT/bench_kernels.log" | tail -40
-python3 benchmarks/bench_find_critical.py --random smollm2-135m --device cuda --dtype float32 --tokens 115 --k 100 \
+python3 benchmarks/bench_find_critical.py --random smollm2-135m --device cuda --dtype float32 --tokens 115 --k 100 --max-neurons 100 \
   --repeats 3 --json "$OUT/e2e_smollm2.json" 2>&1 | tee "$OUT/e2e_smollm2.log" | tail -12
-python3 benchmarks/bench_find_critical.py --random llama3-8b --device cuda --dtype bfloat16 --tokens 128 --k 100 \
+python3 benchmarks/bench_find_critical.py --random llama3-8b --device cuda --dtype bfloat16 --tokens 128 --k 100 --max-neurons 100 \
   --repeats 3 --json "$OUT/e2e_llama3_8b.json" 2>&1 | tee "$OUT/e2e_llama3_8b.log" | tail -12

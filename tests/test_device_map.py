@@ -177,3 +177,21 @@ def test_cli_device_map(tmp_path, capsys):
     assert [n["name"] for n in a["top_ranked"]] == [n["name"] for n in b["top_ranked"]]
     assert main(["find", *common, "--device-map", "{not json"]) == 2
     assert "--device-map" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
+def test_whole_model_offload(how, tmp_path):
+    """accelerate.cpu_offload / disk_offload (every weight on meta, reloaded per module) give the same result."""
+    from accelerate import cpu_offload, disk_offload
+    ref, model = _tiny("qwen2_moe"), _tiny("qwen2_moe")
+    cpu = torch.device("cpu")
+    if how == "cpu_offload":
+        cpu_offload(model, execution_device=cpu)
+    else:
+        disk_offload(model, str(tmp_path), execution_device=cpu)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    tok = ToyTokenizer()
+    r_ref, r = af.find_critical(ref, tok, TEXT, **KW), af.find_critical(model, tok, TEXT, **KW)
+    assert [n.name for n in r.top_ranked] == [n.name for n in r_ref.top_ranked]
+    assert [v for _, v in r.curve] == pytest.approx([v for _, v in r_ref.curve], abs=1e-4)
+    assert all(p.device.type == "meta" for p in model.parameters())  # nothing left materialised

@@ -258,3 +258,35 @@ def test_moe_with_dense_layers():
     r = af.find_critical(model, ToyTokenizer(), TEXT, k=2, max_neurons=6, epsilon=0.05, progress=False)
     assert r.curve
     assert_bit_identical(model, snap)
+
+
+def test_cli_discover_flag(tmp_path, capsys):
+    """`achilles-fast find DIR --discover` on a checkpoint whose model_type has no registry entry."""
+    import json
+    import shutil
+    from conftest import STORIES, _need_shared
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from achilles_fast.cli import main
+    _need_shared(STORIES)
+
+    class ForkConfig(LlamaConfig):
+        model_type = "achilles_test_fork"
+
+    class ForkForCausalLM(LlamaForCausalLM):
+        config_class = ForkConfig
+
+    AutoConfig.register("achilles_test_fork", ForkConfig, exist_ok=True)
+    AutoModelForCausalLM.register(ForkConfig, ForkForCausalLM, exist_ok=True)
+    cfg = ForkConfig(**{k: v for k, v in json.loads((STORIES / "config.json").read_text()).items()
+                        if k not in ("model_type", "architectures")})
+    torch.manual_seed(0)
+    ForkForCausalLM(cfg).save_pretrained(tmp_path / "fork")
+    for f in STORIES.glob("tokenizer*"):
+        shutil.copy(f, tmp_path / "fork" / f.name)
+    args = ["find", str(tmp_path / "fork"), "--k", "2", "--max-neurons", "4", "--max-tokens", "32", "--quiet"]
+    assert main(args) == 2
+    assert "registry" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="guessed 5 MLP down projection"):
+        assert main([*args, "--discover", "--out", str(tmp_path / "r.json")]) in (0, 1)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["top_ranked"] and all(n["module"].endswith("mlp.down_proj") for n in r["top_ranked"])

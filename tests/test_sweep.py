@@ -73,6 +73,18 @@ def test_spec_expands_and_keys_are_stable(ckpts, tmp_path):
     assert not {j.key for j in SweepSpec.from_dict(d).jobs()} & {j.key for j in jobs}
 
 
+def test_keys_survive_a_new_default_parameter(ckpts, tmp_path, monkeypatch):
+    import achilles_fast.sweep as sw
+    d = spec_dict(ckpts, tmp_path / "a.db")
+    before = [j.key for j in SweepSpec.from_dict(d).jobs()]
+    real = sw.find_params_defaults
+    monkeypatch.setattr(sw, "find_params_defaults", lambda: {**real(), "new_knob": 3})
+    jobs = SweepSpec.from_dict(d).jobs()
+    assert [j.key for j in jobs] == before and all(j.params["new_knob"] == 3 for j in jobs)
+    d["params"]["new_knob"] = 4
+    assert not {j.key for j in SweepSpec.from_dict(d).jobs()} & set(before)
+
+
 def test_spec_errors(ckpts, tmp_path):
     with pytest.raises(ValueError, match="unknown parameter 'bogus'"):
         SweepSpec.from_dict({"checkpoints": [str(ckpts[0])], "grid": {"bogus": [1]}})
