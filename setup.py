@@ -61,7 +61,7 @@ def get_extensions():
         raise RuntimeError(f"ACHILLES_FAST_BUILD_CUDA=1 but torch {torch.__version__} has no CUDA or nvcc is missing "
                            f"(CUDA_HOME={cpp_extension.CUDA_HOME})")
     build_cuda = mode == "1" or (mode == "auto" and cuda_ok)
-    cxx = ["-O3", "-ffp-contract=off", "-fopenmp"] if os.name != "nt" else ["/O2", "/openmp"]
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"] if os.name != "nt" else ["/O2", "/openmp"]
     link = ["-fopenmp"] if os.name != "nt" else []
     if build_cuda:
         ext = cpp_extension.CUDAExtension(

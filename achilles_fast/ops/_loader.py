@@ -64,7 +64,7 @@ def _jit_build() -> str:
     _state["jit_dir"] = str(build_dir)
     from torch.utils.cpp_extension import load
     load(name="achilles_fast_cpu_jit", sources=[str(f) for f in files if f.suffix == ".cpp"],
-         extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"], extra_ldflags=["-fopenmp"],
+         extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
          build_directory=str(build_dir), is_python_module=False, verbose=False)
     return f"jit:{build_dir}"
 
