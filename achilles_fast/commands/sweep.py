@@ -4,8 +4,22 @@ from __future__ import annotations
 import sys
 
 
+EXAMPLE = """spec example (YAML):
+  db: sweep.db
+  checkpoints: [/data/stories260K, smollm2-135m, {name: mine, path: ./model.gguf}]
+  texts: [default, {name: wiki, file: wiki.txt}]
+  params: {max_tokens: 256, k: 20}
+  grid: {epsilon: [0.5, 1.0], ranker: [sensitivity, random, superweight]}
+  ray: {num_gpus: 1, num_cpus: 1, retries: 2}
+
+Re-running the same command resumes: jobs whose key is already in the database are skipped.
+Then: achilles-fast report sweep.db --csv runs.csv --plot plots/"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="run (or resume) a sweep over checkpoints x texts x parameters")
+    import argparse
+    p = sub.add_parser("sweep", help="run (or resume) a sweep over checkpoints x texts x parameters",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="sweep spec (YAML): checkpoints, texts, params, grid (see achilles_fast.sweep)")
     p.add_argument("--db", default=None, help="SQLite file for the rows (default: the spec's 'db')")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
