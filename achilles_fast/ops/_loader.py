@@ -54,7 +54,8 @@ def _jit_build() -> str:
     if src is None:
         raise RuntimeError("no C++ sources to JIT-compile (csrc/ not found)")
     files = sorted([*(src / "cpu").glob("*.cpp"), *(src / "common").glob("*.h")])
-    h = hashlib.sha256()
+    cflags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    h = hashlib.sha256(" ".join(cflags).encode())
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -64,7 +65,7 @@ def _jit_build() -> str:
     _state["jit_dir"] = str(build_dir)
     from torch.utils.cpp_extension import load
     load(name="achilles_fast_cpu_jit", sources=[str(f) for f in files if f.suffix == ".cpp"],
-         extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
+         extra_cflags=cflags, extra_ldflags=["-fopenmp"],
          build_directory=str(build_dir), is_python_module=False, verbose=False)
     return f"jit:{build_dir}"
 

@@ -43,11 +43,14 @@ def _check_device(*ts):
 
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _noisy_embeds_kernel(e_ptr, out_ptr, alpha, seed, base, TH, N, BLOCK: tl.constexpr, PRECISE: tl.constexpr):
+def _noisy_embeds_kernel(e_ptr, out_ptr, alpha, seed, base, TH, BLOCK: tl.constexpr, PRECISE: tl.constexpr):
+    # program (i, k): BLOCK elements of the [T, H] plane for sample k (no 64-bit modulo per element)
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat output index
-    m = offs < N
-    idx = offs + base  # global element index (int64)
+    k = tl.program_id(1)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # plane index
+    m = offs < TH
+    o = k.to(tl.int64) * TH + offs  # flat output index
+    idx = o + base  # global element index (int64)
     c0 = (idx & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((idx >> 32) & 0xFFFFFFFF).to(tl.uint32)
     z = tl.zeros_like(c0)
@@ -55,9 +58,9 @@ def _noisy_embeds_kernel(e_ptr, out_ptr, alpha, seed, base, TH, N, BLOCK: tl.con
     u0 = tl.maximum(tl.random.uint_to_uniform_float(r0), 1.0e-7)
     u1 = tl.random.uint_to_uniform_float(r1)
     noise = _box_muller(u0, u1, PRECISE)
-    e = tl.load(e_ptr + offs % TH, mask=m, other=0.0).to(tl.float32)
+    e = tl.load(e_ptr + offs, mask=m, other=0.0).to(tl.float32)
     y = e + alpha * noise
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def noisy_embeds(embeds, alpha, seed, k_start, k_count):
@@ -70,8 +73,11 @@ def noisy_embeds(embeds, alpha, seed, k_start, k_count):
     if n:
         alpha32 = float(torch.tensor(alpha, dtype=torch.float32))  # the reference rounds alpha to fp32
         BLOCK = 1024
-        _noisy_embeds_kernel[(triton.cdiv(n, BLOCK),)](e, out, alpha32, int(seed), int(k_start) * T * H, T * H, n,
-                                                       BLOCK=BLOCK, PRECISE=PRECISE)
+        for k0 in range(0, k_count, 65535):  # grid axis 1 is limited to 65535
+            kn = min(65535, k_count - k0)
+            _noisy_embeds_kernel[(triton.cdiv(T * H, BLOCK), kn)](e, out[k0:k0 + kn], alpha32, int(seed),
+                                                                  (int(k_start) + k0) * T * H, T * H, BLOCK=BLOCK,
+                                                                  PRECISE=PRECISE)
     return out
 
 

@@ -34,13 +34,19 @@ __device__ __forceinline__ T from_f(float v) { return static_cast<T>(v); }
 // ---------------------------------------------------------------------------------------------------------------
 // noisy_embeds: out[i] = e[i % TH] + alpha * philox_normal(base + i), grid-stride
 // ---------------------------------------------------------------------------------------------------------------
+// noisy_embeds: out[k, i] = e[i] + alpha * philox_normal(base + k * TH + i); one thread per plane element i
+// (grid-stride), looping over the k samples: e[i] is read once, no 64-bit modulo per element.
 template <typename T>
 __global__ void noisy_embeds_kernel(const T* __restrict__ e, T* __restrict__ out, float alpha, uint32_t k0,
-                                    uint32_t k1, uint64_t base, int64_t TH, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+                                    uint32_t k1, uint64_t base, int64_t TH, int64_t K) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < TH;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float z = philox_normal(base + static_cast<uint64_t>(i), k0, k1);
-    out[i] = from_f<T>(__fadd_rn(to_f(e[i % TH]), __fmul_rn(alpha, z)));
+    const float x = to_f(e[i]);
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t o = k * TH + i;
+      const float z = philox_normal(base + static_cast<uint64_t>(o), k0, k1);
+      out[o] = from_f<T>(__fadd_rn(x, __fmul_rn(alpha, z)));
+    }
   }
 }
 
@@ -58,9 +64,9 @@ at::Tensor noisy_embeds_cuda(const at::Tensor& embeds, double alpha, int64_t see
   const uint64_t base = static_cast<uint64_t>(k_start) * static_cast<uint64_t>(TH);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "noisy_embeds_cuda", [&] {
-    noisy_embeds_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
+    noisy_embeds_kernel<scalar_t><<<grid_for(TH), kThreads, 0, stream>>>(
         e.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<float>(alpha), static_cast<uint32_t>(s),
-        static_cast<uint32_t>(s >> 32), base, TH, n);
+        static_cast<uint32_t>(s >> 32), base, TH, k_count);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
