@@ -20,6 +20,14 @@ def load_rows(db: str) -> List[Dict[str, Any]]:
         return store.rows()
 
 
+def open_errors(db: str) -> List[Dict[str, Any]]:
+    """Failures whose job has no row yet (latest error per key)."""
+    with SweepDB(db) as store:
+        done = store.done_keys()
+        latest = {e["key"]: e for e in store.errors()}
+    return [e for k, e in latest.items() if k not in done]
+
+
 def _where(neurons: Sequence[Mapping], field: str) -> str:
     """'3:2 4:1' style counts of a neuron field (layer or kind), most common first."""
     c = Counter("-" if n.get(field) is None else n.get(field) for n in neurons)

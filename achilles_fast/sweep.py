@@ -74,9 +74,18 @@ class Checkpoint:
         p = Path(path).expanduser()
         if base is not None and not p.is_absolute() and (base / p).exists():
             path = str((base / p).resolve())
-        name = item.get("name") or (Path(path).name if Path(path).expanduser().exists() else path)
+        name = item.get("name") or _default_name(path)
         return cls(name=str(name), path=path, dtype=str(item.get("dtype", "float32")),
                    device=str(item.get("device", "auto")))
+
+
+def _default_name(path: str) -> str:
+    """Label of a checkpoint without a 'name': the folder/file name of a path, else the spec (named models).
+
+    It does not depend on whether the path exists, so a job's key is the same before and after it appears.
+    """
+    looks_like_path = "/" in path or os.sep in path or path.endswith(".gguf") or Path(path).expanduser().exists()
+    return Path(path.rstrip("/")).name if looks_like_path else path
 
 
 @dataclasses.dataclass

@@ -138,9 +138,24 @@ def test_failed_checkpoint_is_recorded_and_retried(ckpts, tmp_path):
     with SweepDB(str(db)) as s:
         errs = s.errors()
     assert len(errs) == 2 and all("not found" in e["error"] for e in errs)
+    from achilles_fast.report import open_errors
+    assert len(open_errors(str(db))) == 2
     make_checkpoint(missing, seed=7)
     rep2 = run_sweep(spec, log=None)
     assert rep2.written == 2 and rep2.skipped == 2 and rep2.complete
+    assert open_errors(str(db)) == []
+
+
+def test_sweep_cli_dry_run(ckpts, tmp_path, capsys):
+    import yaml
+
+    from achilles_fast.cli import main
+    spec = spec_dict(ckpts[:1], tmp_path / "d.db", epsilons=(0.01, 0.02))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    run_sweep({**spec, "grid": {"epsilon": [0.01]}}, log=None)  # one of the 4 jobs done (2 texts x 2 eps)
+    assert main(["sweep", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pending ") == 2 and out.count("done    ") == 2 and "2/4 done" in out
 
 
 def _wait_rows(db: Path, n: int, proc=None, timeout: float = 120.0) -> int:

@@ -18,10 +18,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report import RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, summarize, table_text, write_csv, write_json
+    from ..report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
+                          write_csv, write_json)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
     rows = load_rows(args.db)
+    for e in open_errors(args.db):
+        print(f"failed, no row yet: {e['checkpoint']} / {e['text']}: {e['error']} (re-run the sweep to retry)",
+              file=sys.stderr)
     if not rows:
         print(f"{args.db}: no finished runs yet")
         return 1
