@@ -190,3 +190,26 @@ def test_smollm2_sensitivity_beats_random(smollm2, wikitext_text):
     n = len(sens.neurons)
     rnd = baseline_result(model, tok, text, "random", max_tokens=256, epsilon=1.0, max_neurons=n)
     assert max(v for _, v in rnd.curve) < 0.5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_superweight_formula_for_linear_and_conv1d_layouts(family):
+    """score[i] = max_t |x_t,j*| * |W[i, j*]| (nn.Linear [out, in]) or |W[j*, i]| (GPT-2 Conv1D [in, out])."""
+    model, tok = tiny_model(family, seed=2), ToyTokenizer()
+    targets = discover_targets(model, "down_proj")
+    ids = _ids(tok)
+    xs = {}
+    hs = [t.module.register_forward_hook(lambda m, a, o, n=t.name: xs.__setitem__(n, a[0].detach()))
+          for t in targets]
+    with torch.no_grad():
+        model(input_ids=ids[None])
+    for h in hs:
+        h.remove()
+    got = channel_scores(model, targets, ids, "superweight")
+    for t, g in zip(targets, got):
+        xmax = xs[t.name][0].abs().amax(0)
+        j = int(xmax.argmax())
+        w = t.module.weight.detach()
+        col = w[:, j] if t.layout == "linear" else w[j, :]
+        assert t.layout == ("conv1d" if family == "gpt2" else "linear")
+        assert torch.allclose(g, col.abs() * xmax[j], rtol=1e-5)
