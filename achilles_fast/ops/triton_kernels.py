@@ -250,19 +250,23 @@ def batched_channel_mask(out, keep):
 
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _token_nll_kernel(h_ptr, w_ptr, t_ptr, out_ptr, N, V, H, stride_h, stride_w, BLOCK_N: tl.constexpr,
-                      BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    # one program = BLOCK_N tokens; streams the vocabulary in BLOCK_V tiles with an online log-sum-exp
+def _token_nll_kernel(h_ptr, w_ptr, t_ptr, m_ptr, s_ptr, tl_ptr, N, V, H, V_PER, stride_h, stride_w,
+                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    # program (i, y): BLOCK_N tokens x vocabulary slice [y * V_PER, (y + 1) * V_PER), streamed in BLOCK_V tiles with
+    # an online log-sum-exp; writes the slice's running max, sum of exp and target logit (0 if not in the slice).
     pid = tl.program_id(0)
+    y = tl.program_id(1)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = rn < N
     tgt = tl.load(t_ptr + rn, mask=mn, other=-100)
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     s_i = tl.zeros([BLOCK_N], dtype=tl.float32)
     t_i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    v_lo = y * V_PER
+    v_hi = tl.minimum(V, v_lo + V_PER)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
         rv = v0 + tl.arange(0, BLOCK_V)
-        mv = rv < V
+        mv = rv < v_hi
         acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
             rh = h0 + tl.arange(0, BLOCK_H)
@@ -277,22 +281,41 @@ def _token_nll_kernel(h_ptr, w_ptr, t_ptr, out_ptr, N, V, H, stride_h, stride_w,
         s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), 1)
         m_i = m_new
         t_i += tl.sum(tl.where(rv[None, :] == tgt[:, None], acc, 0.0), 1)
-    nll = m_i + tl.log(s_i) - t_i
-    nll = tl.where(tgt == -100, 0.0, nll)
-    tl.store(out_ptr + rn, nll, mask=mn)
+    o = y.to(tl.int64) * N + rn
+    tl.store(m_ptr + o, m_i, mask=mn)
+    tl.store(s_ptr + o, s_i, mask=mn)
+    tl.store(tl_ptr + o, t_i, mask=mn)
+
+
+_NLL_SPLITS = None  # tests force a vocabulary split under the interpreter
 
 
 def token_nll(hidden, lm_weight, targets):
     _check_device(hidden, lm_weight, targets)
     N, H = hidden.shape
     V = lm_weight.shape[0]
-    out = torch.empty((N,), dtype=torch.float32, device=hidden.device)
     if N == 0:
-        return out
+        return torch.empty((0,), dtype=torch.float32, device=hidden.device)
     h = hidden.contiguous()
     w = lm_weight.contiguous()
     t = targets.to(torch.long).contiguous()
     BLOCK_N, BLOCK_V, BLOCK_H = (16, 32, 32) if INTERPRET else (32, 128, 64)
-    _token_nll_kernel[(triton.cdiv(N, BLOCK_N),)](h, w, t, out, N, V, H, h.stride(0), w.stride(0), BLOCK_N=BLOCK_N,
-                                                  BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H)
-    return out
+    blocks = triton.cdiv(N, BLOCK_N)
+    v_tiles = triton.cdiv(V, BLOCK_V)
+    if _NLL_SPLITS is not None:
+        splits = max(1, min(int(_NLL_SPLITS), v_tiles))
+    elif hidden.device.type == "cuda":  # few tokens: split the vocabulary so every SM has work
+        sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count
+        splits = max(1, min(triton.cdiv(4 * sms, blocks), v_tiles, 65535))
+    else:
+        splits = 1
+    v_per = triton.cdiv(v_tiles, splits) * BLOCK_V
+    splits = triton.cdiv(V, v_per)
+    m = torch.empty((splits, N), dtype=torch.float32, device=h.device)
+    s = torch.empty_like(m)
+    tg = torch.empty_like(m)
+    _token_nll_kernel[(blocks, splits)](h, w, t, m, s, tg, N, V, H, v_per, h.stride(0), w.stride(0),
+                                        BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H)
+    lse = torch.logsumexp(m + torch.log(s), dim=0) if splits > 1 else m[0] + torch.log(s[0])
+    nll = lse - tg.sum(0)
+    return torch.where(t == -100, torch.zeros_like(nll), nll)
