@@ -120,106 +120,33 @@ AF_CLONES void philox_uniforms(uint64_t idx0, int64_t n, uint32_t k0, uint32_t k
     philox_2x(static_cast<uint32_t>(idx), static_cast<uint32_t>(idx >> 32), k0, k1, r0, r1);
     const float a = uint_to_uniform(r0);
     u0[j] = a < kMinUniform ? kMinUniform : a;
-    u1[j] = kTwoPi * uint_to_uniform(r1);
+    u1[j] = uint_to_uniform(r1);
   }
 }
 
-// Branch-free float log and cos (Cephes single-precision polynomials, ~1 ulp) that the compiler vectorises,
-// unlike libm calls. Domain needed here only: log on [1e-7, 1], cos on [0, 2 pi].
-static inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-static inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-static inline float log_pos(float x) {  // x positive, normal
-  const uint32_t ix = float_to_bits(x);
-  int32_t e = static_cast<int32_t>(ix >> 23) - 127;
-  float f = bits_to_float((ix & 0x007fffffu) | 0x3f800000u);  // [1, 2)
-  const bool big = f > 1.41421356237f;
-  f = big ? f * 0.5f : f;
-  e = big ? e + 1 : e;
-  const float m = f - 1.0f;  // [sqrt(.5) - 1, sqrt(2) - 1)
-  const float z = m * m;
-  float y = 7.0376836292E-2f;
-  y = y * m - 1.1514610310E-1f;
-  y = y * m + 1.1676998740E-1f;
-  y = y * m - 1.2420140846E-1f;
-  y = y * m + 1.4249322787E-1f;
-  y = y * m - 1.6668057665E-1f;
-  y = y * m + 2.0000714765E-1f;
-  y = y * m - 2.4999993993E-1f;
-  y = y * m + 3.3333331174E-1f;
-  y = y * m * z;
-  const float fe = static_cast<float>(e);
-  y = y + -2.12194440e-4f * fe;
-  y = y + -0.5f * z;
-  return (m + y) + 0.693359375f * fe;
-}
-
-static inline float cos_0_2pi(float x) {  // x in [0, 2 pi]
-  int32_t j = static_cast<int32_t>(x * 1.27323954473516f);  // x / (pi / 4)
-  j += j & 1;                                                 // zeros of the reduced argument at the origin
-  const float y = static_cast<float>(j);
-  j &= 7;
-  const float r = ((x - y * 0.78515625f) - y * 2.4187564849853515625e-4f) - y * 3.77489497744594108e-8f;
-  const float z = r * r;
-  const float c = ((2.443315711809948E-5f * z - 1.388731625493765E-3f) * z + 4.166664568298827E-2f) * z * z -
-                  0.5f * z + 1.0f;
-  const float s = ((-1.9515295891E-4f * z + 8.3321608736E-3f) * z - 1.6666654611E-1f) * z * r + r;
-  const float v = (j == 2 || j == 6) ? s : c;  // quadrants 1 and 3 use sin
-  const bool neg = (j == 2 || j == 4);         // cos(x) = -sin(r) for j=2, -cos(r) for j=4, sin(r) for j=6
-  return neg ? -v : v;
-}
-
-AF_CLONES void box_muller(const float* __restrict__ u0, const float* __restrict__ th, float* __restrict__ out,
-                          int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(-2.0f * log_pos(u0[j])) * cos_0_2pi(th[j]);
-}
-
-void philox_normals(uint64_t idx0, int64_t n, uint32_t k0, uint32_t k1, float* out, float* tmp) {
-  float u0[1024];
-  philox_uniforms(idx0, n, k0, k1, u0, tmp);
-  box_muller(u0, tmp, out, n);
-}
-
+// The integer part (Philox words -> uniforms, the bulk of the work) runs in the vectorised loop above; the float
+// part then applies the very ATen ops of reference.py, in the same order on tensors of the same shapes, so the
+// noise and the noisy embeddings are bit-identical to the reference on CPU (not just within an ulp).
 at::Tensor noisy_embeds_cpu(const at::Tensor& embeds, double alpha, int64_t seed, int64_t k_start, int64_t k_count) {
   TORCH_CHECK(embeds.dim() == 2, "noisy_embeds: embeds must be [T, H], got ", embeds.sizes());
   TORCH_CHECK(k_start >= 0 && k_count >= 0, "noisy_embeds: k_start and k_count must be >= 0");
-  const at::Tensor e = embeds.contiguous();
-  const int64_t T = e.size(0), H = e.size(1), TH = T * H;
-  at::Tensor out = at::empty({k_count, T, H}, e.options());
-  if (out.numel() == 0) return out;
+  const int64_t T = embeds.size(0), H = embeds.size(1), TH = T * H, n = k_count * TH;
+  if (n == 0) return at::empty({k_count, T, H}, embeds.options());
   const uint64_t s = static_cast<uint64_t>(seed);
   const uint32_t key0 = static_cast<uint32_t>(s), key1 = static_cast<uint32_t>(s >> 32);
-  const float a = static_cast<float>(alpha);
   const uint64_t base = static_cast<uint64_t>(k_start) * static_cast<uint64_t>(TH);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "noisy_embeds_cpu", [&] {
-    const scalar_t* ep = e.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    constexpr int64_t kB = 1024;
-    const int64_t nhb = (H + kB - 1) / kB;
-    at::parallel_for(0, k_count * T * nhb, 1, [&](int64_t b, int64_t en) {
-      float nz[kB], tmp[kB];
-      for (int64_t p = b; p < en; ++p) {
-        const int64_t row = p / nhb, h0 = (p % nhb) * kB, len = std::min(kB, H - h0);
-        const int64_t off = row * H + h0;
-        philox_normals(base + static_cast<uint64_t>(off), len, key0, key1, nz, tmp);
-        const scalar_t* er = ep + (row % T) * H + h0;
-        scalar_t* orow = op + off;
-        for (int64_t j = 0; j < len; ++j) {
-          const float noise = a * nz[j];  // rounded, then added: no contraction (-ffp-contract=off)
-          orow[j] = static_cast<scalar_t>(static_cast<float>(er[j]) + noise);
-        }
-      }
-    });
+  auto f32 = embeds.options().dtype(at::kFloat);
+  at::Tensor u0 = at::empty({n}, f32), u1 = at::empty({n}, f32);
+  float* p0 = u0.data_ptr<float>();
+  float* p1 = u1.data_ptr<float>();
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    philox_uniforms(base + static_cast<uint64_t>(b), e - b, key0, key1, p0 + b, p1 + b);  // u0 clamped to 1e-7
   });
-  return out;
+  // reference: torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(TWO_PI * u1)
+  const at::Tensor noise = at::mul(at::sqrt(at::mul(at::log(u0), -2.0)), at::cos(at::mul(u1, 6.283185307179586)));
+  // reference: (embeds.float().unsqueeze(0) + alpha * noise).to(embeds.dtype)
+  return at::add(embeds.to(at::kFloat).unsqueeze(0), at::mul(noise.view({k_count, T, H}), alpha))
+      .to(embeds.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
