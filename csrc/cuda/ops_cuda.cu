@@ -32,10 +32,10 @@ template <typename T>
 __device__ __forceinline__ T from_f(float v) { return static_cast<T>(v); }
 
 // ---------------------------------------------------------------------------------------------------------------
-// noisy_embeds: out[i] = e[i % TH] + alpha * philox_normal(base + i), grid-stride
-// ---------------------------------------------------------------------------------------------------------------
 // noisy_embeds: out[k, i] = e[i] + alpha * philox_normal(base + k * TH + i); one thread per plane element i
-// (grid-stride), looping over the k samples: e[i] is read once, no 64-bit modulo per element.
+// (grid-stride), looping over the k samples: e[i] is read once, no 64-bit modulo per element. Precise logf / cosf /
+// sqrtf and explicitly rounded products (no FMA contraction): the same operations as the reference's CUDA kernels.
+// ---------------------------------------------------------------------------------------------------------------
 template <typename T>
 __global__ void noisy_embeds_kernel(const T* __restrict__ e, T* __restrict__ out, float alpha, uint32_t k0,
                                     uint32_t k1, uint64_t base, int64_t TH, int64_t K) {
