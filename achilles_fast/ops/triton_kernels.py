@@ -35,6 +35,11 @@ def _box_muller(u0, u1, PRECISE: tl.constexpr):
     return r
 
 
+# Launch options: on the GPU, keep `e + alpha * noise` as a rounded product then a rounded sum like the reference
+# (Triton fuses it into an FMA by default); the interpreter takes no compile options.
+_NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
+
+
 def _check_device(*ts):
     for t in ts:
         if t is not None and t.device.type != "cuda" and not INTERPRET:
@@ -77,7 +82,7 @@ def noisy_embeds(embeds, alpha, seed, k_start, k_count):
             kn = min(65535, k_count - k0)
             _noisy_embeds_kernel[(triton.cdiv(T * H, BLOCK), kn)](e, out[k0:k0 + kn], alpha32, int(seed),
                                                                   (int(k_start) + k0) * T * H, T * H, BLOCK=BLOCK,
-                                                                  PRECISE=PRECISE)
+                                                                  PRECISE=PRECISE, **_NO_FMA)
     return out
 
 
