@@ -63,6 +63,9 @@ def _jit_build() -> str:
     build_dir = _cache_root() / "jit" / tag.replace("+", "_")
     build_dir.mkdir(parents=True, exist_ok=True)
     _state["jit_dir"] = str(build_dir)
+    if not any(build_dir.glob("*.so")) and os.environ.get("ACHILLES_FAST_QUIET", "0") != "1":
+        print(f"achilles_fast: compiling the C++ CPU ops once (~20-60 s), cached in {build_dir}", file=sys.stderr,
+              flush=True)
     from torch.utils.cpp_extension import load
     load(name="achilles_fast_cpu_jit", sources=[str(f) for f in files if f.suffix == ".cpp"],
          extra_cflags=cflags, extra_ldflags=["-fopenmp"],
