@@ -13,6 +13,10 @@
 #include "../common/philox.h"
 #include "../common/token_nll.h"
 
+#if defined(_MSC_VER) && !defined(__restrict__)
+#define __restrict__ __restrict
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ACHILLES_FAST_NO_CLONES)
 #define AF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
