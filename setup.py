@@ -3,8 +3,9 @@
 Pure-Python package plus optional compiled ops (``achilles_fast._C``):
 - C++ CPU kernels (csrc/cpu), built whenever torch is importable at build time;
 - CUDA kernels (csrc/cuda), built when ACHILLES_FAST_BUILD_CUDA=1, or =auto (default) with a CUDA torch and nvcc.
-Build against the torch you run with: ``pip install --no-build-isolation .`` (plain ``pip install .`` builds in an
-isolated env without torch and installs the pure-Python package; the ops then fall back to PyTorch references).
+Build against the torch you run with: ``pip install --no-build-isolation .``. Plain ``pip install .`` builds in an
+isolated env without torch: the package then ships the CPU sources and JIT-compiles them on first use (cached under
+~/.cache/achilles_fast), falling back to the PyTorch reference ops with a one-line warning if that fails.
 """
 import os
 
