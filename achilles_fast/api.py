@@ -74,6 +74,16 @@ def _resolve_model(model, tokenizer, device, dtype):
     return model, tokenizer, name
 
 
+def _autocast(model: nn.Module, dtype: Optional[str]):
+    """Autocast context for Stage 1 (no-op when dtype is None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    from .loading import parse_dtype
+    dt = parse_dtype(dtype)
+    dev = model.get_input_embeddings().weight.device.type
+    return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dt)
+
+
 def _default_stage2_batch(device: torch.device) -> int:
     # CPU: a batched forward costs ~B single forwards, so small batches waste less past the crossing.
     return 16 if device.type == "cuda" else 4
@@ -104,6 +114,7 @@ def find_critical(
     progress: bool = True,
     top_report: int = 50,
     discover: bool = False,
+    stage1_dtype: Optional[str] = None,
 ) -> CriticalResult:
     """Find the critical neurons of a causal LM (arXiv 2510.10238).
 
@@ -116,9 +127,15 @@ def find_critical(
     strategy: "bisect" (batched exponential + bracketing search, default) or "linear" (the paper's n = 1, 2, ...).
     discover: for a model type without a registry entry, scan modules whose name looks like an MLP down
     projection (best effort, with a warning) instead of raising ``UnsupportedModelError``.
+    stage1_dtype: "bfloat16"/"float16" runs the Stage 1 forwards under autocast (about 2x faster on CPUs with
+    AVX512-BF16; scores then carry ~1e-2 relative rounding, so near-ties may reorder). Stage 2 perplexities always
+    use the model's own dtype. Default None: Stage 1 in the model's dtype.
     Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
     """
     validate_params(k, alpha, epsilon, step, max_neurons, scope, ranking, strategy, max_tokens)
+    if stage1_dtype is not None:
+        from .loading import parse_dtype
+        parse_dtype(stage1_dtype)  # ValueError on an unknown name, before anything runs
     model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, scope, allow_discovery=discover)
     ids = tokenize(tokenizer, text, max_tokens, "text")
@@ -126,7 +143,8 @@ def find_critical(
     params: Dict[str, Any] = dict(k=k, alpha=alpha, seed=seed, epsilon=epsilon, step=step, max_neurons=max_neurons,
                                   scope=scope, ranking=ranking, strategy=strategy, max_tokens=max_tokens,
                                   n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
-                                  eval_text="same" if eval_text is None else "separate", kernels=bool(kernels))
+                                  eval_text="same" if eval_text is None else "separate", kernels=bool(kernels),
+                                  stage1_dtype=stage1_dtype)
     was_training = model.training
     model.eval()
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
@@ -135,7 +153,7 @@ def find_critical(
         with ops.use_kernels(kernels), torch.no_grad():
             # ---- Stage 1 ---------------------------------------------------------------------------
             t0 = time.perf_counter()
-            with _progress_bar(k, "Stage 1: noisy samples", progress) as bar:
+            with _progress_bar(k, "Stage 1: noisy samples", progress) as bar, _autocast(model, stage1_dtype):
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
                                             per_position=ranking != "mean", max_batch_tokens=max_batch_tokens,
                                             progress=bar.update if bar is not None else None, stats=stats)

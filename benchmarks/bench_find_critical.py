@@ -135,6 +135,8 @@ def run(args) -> List[Dict]:
     common = dict(k=args.k, epsilon=args.epsilon, max_neurons=args.max_neurons, seed=0, progress=False)
     configs = [("ours kernels+bisect", dict(kernels=True, strategy="bisect")),
                ("ours kernels+linear", dict(kernels=True, strategy="linear")),
+               ("ours kernels+bisect, Stage 1 bf16 autocast", dict(kernels=True, strategy="bisect",
+                                                                   stage1_dtype="bfloat16")),
                ("ours reference+bisect", dict(kernels=False, strategy="bisect")),
                ("ours reference+linear", dict(kernels=False, strategy="linear"))]
     # warm-up (module load, kernel compilation, allocator)

@@ -362,3 +362,19 @@ def test_mean_ranking_scores_are_means_over_positions(model):
     flat = torch.cat([s.mean(0) for s in ref])
     for n in r.top_ranked:
         assert n.score == pytest.approx(float(flat[index.flat_id(Neuron(n.module, n.channel))]), rel=1e-4)
+
+
+def test_stage1_autocast_bf16_close_to_fp32(model):
+    kw = dict(k=4, epsilon=0.02, max_neurons=16, progress=False)
+    a = af.find_critical(model, ToyTokenizer(), TEXT, **kw)
+    b = af.find_critical(model, ToyTokenizer(), TEXT, stage1_dtype="bfloat16", **kw)
+    assert b.params["stage1_dtype"] == "bfloat16"
+    sa = {n.name: n.score for n in a.top_ranked}
+    sb = {n.name: n.score for n in b.top_ranked}
+    common = set(sa) & set(sb)
+    assert len(common) >= len(sa) // 2
+    for name in common:
+        assert sb[name] == pytest.approx(sa[name], rel=0.1)
+    assert b.clean_nll == a.clean_nll  # Stage 2 untouched
+    with pytest.raises(ValueError, match="dtype"):
+        af.find_critical(model, ToyTokenizer(), TEXT, stage1_dtype="int8", **kw)
