@@ -98,6 +98,7 @@ setup(
         "pyyaml",
         "gguf>=0.10",
         "accelerate>=0.26",
+        "ninja",  # JIT build of the C++ ops when no prebuilt extension loads
     ],
     extras_require={
         "triton": ["triton"],
