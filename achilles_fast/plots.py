@@ -56,7 +56,7 @@ def curve_figure(result, title: Optional[str] = None) -> Figure:
         ax.set_xscale("log")
     ax.set_xlabel("number of masked neurons (ranking prefix)")
     ax.set_ylabel("log10(PPL masked / PPL clean)")
-    ax.set_title(title or f"{_short(r.model)}: phase transition")
+    ax.set_title(title or f"{_short(r.model, 40)}: phase transition", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return fig
