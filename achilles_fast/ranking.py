@@ -12,7 +12,7 @@ both are kept because ``per_token`` is the paper's literal procedure.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 

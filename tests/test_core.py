@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 import torch
 
 import achilles_fast as af
-from achilles_fast import ops
 from achilles_fast.greedy import greedy_search
 from achilles_fast.masking import BatchedMask, WeightMask, masked
 from achilles_fast.neurons import Neuron, NeuronIndex

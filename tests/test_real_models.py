@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import achilles_fast as af
-from achilles_fast.perplexity import NLLEvaluator, log10_ratio
+from achilles_fast.perplexity import NLLEvaluator
 from achilles_fast.registry import discover_targets
 from achilles_fast.text import windows
 

@@ -46,3 +46,14 @@ def load(args):
     return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu",
                       device_map=parse_device_map(getattr(args, "device_map", None)),
                       offload_folder=getattr(args, "offload_folder", None))
+
+
+def print_report(rows, result: dict, out: Optional[str]) -> None:
+    """Print aligned ``(label, value)`` rows; write ``result`` as JSON to ``out`` when given."""
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        print(f"{label:<{width}}{value}")
+    if out:
+        import json
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)

@@ -1,9 +1,7 @@
 """``achilles-fast evaluate MODEL --neurons result.json --corpus FILE``: windowed corpus PPL with/without the mask."""
 from __future__ import annotations
 
-import json
-
-from . import add_model_args, load
+from . import add_model_args, load, print_report
 from .mask import read_neurons
 
 
@@ -28,13 +26,8 @@ def run(args) -> int:
     r = evaluate_corpus(model, tok, names, corpus, window=args.window, max_windows=args.max_windows,
                         bos=not args.no_bos)
     r.update(model=name, corpus=args.corpus, neurons=names)
-    print(f"model             {name}")
-    print(f"corpus            {args.corpus}: {r['windows']} window(s) x {r['window']} tokens")
-    print(f"neurons masked    {r['n_neurons']}")
-    print(f"clean log10 PPL   {r['log10_clean_ppl']:.4f}")
-    print(f"masked log10 PPL  {r['log10_masked_ppl']:.4f}")
-    print(f"log10 PPL ratio   {r['log10_ratio']:.4f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(r, f, indent=2)
+    print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
+                  ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
+                  ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"), ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")],
+                 r, args.out)
     return 0

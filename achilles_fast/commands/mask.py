@@ -5,7 +5,7 @@ import json
 import math
 import os
 
-from . import add_model_args, add_text_args, load, read_text
+from . import add_model_args, add_text_args, load, print_report, read_text
 
 
 def register(sub) -> None:
@@ -44,13 +44,7 @@ def run(args) -> int:
     r["model"] = name
     r["neurons"] = names
     l10 = 1 / math.log(10)
-    print(f"model           {name}")
-    print(f"neurons masked  {len(names)}")
-    print(f"tokens          {r['n_tokens']}")
-    print(f"clean log10 PPL {r['clean_nll'] * l10:.4f}")
-    print(f"masked log10 PPL {r['masked_nll'] * l10:.4f}")
-    print(f"log10 PPL ratio {r['log10_ratio']:.4f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(r, f, indent=2)
+    print_report([("model", name), ("neurons masked", len(names)), ("tokens", r["n_tokens"]),
+                  ("clean log10 PPL", f"{r['clean_nll'] * l10:.4f}"), ("masked log10 PPL", f"{r['masked_nll'] * l10:.4f}"),
+                  ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")], r, args.out)
     return 0
