@@ -10,6 +10,7 @@ Named models
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import inspect
 import os
 import shutil
@@ -135,6 +136,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     try:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
+        make_portable(tmp)
         (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes)\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -145,12 +147,38 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def make_portable(folder: Path) -> None:
+    """Make a saved HF folder load identically under transformers 4.x and 5.x (idempotent).
+
+    transformers 5 writes ``rope_parameters`` and ``dtype`` in config.json and ``TokenizersBackend`` as the tokenizer
+    class; 4.x reads ``rope_theta``/``torch_dtype`` (silently defaulting rope_theta to 10000 otherwise) and knows the
+    same tokenizer as ``PreTrainedTokenizerFast``.
+    """
+    cfg_path, tok_path = folder / "config.json", folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    new = dict(cfg)
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
+        new["rope_theta"] = rope["rope_theta"]
+    if "dtype" in cfg and "torch_dtype" not in cfg:
+        new["torch_dtype"] = cfg["dtype"]
+    if new != cfg:
+        cfg_path.write_text(json.dumps(new, indent=2) + "\n")
+    if tok_path.is_file():
+        tcfg = json.loads(tok_path.read_text())
+        if tcfg.get("tokenizer_class") == "TokenizersBackend" and (folder / "tokenizer.json").is_file():
+            tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tok_path.write_text(json.dumps(tcfg, indent=2) + "\n")
+
+
 def cached_gguf_dir(gguf: Path) -> Path:
     """HF folder for a GGUF file, converting it on first use."""
     st = gguf.stat()
     out = cache_dir() / "models" / f"{gguf.stem}-{st.st_size}"
     if not (out / "config.json").is_file():
         convert_gguf(gguf, out)
+    else:
+        make_portable(out)  # caches written by an earlier version
     return out
 
 

@@ -62,3 +62,16 @@ def test_resolve_specs(shared_dir, tmp_path):
     if smollm2_available():
         kind, path = resolve("smollm2-135m")
         assert kind == "gguf" and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_make_portable_for_transformers_4(tmp_path):
+    from achilles_fast.loading import make_portable
+    (tmp_path / "config.json").write_text(json.dumps({"rope_parameters": {"rope_theta": 1e5}, "dtype": "float32"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend"}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    for _ in range(2):  # idempotent
+        make_portable(tmp_path)
+        cfg = json.loads((tmp_path / "config.json").read_text())
+        assert cfg["rope_theta"] == 1e5 and cfg["torch_dtype"] == "float32"
+        assert cfg["rope_parameters"] == {"rope_theta": 1e5}
+        assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
