@@ -56,8 +56,13 @@ class FixedTokenizer:
 def random_model(shape: str, device: str, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(**RANDOM_SHAPES[shape], max_position_embeddings=4096)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build directly in the target dtype (an 8B model in fp32 is 32 GB)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
     return model.eval()
 
 
