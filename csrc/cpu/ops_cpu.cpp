@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/token_nll.h"
 
@@ -72,15 +73,8 @@ inline void absdiff_rows(const T* x, int64_t stride, int64_t K, const float* cle
 }
 
 void absdiff_accum_cpu(at::Tensor& acc, const at::Tensor& clean, const at::Tensor& noisy) {
-  TORCH_CHECK(clean.dim() == 2, "absdiff_accum_: clean must be [T, C], got ", clean.sizes());
-  TORCH_CHECK(noisy.dim() == 3 && noisy.size(1) == clean.size(0) && noisy.size(2) == clean.size(1),
-              "absdiff_accum_: noisy must be [k, T, C] with clean [T, C]; got ", noisy.sizes(), " and ",
-              clean.sizes());
-  TORCH_CHECK(acc.scalar_type() == at::kFloat, "absdiff_accum_: acc must be float32");
+  const bool per_pos = check_absdiff(acc, clean, noisy);
   const int64_t K = noisy.size(0), T = clean.size(0), C = clean.size(1), TC = T * C;
-  const bool per_pos = acc.dim() == 2;
-  TORCH_CHECK((per_pos && acc.size(0) == T && acc.size(1) == C) || (acc.dim() == 1 && acc.size(0) == C),
-              "absdiff_accum_: acc must be [T, C] or [C]; got ", acc.sizes());
   if (K == 0 || T == 0 || C == 0) return;
   // per position: accumulate straight into acc; reduced: into a [T, C] buffer, then sum over positions
   // (sum over k, then over t: the reference's order).
@@ -132,8 +126,7 @@ AF_CLONES void philox_uniforms(uint64_t idx0, int64_t n, uint32_t k0, uint32_t k
 // part then applies the very ATen ops of reference.py, in the same order on tensors of the same shapes, so the
 // noise and the noisy embeddings are bit-identical to the reference on CPU (not just within an ulp).
 at::Tensor noisy_embeds_cpu(const at::Tensor& embeds, double alpha, int64_t seed, int64_t k_start, int64_t k_count) {
-  TORCH_CHECK(embeds.dim() == 2, "noisy_embeds: embeds must be [T, H], got ", embeds.sizes());
-  TORCH_CHECK(k_start >= 0 && k_count >= 0, "noisy_embeds: k_start and k_count must be >= 0");
+  check_noisy_embeds(embeds, k_start, k_count);
   const int64_t T = embeds.size(0), H = embeds.size(1), TH = T * H, n = k_count * TH;
   if (n == 0) return at::empty({k_count, T, H}, embeds.options());
   const uint64_t s = static_cast<uint64_t>(seed);
@@ -167,20 +160,10 @@ ChannelView channel_view(const at::Tensor& w, int64_t dim) {
   return v;
 }
 
-at::Tensor checked_channels(const at::Tensor& channels, int64_t n, const char* op) {
-  TORCH_CHECK(channels.dim() == 1, op, ": channels must be 1-D");
-  at::Tensor ch = channels.to(at::kLong).contiguous();
-  if (ch.numel()) {
-    const int64_t lo = ch.min().item<int64_t>(), hi = ch.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < n, op, ": channel index out of range [0, ", n, "): ", lo, "..", hi);
-  }
-  return ch;
-}
-
 at::Tensor mask_channels_cpu(at::Tensor& weight, const at::Tensor& channels, int64_t dim) {
-  TORCH_CHECK(weight.dim() >= 1, "mask_channels_: weight must have at least 1 dim");
+  check_weight(weight, "mask_channels_");
   dim = c10::maybe_wrap_dim(dim, weight.dim());
-  const at::Tensor ch = checked_channels(channels, weight.size(dim), "mask_channels_");
+  const at::Tensor ch = checked_channels(channels, weight.device(), weight.size(dim), "mask_channels_");
   std::vector<int64_t> sz(weight.sizes().begin(), weight.sizes().end());
   sz[dim] = ch.numel();
   if (!weight.is_contiguous()) {  // rare: keep the semantics with ATen ops
@@ -213,12 +196,10 @@ at::Tensor mask_channels_cpu(at::Tensor& weight, const at::Tensor& channels, int
 }
 
 void restore_channels_cpu(at::Tensor& weight, const at::Tensor& channels, const at::Tensor& saved, int64_t dim) {
-  TORCH_CHECK(weight.dim() >= 1, "restore_channels_: weight must have at least 1 dim");
+  check_weight(weight, "restore_channels_");
   dim = c10::maybe_wrap_dim(dim, weight.dim());
-  const at::Tensor ch = checked_channels(channels, weight.size(dim), "restore_channels_");
-  TORCH_CHECK(saved.dim() == weight.dim() && saved.size(dim) == ch.numel(), "restore_channels_: saved has shape ",
-              saved.sizes(), ", expected weight's shape with ", ch.numel(), " channels along dim ", dim);
-  TORCH_CHECK(saved.scalar_type() == weight.scalar_type(), "restore_channels_: dtype mismatch");
+  const at::Tensor ch = checked_channels(channels, weight.device(), weight.size(dim), "restore_channels_");
+  check_saved(weight, saved, ch, dim);
   if (!weight.is_contiguous()) {
     weight.index_copy_(dim, ch, saved);
     return;
@@ -271,9 +252,7 @@ inline void mask_row(const T* y, const float* k, T* o, int64_t n) {
 }
 
 at::Tensor batched_channel_mask_cpu(const at::Tensor& y, const at::Tensor& keep) {
-  TORCH_CHECK(y.dim() == 3, "batched_channel_mask: out must be [B, T, C], got ", y.sizes());
-  TORCH_CHECK(keep.dim() == 2 && keep.size(0) == y.size(0) && keep.size(1) == y.size(2),
-              "batched_channel_mask: keep must be [B, C]; got ", keep.sizes(), " for ", y.sizes());
+  check_batched_mask(y, keep);
   const at::Tensor yc = y.contiguous();
   const at::Tensor kc = keep.to(y.scalar_type()).to(at::kFloat).contiguous();
   at::Tensor out = at::empty_like(yc);

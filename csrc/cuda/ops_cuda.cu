@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/token_nll.h"
 
@@ -52,8 +53,7 @@ __global__ void noisy_embeds_kernel(const T* __restrict__ e, T* __restrict__ out
 
 at::Tensor noisy_embeds_cuda(const at::Tensor& embeds, double alpha, int64_t seed, int64_t k_start,
                              int64_t k_count) {
-  TORCH_CHECK(embeds.dim() == 2, "noisy_embeds: embeds must be [T, H], got ", embeds.sizes());
-  TORCH_CHECK(k_start >= 0 && k_count >= 0, "noisy_embeds: k_start and k_count must be >= 0");
+  check_noisy_embeds(embeds, k_start, k_count);
   const c10::cuda::CUDAGuard guard(embeds.device());
   const at::Tensor e = embeds.contiguous();
   const int64_t T = e.size(0), H = e.size(1), TH = T * H;
@@ -171,15 +171,8 @@ void launch_absdiff(at::Tensor& out, const float* clean, const T* noisy, int64_t
 }
 
 void absdiff_accum_cuda(at::Tensor& acc, const at::Tensor& clean, const at::Tensor& noisy) {
-  TORCH_CHECK(clean.dim() == 2, "absdiff_accum_: clean must be [T, C], got ", clean.sizes());
-  TORCH_CHECK(noisy.dim() == 3 && noisy.size(1) == clean.size(0) && noisy.size(2) == clean.size(1),
-              "absdiff_accum_: noisy must be [k, T, C] with clean [T, C]; got ", noisy.sizes(), " and ",
-              clean.sizes());
-  TORCH_CHECK(acc.scalar_type() == at::kFloat, "absdiff_accum_: acc must be float32");
+  const bool per_pos = check_absdiff(acc, clean, noisy);
   const int64_t K = noisy.size(0), T = clean.size(0), C = clean.size(1), TC = T * C;
-  const bool per_pos = acc.dim() == 2;
-  TORCH_CHECK((per_pos && acc.size(0) == T && acc.size(1) == C) || (acc.dim() == 1 && acc.size(0) == C),
-              "absdiff_accum_: acc must be [T, C] or [C]; got ", acc.sizes());
   if (K == 0 || TC == 0) return;
   const c10::cuda::CUDAGuard guard(acc.device());
   at::Tensor out = per_pos ? (acc.is_contiguous() ? acc : acc.contiguous()) : at::zeros({T, C}, acc.options());
@@ -254,21 +247,11 @@ void launch_channels(const at::Tensor& w, const at::Tensor& saved, const at::Ten
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor checked_channels(const at::Tensor& channels, const at::Tensor& w, int64_t n, const char* op) {
-  TORCH_CHECK(channels.dim() == 1, op, ": channels must be 1-D");
-  at::Tensor ch = channels.to(w.device(), at::kLong).contiguous();
-  if (ch.numel()) {
-    const int64_t lo = ch.min().item<int64_t>(), hi = ch.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < n, op, ": channel index out of range [0, ", n, "): ", lo, "..", hi);
-  }
-  return ch;
-}
-
 at::Tensor mask_channels_cuda(at::Tensor& weight, const at::Tensor& channels, int64_t dim) {
-  TORCH_CHECK(weight.dim() >= 1, "mask_channels_: weight must have at least 1 dim");
+  check_weight(weight, "mask_channels_");
   dim = c10::maybe_wrap_dim(dim, weight.dim());
   const c10::cuda::CUDAGuard guard(weight.device());
-  const at::Tensor ch = checked_channels(channels, weight, weight.size(dim), "mask_channels_");
+  const at::Tensor ch = checked_channels(channels, weight.device(), weight.size(dim), "mask_channels_");
   if (!weight.is_contiguous()) {
     at::Tensor saved = weight.index_select(dim, ch).clone();
     weight.index_fill_(dim, ch, 0);
@@ -284,13 +267,11 @@ at::Tensor mask_channels_cuda(at::Tensor& weight, const at::Tensor& channels, in
 }
 
 void restore_channels_cuda(at::Tensor& weight, const at::Tensor& channels, const at::Tensor& saved, int64_t dim) {
-  TORCH_CHECK(weight.dim() >= 1, "restore_channels_: weight must have at least 1 dim");
+  check_weight(weight, "restore_channels_");
   dim = c10::maybe_wrap_dim(dim, weight.dim());
   const c10::cuda::CUDAGuard guard(weight.device());
-  const at::Tensor ch = checked_channels(channels, weight, weight.size(dim), "restore_channels_");
-  TORCH_CHECK(saved.dim() == weight.dim() && saved.size(dim) == ch.numel(), "restore_channels_: saved has shape ",
-              saved.sizes(), ", expected weight's shape with ", ch.numel(), " channels along dim ", dim);
-  TORCH_CHECK(saved.scalar_type() == weight.scalar_type(), "restore_channels_: dtype mismatch");
+  const at::Tensor ch = checked_channels(channels, weight.device(), weight.size(dim), "restore_channels_");
+  check_saved(weight, saved, ch, dim);
   if (!weight.is_contiguous()) {
     weight.index_copy_(dim, ch, saved);
     return;
@@ -314,9 +295,7 @@ __global__ void batched_mask_kernel(const T* __restrict__ y, const T* __restrict
 }
 
 at::Tensor batched_channel_mask_cuda(const at::Tensor& y, const at::Tensor& keep) {
-  TORCH_CHECK(y.dim() == 3, "batched_channel_mask: out must be [B, T, C], got ", y.sizes());
-  TORCH_CHECK(keep.dim() == 2 && keep.size(0) == y.size(0) && keep.size(1) == y.size(2),
-              "batched_channel_mask: keep must be [B, C]; got ", keep.sizes(), " for ", y.sizes());
+  check_batched_mask(y, keep);
   const c10::cuda::CUDAGuard guard(y.device());
   const at::Tensor yc = y.contiguous();
   const at::Tensor kc = keep.to(y.device(), y.scalar_type()).contiguous();
