@@ -209,19 +209,21 @@ def find_critical(
 
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
-                  ids: Optional[torch.Tensor] = None, discover: bool = False) -> Dict[str, float]:
-    """Mean NLL and log10 PPL ratio of ``text`` with ``neurons`` masked in place (weights restored after)."""
+                  ids: Optional[torch.Tensor] = None, discover: bool = False,
+                  max_batch_tokens: int = 8192) -> Dict[str, float]:
+    """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
+    place (weights restored after)."""
     if ids is None:
         ids = tokenize(tokenizer, text, max_tokens, "text")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            ev = NLLEvaluator(model, ids)
+            ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
             clean = ev.nll()
-            with masked(model, neurons, discover=discover):
+            with masked(model, neurons, discover=discover) as resolved:
                 nll = ev.nll()
     finally:
         model.train(was_training)
     return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
-            "n_tokens": int(ids.numel()), "n_neurons": len(list(neurons))}
+            "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}

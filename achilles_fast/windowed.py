@@ -1,17 +1,12 @@
 """WikiText-style windowed perplexity of a corpus, with and without a neuron mask."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .masking import masked
-from .perplexity import NLLEvaluator, log10_ppl, log10_ratio
+from .perplexity import log10_ppl
 from .text import windows
-
-LN10 = math.log(10.0)
-
 
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
                    bos: bool = True) -> torch.Tensor:
@@ -27,19 +22,10 @@ def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: in
                     max_windows: Optional[int] = None, bos: bool = True,
                     max_batch_tokens: int = 8192) -> Dict[str, Any]:
     """Mean NLL / log10 PPL of the windows, clean and with ``neurons`` masked (weights restored bit-exact)."""
+    from .api import evaluate_mask
     ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
-            clean = ev.nll()
-            with masked(model, neurons) as resolved:
-                nll = ev.nll()
-    finally:
-        model.train(was_training)
-    return {"windows": int(ids.shape[0]), "window": window, "bos": ids.shape[1] > window,
-            "n_tokens": int(ids.shape[0] * window),
-            "n_neurons": len(resolved), "clean_nll": clean, "masked_nll": nll,
-            "log10_clean_ppl": log10_ppl(clean), "log10_masked_ppl": log10_ppl(nll),
-            "log10_ratio": log10_ratio(nll, clean)}
+    r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens)
+    r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
+             n_tokens=int(ids.shape[0] * window), log10_clean_ppl=log10_ppl(r["clean_nll"]),
+             log10_masked_ppl=log10_ppl(r["masked_nll"]))
+    return r
