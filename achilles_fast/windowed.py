@@ -8,6 +8,7 @@ import torch
 from .perplexity import log10_ppl
 from .text import windows
 
+
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
                    bos: bool = True) -> torch.Tensor:
     """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
