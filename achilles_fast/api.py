@@ -9,25 +9,18 @@ import torch
 from torch import nn
 
 from . import ops
-from .greedy import STRATEGIES, greedy_search
-from .masking import BatchedMask, WeightMask, masked
+from .greedy import STRATEGIES
+from .masking import masked
 from .neurons import Neuron, NeuronIndex
 from .perplexity import NLLEvaluator, log10_ratio
 from .ranking import RANKINGS, rank_channels
 from .registry import discover_targets
-from .result import CriticalNeuron, CriticalResult, versions
+from .result import CriticalResult
 from .sensitivity import sensitivity_scores
+from .stage2 import progress_bar, search_ranked
 from .text import tokenize
 
 SCOPES = ("down_proj", "all")
-
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="sample" if "Stage 1" in desc else "eval", leave=False,
-                dynamic_ncols=True)
 
 
 def validate_params(k: int, alpha: float, epsilon: float, step: int, max_neurons: int, scope: str, ranking: str,
@@ -64,7 +57,8 @@ def _resolve_model(model, tokenizer, device, dtype):
             from .loading import parse_dtype
             model.to(device=device, dtype=parse_dtype(dtype))
         if tokenizer is None:
-            path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+            cfg = getattr(model, "config", None)
+            path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
             if not path:
                 raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
             from transformers import AutoTokenizer
@@ -82,13 +76,6 @@ def _autocast(model: nn.Module, dtype: Optional[str]):
     dt = parse_dtype(dtype)
     dev = model.get_input_embeddings().weight.device.type
     return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dt)
-
-
-def _default_stage2_batch(device: torch.device) -> int:
-    # CPU: a batched forward costs ~B single forwards (SmolLM2-135M, T=132: 0.8x per sequence at B=4), so the
-    # fewest evaluations win: B=1 makes bisect a plain binary search (stories260K n=143: 17 evaluations vs 27 at
-    # B=4). GPU: a forward of 16 sequences costs about one of a single sequence.
-    return 16 if device.type == "cuda" else 1
 
 
 def find_critical(
@@ -155,7 +142,8 @@ def find_critical(
         with ops.use_kernels(kernels), torch.no_grad():
             # ---- Stage 1 ---------------------------------------------------------------------------
             t0 = time.perf_counter()
-            with _progress_bar(k, "Stage 1: noisy samples", progress) as bar, _autocast(model, stage1_dtype):
+            with progress_bar(k, "Stage 1: noisy samples", "sample", progress) as bar, \
+                    _autocast(model, stage1_dtype):
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
                                             per_position=ranking != "mean", max_batch_tokens=max_batch_tokens,
                                             progress=bar.update if bar is not None else None, stats=stats)
@@ -169,43 +157,12 @@ def find_critical(
             timings["stage1"] = time.perf_counter() - t0
 
             # ---- Stage 2 ---------------------------------------------------------------------------
-            t1 = time.perf_counter()
-            evaluator = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
-            nll_clean = evaluator.nll()
-            bsz = batch_size or _default_stage2_batch(evaluator.device)
-            with _progress_bar(min(max_neurons, len(ranked)), "Stage 2: greedy", progress) as bar, \
-                    BatchedMask(targets) as bmask:
-                def on_eval(n, lr, bar=bar):
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
-                outcome = greedy_search(evaluator, bmask, ranked, nll_clean, epsilon=epsilon, step=step,
-                                        max_neurons=max_neurons, strategy=strategy, batch_size=bsz,
-                                        progress=on_eval)
-            n_final = outcome.n if outcome.converged else max(outcome.curve, default=0)
-            final_nll = outcome.nll.get(n_final)
-            if verify and outcome.converged:
-                with WeightMask(targets).apply(ranked[:n_final]):
-                    stats["verify_log10_ratio"] = log10_ratio(evaluator.nll(), nll_clean)
-            timings["stage2"] = time.perf_counter() - t1
+            return search_ranked(model, targets, ranked, ch_scores, eval_ids, epsilon=epsilon, step=step,
+                                 max_neurons=max_neurons, strategy=strategy, batch_size=batch_size,
+                                 max_batch_tokens=max_batch_tokens, verify=verify, top_report=top_report,
+                                 model_name=name, params=params, timings=timings, stats=stats, progress=progress)
     finally:
         model.train(was_training)
-    stats.update(stage2_forwards=outcome.forwards, stage2_evaluations=outcome.evaluations,
-                 stage2_batch=bsz, stage2_verified_prev=outcome.verified, fused_nll=evaluator.fused)
-    timings["total"] = timings["stage1"] + timings["stage2"]
-
-    def entry(i: int) -> CriticalNeuron:
-        n = ranked[i]
-        return CriticalNeuron(name=n.name, module=n.module, channel=n.channel, layer=n.layer, kind=n.kind, rank=i,
-                              score=float(ch_scores[i]))
-
-    crit = [entry(i) for i in range(outcome.n)] if outcome.converged else []
-    return CriticalResult(
-        model=name, neurons=crit, converged=outcome.converged, epsilon=epsilon, clean_nll=nll_clean,
-        final_nll=final_nll, log10_ratio=None if final_nll is None else log10_ratio(final_nll, nll_clean),
-        curve=[[n, v] for n, v in outcome.curve.items()], params=params, timings=timings, stats=stats,
-        versions=versions(), top_ranked=[entry(i) for i in range(min(top_report, len(ranked)))],
-    )
 
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,

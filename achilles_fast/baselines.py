@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .greedy import greedy_search
-from .masking import BatchedMask, WeightMask
 from .neurons import Neuron, NeuronIndex
-from .perplexity import NLLEvaluator, log10_ratio
 from .ranking import rank_channels
 from .registry import discover_targets
-from .result import CriticalNeuron, CriticalResult, versions
+from .result import CriticalResult
+from .stage2 import search_ranked  # noqa: F401  (public: Stage 2 on any ranking)
 from .targets import Target
 from .text import tokenize
 
@@ -41,10 +39,6 @@ def _find_params() -> set:
 
     from .api import find_critical
     return set(inspect.signature(find_critical).parameters)
-
-
-def _targets(model: nn.Module, scope: str, discover: bool = False) -> List[Target]:
-    return discover_targets(model, scope, allow_discovery=True) if discover else discover_targets(model, scope)
 
 
 @contextlib.contextmanager
@@ -153,9 +147,9 @@ def channel_scores(model: nn.Module, targets: Sequence[Target], ids: torch.Tenso
         if method == "activation":
             return [mean_abs[t.name] for t in targets]
         try:
-            down = {t.name for t in _targets(model, "down_proj")}
+            down = {t.name for t in discover_targets(model, "down_proj")}
         except ValueError:  # unregistered family: the caller opted into discovery to get here
-            down = {t.name for t in _targets(model, "down_proj", discover=True)}
+            down = {t.name for t in discover_targets(model, "down_proj", allow_discovery=True)}
         return _superweight_scores(targets, in_max, down)
     stats = _grad_stats(model, targets, ids2)
     if method == "gradient":
@@ -177,50 +171,6 @@ def rank_neurons(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor,
     return [index.neuron(int(i)) for i in flat_ids.tolist()], [float(v) for v in vals.tolist()]
 
 
-def search_ranked(model: nn.Module, targets: Sequence[Target], ranked: Sequence[Neuron], scores: Sequence[float],
-                  eval_ids: torch.Tensor, *, epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000,
-                  strategy: str = "bisect", batch_size: Optional[int] = None,
-                  max_batch_tokens: Optional[int] = None, verify: bool = True, top_report: int = 50,
-                  model_name: str = "", params: Optional[Dict[str, Any]] = None,
-                  timings: Optional[Dict[str, float]] = None) -> CriticalResult:
-    """Stage 2 on any ranking: greedy_search + NLLEvaluator + BatchedMask -> CriticalResult (weights untouched)."""
-    timings = dict(timings or {})
-    stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
-    t1 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ev = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
-            clean = ev.nll()
-            bsz = batch_size or (16 if ev.device.type == "cuda" else 4)
-            with BatchedMask(targets) as bm:
-                out = greedy_search(ev, bm, ranked, clean, epsilon=epsilon, step=step, max_neurons=max_neurons,
-                                    strategy=strategy, batch_size=bsz)
-            n_final = out.n if out.converged else max(out.curve, default=0)
-            if verify and out.converged:
-                with WeightMask(targets).apply(ranked[:n_final]):
-                    stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
-    finally:
-        model.train(was_training)
-    timings["stage2"] = time.perf_counter() - t1
-    timings["total"] = sum(v for k, v in timings.items() if k != "total")
-    stats.update(stage2_forwards=out.forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz)
-    final = out.nll.get(n_final)
-
-    def entry(i: int) -> CriticalNeuron:
-        n = ranked[i]
-        return CriticalNeuron(name=n.name, module=n.module, channel=n.channel, layer=n.layer, kind=n.kind, rank=i,
-                              score=float(scores[i]))
-
-    return CriticalResult(
-        model=model_name, neurons=[entry(i) for i in range(out.n)] if out.converged else [],
-        converged=out.converged, epsilon=epsilon, clean_nll=clean, final_nll=final,
-        log10_ratio=None if final is None else log10_ratio(final, clean),
-        curve=[[n, v] for n, v in out.curve.items()], params=dict(params or {}), timings=timings, stats=stats,
-        versions=versions(), top_ranked=[entry(i) for i in range(min(top_report, len(ranked)))])
-
-
 def baseline_result(model: nn.Module, tokenizer, text: Optional[str] = None, method: str = "random", *,
                     eval_text: Optional[str] = None, max_tokens: int = 512, seed: int = 0, epsilon: float = 1.0,
                     step: int = 1, max_neurons: int = 1000, scope: str = "down_proj", strategy: str = "bisect",
@@ -237,7 +187,7 @@ def baseline_result(model: nn.Module, tokenizer, text: Optional[str] = None, met
         raise ValueError(f"unknown baseline {method!r}: expected one of {', '.join(METHODS)}")
     from .api import validate_params
     validate_params(1, 1.0, epsilon, step, max_neurons, scope, "max", strategy, max_tokens)
-    targets = _targets(model, scope, discover)
+    targets = discover_targets(model, scope, allow_discovery=discover)
     ids = tokenize(tokenizer, text, max_tokens, "text")
     eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text")
     t0 = time.perf_counter()
