@@ -71,7 +71,22 @@ def get_extensions():
     else:
         ext = cpp_extension.CppExtension("achilles_fast._C", sources, extra_compile_args={"cxx": cxx},
                                          extra_link_args=link)
-    cmdclass["build_ext"] = cpp_extension.BuildExtension
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_srchash", os.path.join(root, "achilles_fast", "ops", "_srchash.py"))
+    srchash = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(srchash)
+
+    class BuildExtWithHash(cpp_extension.BuildExtension):
+        """Writes the sources' hash next to the extension, so the loader can tell a stale in-tree build."""
+
+        def run(self):
+            super().run()
+            for e in self.extensions:
+                out = os.path.join(os.path.dirname(self.get_ext_fullpath(e.name)), srchash.SIDECAR)
+                with open(out, "w") as f:
+                    f.write(srchash.source_hash(csrc) + "\n")
+
+    cmdclass["build_ext"] = BuildExtWithHash
     return [ext], cmdclass
 
 

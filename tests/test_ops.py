@@ -366,6 +366,55 @@ print("OK")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+def test_stale_extension_detection(tmp_path):
+    """An in-tree extension built from other C++ sources than the checkout's is recognised as stale."""
+    from achilles_fast.ops import _loader, _srchash
+    src = tmp_path / "csrc"
+    (src / "cpu").mkdir(parents=True)
+    (src / "common").mkdir()
+    (src / "cpu" / "ops_cpu.cpp").write_text("int f() { return 1; }\n")
+    (src / "common" / "philox.h").write_text("#pragma once\n")
+    ext = tmp_path / "pkg" / "_C.cpython-311-x86_64-linux-gnu.so"
+    ext.parent.mkdir()
+    ext.write_bytes(b"")
+    assert _loader.stale_extension(str(ext), src) is None  # no recorded hash: nothing to compare
+    (ext.parent / _srchash.SIDECAR).write_text(_srchash.source_hash(src) + "\n")
+    assert _loader.stale_extension(str(ext), src) is None  # built from these sources
+    (src / "cpu" / "ops_cpu.cpp").write_text("int f() { return 2; }\n")  # edited after the build
+    msg = _loader.stale_extension(str(ext), src)
+    assert msg is not None and "build_ext --inplace" in msg
+    (src / "cpu" / "ops_cpu.cpp").write_text("int f() { return 1; }\n")
+    (src / "cuda").mkdir()
+    (src / "cuda" / "ops_cuda.cu").write_text("// new file\n")  # a new build input also counts
+    assert _loader.stale_extension(str(ext), src) is not None
+    assert _loader.stale_extension(str(ext), tmp_path / "pkg") is None  # shipped copy (not csrc/): not checked
+    assert _loader.stale_extension(None, src) is None
+
+
+def test_stale_extension_is_not_loaded():
+    """The loader skips a stale _C with one warning (here JIT off, so the reference ops take over) and never
+    imports it (its kernels would be registered)."""
+    code = r"""
+import sys, warnings
+import torch
+import achilles_fast.ops as ops
+from achilles_fast.ops import _loader
+_loader.stale_extension = lambda origin, src: "_C.so was built from other sources (test)"
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    ops.noisy_embeds(torch.randn(3, 4), 5.0, 1, 0, 2)
+msgs = [str(x.message) for x in w if "achilles_fast" in str(x.message)]
+assert any("other sources" in m for m in msgs), msgs
+assert "achilles_fast._C" not in sys.modules
+assert not ops.backend_info()["cpp"]
+print("OK")
+"""
+    env = dict(os.environ, ACHILLES_FAST_JIT="0")
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
 def _run_py(code, env, timeout=600, no_site=False, cwd=None):
     env = {**env}
     env.pop("TRITON_INTERPRET", None)

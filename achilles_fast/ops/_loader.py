@@ -8,8 +8,9 @@ Order:
    (``csrc/`` of a source checkout, or the copy shipped as ``achilles_fast/_csrc``) are compiled once with
    ``torch.utils.cpp_extension.load`` (needs a C++ compiler with OpenMP and ninja; about 20-30 s) into
    ``$ACHILLES_FAST_CACHE`` (default ``~/.cache/achilles_fast``), keyed by source hash, torch and Python versions,
-   and reused by later processes in ~0.1 s. ``ACHILLES_FAST_JIT=0`` turns it off, ``=1`` forces it even when
-   (1) loads (for testing the JIT itself).
+   and reused by later processes in ~0.1 s. Also used instead of (1) when (1) is stale: in a source checkout, an
+   extension built from older ``csrc/`` (setup.py records the sources' hash beside it) is skipped with a warning.
+   ``ACHILLES_FAST_JIT=0`` turns it off, ``=1`` forces it even when (1) loads (for testing the JIT itself).
 3. Nothing: one warning line, and every op runs its pure-PyTorch reference (same results, slower).
 
 On CUDA, ops without a compiled CUDA kernel get the Triton kernels when triton is importable.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import _registry
+from . import _registry, _srchash
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "source": None, "error": None, "triton_cuda": [], "jit_dir": None}
@@ -47,6 +48,22 @@ def _cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "achilles_fast"
+
+
+def stale_extension(ext_origin: str | None, src: Path | None) -> str | None:
+    """Why the built extension at ``ext_origin`` does not match the C++ sources in ``src`` (None: it matches, or
+    cannot be checked). Only a source checkout is checked: an installed package ships sources and extension from
+    one build. The hash is the one setup.py wrote beside the extension (``_C.srchash``)."""
+    if not ext_origin or src is None or src.name != "csrc":
+        return None
+    sidecar = Path(ext_origin).parent / _srchash.SIDECAR
+    if not sidecar.exists():
+        return None
+    built, now = sidecar.read_text().strip(), _srchash.source_hash(src)
+    if built == now:
+        return None
+    return (f"{Path(ext_origin).name} was built from other sources than {src} (hash {built} vs {now}); rebuild "
+            "with `python setup.py build_ext --inplace` (or `pip install --no-build-isolation -e .`)")
 
 
 def _jit_build() -> str:
@@ -83,6 +100,13 @@ def ensure_loaded() -> dict:
         jit = os.environ.get("ACHILLES_FAST_JIT", "auto").strip().lower()
         errors = []
         if jit != "1":
+            spec = importlib.util.find_spec("achilles_fast._C")
+            stale = stale_extension(spec.origin if spec is not None else None, csrc_dir())
+            if stale is not None:
+                warnings.warn(f"achilles_fast: {stale}; using a JIT build of the current CPU sources meanwhile "
+                              "(CUDA ops then come from Triton)", RuntimeWarning, stacklevel=3)
+                errors.append("achilles_fast._C: stale")
+        if jit != "1" and not errors:
             try:
                 import achilles_fast._C  # noqa: F401  (registers the kernels)
                 _state["source"] = "extension"
