@@ -16,7 +16,7 @@ from .perplexity import NLLEvaluator, log10_ratio
 from .ranking import RANKINGS, rank_channels
 from .registry import discover_targets
 from .result import CriticalResult
-from .sensitivity import sensitivity_scores
+from .sensitivity import auto_score_bytes, plan_groups, sensitivity_scores
 from .stage2 import progress_bar, search_ranked
 from .text import tokenize
 
@@ -24,7 +24,7 @@ SCOPES = ("down_proj", "all")
 
 
 def validate_params(k: int, alpha: float, epsilon: float, step: int, max_neurons: int, scope: str, ranking: str,
-                    strategy: str, max_tokens: int) -> None:
+                    strategy: str, max_tokens: int, max_score_mb: Optional[float] = None) -> None:
     """Raise ValueError on any bad parameter, before the model is touched."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (number of noisy samples) must be an integer >= 1, got {k!r}")
@@ -44,6 +44,8 @@ def validate_params(k: int, alpha: float, epsilon: float, step: int, max_neurons
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be >= 2, got {max_tokens!r}")
+    if max_score_mb is not None and not max_score_mb > 0:
+        raise ValueError(f"max_score_mb must be > 0, got {max_score_mb!r}")
 
 
 def _resolve_model(model, tokenizer, device, dtype):
@@ -96,6 +98,7 @@ def find_critical(
     strategy: str = "bisect",
     batch_size: Optional[int] = None,
     max_batch_tokens: Optional[int] = None,
+    max_score_mb: Optional[float] = None,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     kernels: bool = True,
@@ -116,12 +119,14 @@ def find_critical(
     strategy: "bisect" (batched exponential + bracketing search, default) or "linear" (the paper's n = 1, 2, ...).
     discover: for a model type without a registry entry, scan modules whose name looks like an MLP down
     projection (best effort, with a warning) instead of raising ``UnsupportedModelError``.
+    max_score_mb: memory for Stage 1's clean copies + score accumulators (default: a quarter of free memory);
+    above it the targets are scored in groups, one Stage 1 run per group (same scores, more forwards).
     stage1_dtype: "bfloat16"/"float16" runs the Stage 1 forwards under autocast (about 2x faster on CPUs with
     AVX512-BF16; scores then carry ~1e-2 relative rounding, so near-ties may reorder). Stage 2 perplexities always
     use the model's own dtype. Default None: Stage 1 in the model's dtype.
     Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
     """
-    validate_params(k, alpha, epsilon, step, max_neurons, scope, ranking, strategy, max_tokens)
+    validate_params(k, alpha, epsilon, step, max_neurons, scope, ranking, strategy, max_tokens, max_score_mb)
     if stage1_dtype is not None:
         from .loading import parse_dtype
         parse_dtype(stage1_dtype)  # ValueError on an unknown name, before anything runs
@@ -142,10 +147,15 @@ def find_critical(
         with ops.use_kernels(kernels), torch.no_grad():
             # ---- Stage 1 ---------------------------------------------------------------------------
             t0 = time.perf_counter()
-            with progress_bar(k, "Stage 1: noisy samples", "sample", progress) as bar, \
+            per_position = ranking != "mean"
+            if max_score_mb is None:  # fix the auto budget once: the bar and Stage 1 must see the same groups
+                max_score_mb = auto_score_bytes(model.get_input_embeddings().weight.device) / 2**20
+            groups = plan_groups(model, targets, int(ids.numel()), per_position, max_score_mb)
+            with progress_bar(k * len(groups), "Stage 1: noisy samples", "sample", progress) as bar, \
                     _autocast(model, stage1_dtype):
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
-                                            per_position=ranking != "mean", max_batch_tokens=max_batch_tokens,
+                                            per_position=per_position, max_batch_tokens=max_batch_tokens,
+                                            max_score_mb=max_score_mb,
                                             progress=bar.update if bar is not None else None, stats=stats)
             if ranking == "mean":  # [C] sums over positions -> means
                 scores = [sc / ids.numel() for sc in scores]

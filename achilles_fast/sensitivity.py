@@ -6,11 +6,14 @@ One clean forward stores each target's clean output [T, C]. The K noisy samples 
 sequences (``inputs_embeds`` = clean embeddings + Philox noise made on the device); a forward hook on each
 target reduces the chunk's |noisy - clean| into a float32 accumulator as soon as the output exists, so noisy
 activations are never stored and peak memory does not grow with K. The forward is cut short after the last
-target fires (the LM head and anything after the last scanned module are never computed).
+target fires (the LM head and anything after the last scanned module are never computed). When the clean
+copies and accumulators of all targets exceed the memory budget (``max_score_mb``; e.g. every expert of a large
+MoE), the targets are split into groups and Stage 1 runs once per group, with the same chunks and noise.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -92,6 +95,47 @@ class _Capture:
             pass
 
 
+def auto_score_bytes(device: torch.device) -> int:
+    """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB free
+        free = 16 << 30
+    return int(free // 4)
+
+
+def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,
+                 budget_bytes: int) -> List[List[int]]:
+    """Split target indices (scan order) into groups whose clean outputs [T, C] (``elem_bytes`` each) and float32
+    accumulators ([T, C] or [C]) fit ``budget_bytes``; Stage 1 runs once per group. A target larger than the
+    budget gets a group of its own."""
+    groups: List[List[int]] = []
+    cur: List[int] = []
+    used = 0
+    for i, t in enumerate(targets):
+        need = t.num_channels * (n_tokens * elem_bytes + (n_tokens if per_position else 1) * 4)
+        if cur and used + need > budget_bytes:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += need
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def plan_groups(model: nn.Module, targets: Sequence[Target], n_tokens: int, per_position: bool = True,
+                max_score_mb: Optional[float] = None) -> List[List[int]]:
+    """The target groups ``sensitivity_scores`` will run for these arguments."""
+    emb = model.get_input_embeddings().weight
+    dev = emb.device if emb.device.type != "meta" else torch.device("cpu")
+    budget = int(max_score_mb * 2**20) if max_score_mb is not None else auto_score_bytes(dev)
+    return score_groups(targets, n_tokens, per_position, emb.element_size(), budget)
+
+
 def sensitivity_scores(
     model: nn.Module,
     targets: Sequence[Target],
@@ -101,39 +145,51 @@ def sensitivity_scores(
     seed: int = 0,
     per_position: bool = True,
     max_batch_tokens: Optional[int] = None,
+    max_score_mb: Optional[float] = None,
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[dict] = None,
 ) -> List[torch.Tensor]:
     """Mean |clean - noisy| per target: list of float32 [T, C] (per_position) or [C] (summed over positions).
 
-    ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk.
+    ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk (k per target
+    group). ``max_score_mb`` bounds the clean copies + accumulators held at once (default: a quarter of free
+    memory): when all targets do not fit, Stage 1 runs once per group of targets (``plan_groups``), each run cut
+    after its group's last target. Scores do not depend on the grouping (same chunks, same noise).
     """
     if k < 1:
         raise ValueError(f"k (number of noisy samples) must be >= 1, got {k}")
     if not alpha > 0:
         raise ValueError(f"alpha (noise scale) must be > 0, got {alpha}")
+    if max_score_mb is not None and not max_score_mb > 0:
+        raise ValueError(f"max_score_mb must be > 0, got {max_score_mb}")
     T = int(ids.numel())
     embeds = input_embeddings(model, ids)  # [T, H]
     budget = max_batch_tokens or auto_batch_tokens(embeds.device)
     kb = max(1, min(k, budget // T))
+    groups = plan_groups(model, targets, T, per_position, max_score_mb)
+    scores: List[Optional[torch.Tensor]] = [None] * len(targets)
     forwards = 0
-    with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
-        cap.run(model, embeds.unsqueeze(0))
-        forwards += 1
-        for i, t in enumerate(targets):
-            if cap.clean[i] is None:
-                raise RuntimeError(f"target {t.name} did not run during the forward pass")
-            shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
-            cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
-        cap.mode = "noisy"
-        for k0 in range(0, k, kb):
-            n = min(kb, k - k0)
-            x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
-            cap.run(model, x)
+    for group in groups:
+        with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
+            cap.run(model, embeds.unsqueeze(0))
             forwards += 1
-            if progress is not None:
-                progress(n)
-        scores = [a.div_(k) for a in cap.acc]
+            for i, t in enumerate(cap.targets):
+                if cap.clean[i] is None:
+                    raise RuntimeError(f"target {t.name} did not run during the forward pass")
+                shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
+                cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
+            cap.mode = "noisy"
+            for k0 in range(0, k, kb):
+                n = min(kb, k - k0)
+                x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
+                cap.run(model, x)
+                forwards += 1
+                if progress is not None:
+                    progress(n)
+            for i, a in zip(group, cap.acc):
+                scores[i] = a.div_(k)
+            cap.clean = []  # free this group's clean copies before the next group
     if stats is not None:
-        stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=math.ceil(k / kb))
+        stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=math.ceil(k / kb),
+                     stage1_groups=len(groups))
     return scores

@@ -105,3 +105,56 @@ def test_peak_memory_independent_of_k(tmp_path):
 
     small, large = peak(8), peak(400)
     assert large - small < 60, (small, large)
+
+
+def test_score_groups_partition():
+    """Groups keep scan order, cover every target once, and fit the budget (an oversized target stands alone)."""
+    from types import SimpleNamespace
+
+    from achilles_fast.sensitivity import score_groups
+    ts = [SimpleNamespace(num_channels=c) for c in (8, 8, 40, 8, 8, 8)]
+    per = lambda c: c * (10 * 4 + 10 * 4)  # noqa: E731  T=10, fp32 clean + fp32 per-position accumulator
+    groups = score_groups(ts, 10, True, 4, budget_bytes=2 * per(8))
+    assert [i for g in groups for i in g] == list(range(6))
+    assert groups == [[0, 1], [2], [3, 4], [5]]
+    for g in groups:
+        assert len(g) == 1 or sum(per(ts[i].num_channels) for i in g) <= 2 * per(8)
+    assert score_groups(ts, 10, True, 4, budget_bytes=10**9) == [list(range(6))]
+    # position-summed accumulators ([C]) are smaller: more targets per group
+    assert len(score_groups(ts, 10, False, 4, budget_bytes=2 * per(8))) < len(groups)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3_moe"])
+def test_grouped_stage1_same_scores(model_type):
+    """A score-memory budget that splits the targets into groups gives bit-identical scores and the same result."""
+    import torch
+    from transformers import CONFIG_MAPPING
+
+    from achilles_fast.registry import discover_targets
+    from achilles_fast.sensitivity import plan_groups, sensitivity_scores
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers has no {model_type!r} model in this version")
+    extra = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32) if "moe" in model_type else {}
+    model = tiny_model(model_type, seed=5, pad_token_id=0, initializer_range=0.2, **extra)
+    targets = discover_targets(model)
+    ids = torch.randint(0, 97, (23,), generator=torch.Generator().manual_seed(1))
+    per_target_mb = targets[0].num_channels * 23 * 8 / 2**20
+    budget = 2.5 * per_target_mb  # two targets per group
+    groups = plan_groups(model, targets, 23, True, budget)
+    assert len(groups) == math.ceil(len(targets) / 2) >= 2
+    st1, st2 = {}, {}
+    one = sensitivity_scores(model, targets, ids, k=7, max_batch_tokens=3 * 23, stats=st1)
+    grouped = sensitivity_scores(model, targets, ids, k=7, max_batch_tokens=3 * 23, max_score_mb=budget, stats=st2)
+    assert st1["stage1_groups"] == 1 and st2["stage1_groups"] == len(groups)
+    assert st2["stage1_forwards"] == len(groups) * st1["stage1_forwards"]
+    for a, b in zip(one, grouped):
+        assert torch.equal(a, b)
+    kw = dict(k=7, epsilon=0.05, max_neurons=6, progress=False)
+    text = "grouped scoring tests!!"  # 23 tokens, as above
+    r1 = af.find_critical(model, ToyTokenizer(), text, **kw)
+    r2 = af.find_critical(model, ToyTokenizer(), text, max_score_mb=budget, **kw)
+    assert r2.stats["stage1_groups"] == len(groups)
+    assert r1.names == r2.names and r1.curve == r2.curve
+    assert [n.score for n in r1.top_ranked] == [n.score for n in r2.top_ranked]
+    with pytest.raises(ValueError, match="max_score_mb"):
+        af.find_critical(model, ToyTokenizer(), "x y", max_score_mb=0, **kw)

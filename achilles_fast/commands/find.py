@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="Stage 2 candidates per forward (default: auto)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="tokens per forward (default: auto)")
+    p.add_argument("--max-score-mb", type=float, default=None,
+                   help="memory for Stage 1's clean copies + score accumulators; above it targets are scored in groups "
+                        "(default: a quarter of free memory)")
     p.add_argument("--stage1-dtype", default=None, choices=["bfloat16", "float16"],
                    help="run the Stage 1 forwards under autocast in this dtype (faster, ~1e-2 score rounding)")
     p.add_argument("--no-kernels", action="store_true", help="use the pure-PyTorch reference ops")
@@ -40,7 +43,7 @@ def run(args) -> int:
     from ..api import find_critical
     from .. import api
     api.validate_params(args.k, args.alpha, args.epsilon, args.step, args.max_neurons, args.scope, args.ranking,
-                        args.strategy, args.max_tokens)  # fail before loading anything
+                        args.strategy, args.max_tokens, args.max_score_mb)  # fail before loading anything
     text = read_text(args)
     eval_text = None
     if args.eval_text_file:
@@ -51,8 +54,8 @@ def run(args) -> int:
                         alpha=args.alpha, seed=args.seed, epsilon=args.epsilon, step=args.step,
                         max_neurons=args.max_neurons, scope=args.scope, ranking=args.ranking,
                         strategy=args.strategy, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                        kernels=not args.no_kernels, stage1_dtype=args.stage1_dtype, progress=not args.quiet,
-                        discover=args.discover)
+                        max_score_mb=args.max_score_mb, kernels=not args.no_kernels, stage1_dtype=args.stage1_dtype,
+                        progress=not args.quiet, discover=args.discover)
     res.model = name
     print_result(res)
     if args.out:
