@@ -18,6 +18,7 @@ COMMANDS = [
     "achilles_fast.commands.robustness",
     "achilles_fast.commands.evaluate",
     "achilles_fast.commands.baselines",
+    "achilles_fast.commands.bench",
 ]
 
 

@@ -75,3 +75,37 @@ def test_make_portable_for_transformers_4(tmp_path):
         assert cfg["rope_theta"] == 1e5 and cfg["torch_dtype"] == "float32"
         assert cfg["rope_parameters"] == {"rope_theta": 1e5}
         assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_bench_commands(tmp_path):
+    """`achilles-fast bench` runs the shipped benchmarks (no checkout needed); bad names are rejected."""
+    out = tmp_path / "k.csv"
+    r = cli("bench", "kernels", "--ops", "mask", "--models", "smollm2", "--dtypes", "float32", "--reps", "1",
+            "--warmup", "0", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import csv
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    impls = {row["impl"] for row in rows if row["op"] == "mask"}
+    assert "torch" in impls and len(impls) >= 2, rows  # the compiled op and the PyTorch expression
+    assert all(float(row["median_ms"]) > 0 for row in rows)
+    r = cli("bench", "e2e", "--help")
+    assert r.returncode == 0 and "usage: achilles-fast bench e2e" in r.stdout
+    assert cli("bench", "nope").returncode == 2
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    for script in ("bench_kernels.py", "bench_find_critical.py", "paper_baseline.py"):  # checkout entry points
+        r = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--help"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "usage:" in r.stdout, (script, r.stderr[-1000:])
+
+
+def test_bench_e2e_same_set(shared_dir, tmp_path):
+    """The end-to-end benchmark on stories260K: every fp32 configuration finds the baseline's set."""
+    out = tmp_path / "e2e.json"
+    r = cli("bench", "e2e", "--model", STORIES, "--k", "4", "--repeats", "1", "--max-tokens", "64", "--json", out,
+            timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())[1:]
+    assert rows[0]["config"] == "paper baseline" and rows[1]["config"].startswith("floor")
+    ours = [x for x in rows[2:] if "bf16" not in x["config"]]
+    assert len(ours) == 4 and all(x["same_set"] for x in ours), ours
+    assert all(x["speedup_vs_baseline"] > 0 and x["peak_mb"] == x["peak_mb"] for x in ours)  # measured, not NaN

@@ -15,8 +15,7 @@ from achilles_fast import ops
 
 from conftest import ToyTokenizer, tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paper_baseline import paper_find_critical  # noqa: E402
+from achilles_fast.bench.paper_baseline import paper_find_critical
 
 
 @pytest.mark.parametrize("epsilon", [0.3, 1.0])
