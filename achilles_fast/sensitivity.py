@@ -95,16 +95,27 @@ class _Capture:
             pass
 
 
+def _available_ram() -> int:
+    """Bytes of RAM available without swapping (Linux MemAvailable, counting reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 16 << 30
+
+
 def auto_score_bytes(device: torch.device) -> int:
     """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free // 4)
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB free
-        free = 16 << 30
-    return int(free // 4)
+    return int(_available_ram() // 4)
 
 
 def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,
