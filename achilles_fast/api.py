@@ -155,7 +155,7 @@ def find_critical(
                     _autocast(model, stage1_dtype):
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
                                             per_position=per_position, max_batch_tokens=max_batch_tokens,
-                                            max_score_mb=max_score_mb,
+                                            max_score_mb=max_score_mb, reduce_positions=True,
                                             progress=bar.update if bar is not None else None, stats=stats)
             if ranking == "mean":  # [C] sums over positions -> means
                 scores = [sc / ids.numel() for sc in scores]

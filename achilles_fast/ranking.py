@@ -9,14 +9,49 @@ Modes
 
 Note that ``per_token`` and ``max`` give the same order up to ties (a channel's first entry is its maximum);
 both are kept because ``per_token`` is the paper's literal procedure.
+
+``PositionMax`` (a channel's maximum over positions and the first position holding it) is all that either
+needs, so Stage 1 can drop a target's [T, C] scores as soon as they are final: ``rank_channels`` gives the same
+order from [T, C] scores and from their ``PositionMax``, ties included.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import dataclasses
+from typing import Sequence, Tuple, Union
 
 import torch
 
 RANKINGS = ("per_token", "max", "mean")
+
+
+@dataclasses.dataclass
+class PositionMax:
+    """Per-channel reduction of [T, C] scores that keeps the per_token order: values [C], first argmax pos [C]."""
+
+    values: torch.Tensor  # [C] float32, max over positions
+    pos: torch.Tensor  # [C] long, first position holding the max
+    n_positions: int  # T
+
+    @classmethod
+    def of(cls, scores: torch.Tensor) -> "PositionMax":
+        """scores [T, C] -> PositionMax."""
+        T = scores.shape[0]
+        values = scores.amax(0)  # [C]
+        # first t with scores[t, c] == max: smallest t among the hits
+        hit = scores == values
+        pos = torch.where(hit, torch.arange(T, device=scores.device).unsqueeze(1), T).amin(0)
+        return cls(values, pos, T)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+
+Scores = Union[torch.Tensor, PositionMax]
 
 
 def _stable_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +85,8 @@ def rank_channels(scores: Sequence[torch.Tensor], ranking: str = "per_token", to
     sizes = torch.tensor([s.shape[-1] for s in scores], device=dev)
     ch_offsets = torch.cumsum(sizes, 0) - sizes  # [M]
     total_channels = int(sizes.sum())
+    if isinstance(scores[0], PositionMax):
+        return _rank_position_max(scores, ranking, top, sizes, ch_offsets)
     if ranking != "per_token" or scores[0].dim() == 1:
         if scores[0].dim() == 1:
             per_ch = torch.cat([s.to(dev) for s in scores])
@@ -78,3 +115,24 @@ def rank_channels(scores: Sequence[torch.Tensor], ranking: str = "per_token", to
             first = first.sort().values[:want]
             return ch[first], vals[first]
         k = min(flat.numel(), 4 * k)
+
+
+def _rank_position_max(scores: Sequence[PositionMax], ranking: str, top: int, sizes: torch.Tensor,
+                       ch_offsets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """rank_channels for PositionMax scores: "max" ties by channel order, "per_token" ties by the flat index of
+    each channel's first max entry (module, position, channel), exactly as ranking the [T, C] entries would."""
+    if ranking == "mean":
+        raise ValueError("ranking 'mean' needs the scores of every position, not their PositionMax")
+    dev = scores[0].values.device
+    vals = torch.cat([s.values.to(dev) for s in scores])  # [N]
+    if ranking == "max":
+        v, ids = _stable_topk(vals, top)
+        return ids, v
+    T = scores[0].n_positions
+    ent_offsets = (ch_offsets * T).to(dev)  # entries of target m start at T * (channels before m)
+    m = torch.repeat_interleave(torch.arange(len(scores), device=dev), sizes.to(dev))  # [N] module of each channel
+    c = torch.arange(vals.numel(), device=dev) - ch_offsets.to(dev)[m]
+    entry = ent_offsets[m] + torch.cat([s.pos.to(dev) for s in scores]) * sizes.to(dev)[m] + c  # [N]
+    order = torch.argsort(entry)  # channels in entry order: index ties of _stable_topk follow it
+    v, j = _stable_topk(vals[order], top)
+    return order[j], v

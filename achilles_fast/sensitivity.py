@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .ranking import PositionMax, Scores
 from .targets import Target
 
 
@@ -157,15 +158,18 @@ def sensitivity_scores(
     per_position: bool = True,
     max_batch_tokens: Optional[int] = None,
     max_score_mb: Optional[float] = None,
+    reduce_positions: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[dict] = None,
-) -> List[torch.Tensor]:
+) -> List[Scores]:
     """Mean |clean - noisy| per target: list of float32 [T, C] (per_position) or [C] (summed over positions).
 
     ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk (k per target
     group). ``max_score_mb`` bounds the clean copies + accumulators held at once (default: a quarter of free
     memory): when all targets do not fit, Stage 1 runs once per group of targets (``plan_groups``), each run cut
     after its group's last target. Scores do not depend on the grouping (same chunks, same noise).
+    ``reduce_positions``: return each target's ``PositionMax`` (what the per_token and max rankings need) instead of
+    [T, C], made as soon as its group is done, so only the current group's [T, C] accumulators are ever held.
     """
     if k < 1:
         raise ValueError(f"k (number of noisy samples) must be >= 1, got {k}")
@@ -178,7 +182,7 @@ def sensitivity_scores(
     budget = max_batch_tokens or auto_batch_tokens(embeds.device)
     kb = max(1, min(k, budget // T))
     groups = plan_groups(model, targets, T, per_position, max_score_mb)
-    scores: List[Optional[torch.Tensor]] = [None] * len(targets)
+    scores: List[Optional[Scores]] = [None] * len(targets)
     forwards = 0
     for group in groups:
         with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
@@ -197,8 +201,10 @@ def sensitivity_scores(
                 forwards += 1
                 if progress is not None:
                     progress(n)
-            for i, a in zip(group, cap.acc):
-                scores[i] = a.div_(k)
+            for j, i in enumerate(group):
+                a = cap.acc[j].div_(k)
+                scores[i] = PositionMax.of(a) if reduce_positions and per_position else a
+                cap.acc[j] = None
             cap.clean = []  # free this group's clean copies before the next group
     if stats is not None:
         stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=math.ceil(k / kb),

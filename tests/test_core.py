@@ -118,6 +118,28 @@ def test_ranking_matches_python_loop(mode):
         assert torch.all(vals[:-1] >= vals[1:])
 
 
+@pytest.mark.parametrize("mode", ["per_token", "max"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranking_from_position_max(mode, seed):
+    """PositionMax (max over positions + first argmax) ranks exactly like the [T, C] scores, ties included."""
+    from achilles_fast.ranking import PositionMax
+    g = torch.Generator().manual_seed(seed)
+    # small integers: many exact ties inside a channel, across channels and across modules
+    scores = [torch.randint(0, 6, (7, c), generator=g).float() for c in (11, 4, 23)]
+    reduced = [PositionMax.of(s) for s in scores]
+    for s, r in zip(scores, reduced):
+        assert torch.equal(r.values, s.amax(0))
+        assert torch.equal(s[r.pos, torch.arange(s.shape[1])], r.values)
+        assert all(bool((s[: int(t), c] < r.values[c]).all()) for c, t in enumerate(r.pos.tolist()))
+    for top in (1, 5, 38, 100):
+        ids, vals = rank_channels(reduced, mode, top=top)
+        ref_ids, ref_vals = rank_channels(scores, mode, top=top)
+        assert ids.tolist() == ref_ids.tolist() == _python_rank(scores, mode, top)
+        assert torch.equal(vals, ref_vals)
+    with pytest.raises(ValueError, match="mean"):
+        rank_channels(reduced, "mean")
+
+
 def test_masking_zeroes_exactly_named_channels(model):
     targets = discover_targets(model)
     names = [f"{targets[0].name}:3", f"{targets[-1].name}:0", f"{targets[-1].name}:31"]

@@ -148,6 +148,12 @@ def test_grouped_stage1_same_scores(model_type):
     assert st2["stage1_forwards"] == len(groups) * st1["stage1_forwards"]
     for a, b in zip(one, grouped):
         assert torch.equal(a, b)
+    from achilles_fast.ranking import PositionMax
+    reduced = sensitivity_scores(model, targets, ids, k=7, max_batch_tokens=3 * 23, max_score_mb=budget,
+                                 reduce_positions=True)
+    for a, r in zip(one, reduced):
+        ref = PositionMax.of(a)
+        assert isinstance(r, PositionMax) and torch.equal(r.values, ref.values) and torch.equal(r.pos, ref.pos)
     kw = dict(k=7, epsilon=0.05, max_neurons=6, progress=False)
     text = "grouped scoring tests!!"  # 23 tokens, as above
     r1 = af.find_critical(model, ToyTokenizer(), text, **kw)
