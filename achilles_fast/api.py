@@ -16,7 +16,7 @@ from .perplexity import NLLEvaluator, log10_ratio
 from .ranking import RANKINGS, rank_channels
 from .registry import discover_targets
 from .result import CriticalResult
-from .sensitivity import auto_score_bytes, plan_groups, sensitivity_scores
+from .sensitivity import plan_groups, sensitivity_scores
 from .stage2 import progress_bar, search_ranked
 from .text import tokenize
 
@@ -148,14 +148,12 @@ def find_critical(
             # ---- Stage 1 ---------------------------------------------------------------------------
             t0 = time.perf_counter()
             per_position = ranking != "mean"
-            if max_score_mb is None:  # fix the auto budget once: the bar and Stage 1 must see the same groups
-                max_score_mb = auto_score_bytes(model.get_input_embeddings().weight.device) / 2**20
             groups = plan_groups(model, targets, int(ids.numel()), per_position, max_score_mb)
             with progress_bar(k * len(groups), "Stage 1: noisy samples", "sample", progress) as bar, \
                     _autocast(model, stage1_dtype):
                 scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
                                             per_position=per_position, max_batch_tokens=max_batch_tokens,
-                                            max_score_mb=max_score_mb, reduce_positions=True,
+                                            groups=groups, reduce_positions=True,
                                             progress=bar.update if bar is not None else None, stats=stats)
             if ranking == "mean":  # [C] sums over positions -> means
                 scores = [sc / ids.numel() for sc in scores]

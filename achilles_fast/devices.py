@@ -16,3 +16,9 @@ def offloaded(module: nn.Module, tensor: Optional[torch.Tensor] = None) -> bool:
         return True
     hook = getattr(module, "_hf_hook", None)
     return any(getattr(h, "offload", False) for h in getattr(hook, "hooks", [hook]) if h is not None)
+
+
+def embedding_device(model: nn.Module) -> torch.device:
+    """Device of the model's input embeddings (cpu when they are offloaded to meta): where inputs go."""
+    w = model.get_input_embeddings().weight
+    return w.device if w.device.type != "meta" else torch.device("cpu")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .devices import offloaded
+from .devices import embedding_device, offloaded
 from .masking import BatchedMask
 from .neurons import Neuron
 
@@ -56,8 +56,7 @@ class NLLEvaluator:
             raise ValueError("need at least 2 tokens per window to compute a next-token loss")
         self.max_batch_tokens = max(self.T, int(max_batch_tokens))
         self.forwards = 0
-        emb = model.get_input_embeddings().weight
-        self.device = emb.device if emb.device.type != "meta" else torch.device("cpu")
+        self.device = embedding_device(model)
         self._head = None
         self.fused = False
         if fused is not False:

@@ -86,7 +86,7 @@ def rank_channels(scores: Sequence[torch.Tensor], ranking: str = "per_token", to
     ch_offsets = torch.cumsum(sizes, 0) - sizes  # [M]
     total_channels = int(sizes.sum())
     if isinstance(scores[0], PositionMax):
-        return _rank_position_max(scores, ranking, top, sizes, ch_offsets)
+        return _rank_position_max(scores, ranking, top, sizes, ch_offsets, dev)
     if ranking != "per_token" or scores[0].dim() == 1:
         if scores[0].dim() == 1:
             per_ch = torch.cat([s.to(dev) for s in scores])
@@ -118,21 +118,20 @@ def rank_channels(scores: Sequence[torch.Tensor], ranking: str = "per_token", to
 
 
 def _rank_position_max(scores: Sequence[PositionMax], ranking: str, top: int, sizes: torch.Tensor,
-                       ch_offsets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                       ch_offsets: torch.Tensor, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """rank_channels for PositionMax scores: "max" ties by channel order, "per_token" ties by the flat index of
     each channel's first max entry (module, position, channel), exactly as ranking the [T, C] entries would."""
     if ranking == "mean":
         raise ValueError("ranking 'mean' needs the scores of every position, not their PositionMax")
-    dev = scores[0].values.device
     vals = torch.cat([s.values.to(dev) for s in scores])  # [N]
     if ranking == "max":
         v, ids = _stable_topk(vals, top)
         return ids, v
     T = scores[0].n_positions
-    ent_offsets = (ch_offsets * T).to(dev)  # entries of target m start at T * (channels before m)
-    m = torch.repeat_interleave(torch.arange(len(scores), device=dev), sizes.to(dev))  # [N] module of each channel
-    c = torch.arange(vals.numel(), device=dev) - ch_offsets.to(dev)[m]
-    entry = ent_offsets[m] + torch.cat([s.pos.to(dev) for s in scores]) * sizes.to(dev)[m] + c  # [N]
+    m = torch.repeat_interleave(torch.arange(len(scores), device=dev), sizes)  # [N] module of each channel
+    c = torch.arange(vals.numel(), device=dev) - ch_offsets[m]  # channel within its module
+    # flat entry index of each channel's first max: entries of target m start at T * (channels before m)
+    entry = ch_offsets[m] * T + torch.cat([s.pos.to(dev) for s in scores]) * sizes[m] + c  # [N]
     order = torch.argsort(entry)  # channels in entry order: index ties of _stable_topk follow it
     v, j = _stable_topk(vals[order], top)
     return order[j], v

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .devices import embedding_device
 from .ranking import PositionMax, Scores
 from .targets import Target
 
@@ -141,11 +142,9 @@ def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, e
 
 def plan_groups(model: nn.Module, targets: Sequence[Target], n_tokens: int, per_position: bool = True,
                 max_score_mb: Optional[float] = None) -> List[List[int]]:
-    """The target groups ``sensitivity_scores`` will run for these arguments."""
-    emb = model.get_input_embeddings().weight
-    dev = emb.device if emb.device.type != "meta" else torch.device("cpu")
-    budget = int(max_score_mb * 2**20) if max_score_mb is not None else auto_score_bytes(dev)
-    return score_groups(targets, n_tokens, per_position, emb.element_size(), budget)
+    """Target groups for a score budget of ``max_score_mb`` (default: ``auto_score_bytes``)."""
+    budget = int(max_score_mb * 2**20) if max_score_mb is not None else auto_score_bytes(embedding_device(model))
+    return score_groups(targets, n_tokens, per_position, model.get_input_embeddings().weight.element_size(), budget)
 
 
 def sensitivity_scores(
@@ -158,6 +157,7 @@ def sensitivity_scores(
     per_position: bool = True,
     max_batch_tokens: Optional[int] = None,
     max_score_mb: Optional[float] = None,
+    groups: Optional[List[List[int]]] = None,
     reduce_positions: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[dict] = None,
@@ -167,7 +167,8 @@ def sensitivity_scores(
     ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk (k per target
     group). ``max_score_mb`` bounds the clean copies + accumulators held at once (default: a quarter of free
     memory): when all targets do not fit, Stage 1 runs once per group of targets (``plan_groups``), each run cut
-    after its group's last target. Scores do not depend on the grouping (same chunks, same noise).
+    after its group's last target. Scores do not depend on the grouping (same chunks, same noise). ``groups``: a
+    plan already made by ``plan_groups`` (then ``max_score_mb`` is not used).
     ``reduce_positions``: return each target's ``PositionMax`` (what the per_token and max rankings need) instead of
     [T, C], made as soon as its group is done, so only the current group's [T, C] accumulators are ever held.
     """
@@ -181,7 +182,8 @@ def sensitivity_scores(
     embeds = input_embeddings(model, ids)  # [T, H]
     budget = max_batch_tokens or auto_batch_tokens(embeds.device)
     kb = max(1, min(k, budget // T))
-    groups = plan_groups(model, targets, T, per_position, max_score_mb)
+    if groups is None:
+        groups = plan_groups(model, targets, T, per_position, max_score_mb)
     scores: List[Optional[Scores]] = [None] * len(targets)
     forwards = 0
     for group in groups:

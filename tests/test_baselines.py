@@ -22,6 +22,20 @@ def _ids(tok, n=40):
     return tokenize(tok, DEFAULT_TEXT, n)
 
 
+def _record(model, targets, ids, pick):
+    """One plain forward; {target name: pick(args, output)} seen by a hook on each target's module."""
+    seen = {}
+    hs = [t.module.register_forward_hook(lambda m, a, o, n=t.name: seen.__setitem__(n, pick(a, o).detach()))
+          for t in targets]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids[None])
+    finally:
+        for h in hs:
+            h.remove()
+    return seen
+
+
 def _reference_grads(model, targets, ids):
     """Independent d loss / d activation: retain_grad on the real outputs with parameter grads on."""
     import copy
@@ -62,13 +76,7 @@ def test_activation_scores_are_mean_abs(tiny):
     model, tok = tiny
     ids = _ids(tok)
     targets = discover_targets(model, "down_proj")
-    outs = {}
-    hs = [t.module.register_forward_hook(lambda m, a, o, n=t.name: outs.__setitem__(n, o.detach()))
-          for t in targets]
-    with torch.no_grad():
-        model(input_ids=ids[None])
-    for h in hs:
-        h.remove()
+    outs = _record(model, targets, ids, lambda a, o: o)
     got = channel_scores(model, targets, ids, "activation")
     for i, t in enumerate(targets):
         assert torch.allclose(got[i], outs[t.name][0].abs().mean(0), rtol=1e-5)
@@ -198,13 +206,7 @@ def test_superweight_formula_for_linear_and_conv1d_layouts(family):
     model, tok = tiny_model(family, seed=2), ToyTokenizer()
     targets = discover_targets(model, "down_proj")
     ids = _ids(tok)
-    xs = {}
-    hs = [t.module.register_forward_hook(lambda m, a, o, n=t.name: xs.__setitem__(n, a[0].detach()))
-          for t in targets]
-    with torch.no_grad():
-        model(input_ids=ids[None])
-    for h in hs:
-        h.remove()
+    xs = _record(model, targets, ids, lambda a, o: a[0])
     got = channel_scores(model, targets, ids, "superweight")
     for t, g in zip(targets, got):
         xmax = xs[t.name][0].abs().amax(0)

@@ -17,7 +17,6 @@ On CUDA, ops without a compiled CUDA kernel get the Triton kernels when triton i
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -70,13 +69,9 @@ def _jit_build() -> str:
     src = csrc_dir()
     if src is None:
         raise RuntimeError("no C++ sources to JIT-compile (csrc/ not found)")
-    files = sorted([*(src / "cpu").glob("*.cpp"), *(src / "common").glob("*.h")])
     cflags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
-    h = hashlib.sha256(" ".join(cflags).encode())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{h.hexdigest()[:12]}"
+    digest = _srchash.source_hash(src, _srchash.CPU_PATTERNS, salt=" ".join(cflags))
+    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{digest[:12]}"
     build_dir = _cache_root() / "jit" / tag.replace("+", "_")
     build_dir.mkdir(parents=True, exist_ok=True)
     _state["jit_dir"] = str(build_dir)
@@ -84,7 +79,7 @@ def _jit_build() -> str:
         print(f"achilles_fast: compiling the C++ CPU ops once (~20-60 s), cached in {build_dir}", file=sys.stderr,
               flush=True)
     from torch.utils.cpp_extension import load
-    load(name="achilles_fast_cpu_jit", sources=[str(f) for f in files if f.suffix == ".cpp"],
+    load(name="achilles_fast_cpu_jit", sources=[str(f) for f in _srchash.source_files(src, ("cpu/*.cpp",))],
          extra_cflags=cflags, extra_ldflags=["-fopenmp"],
          build_directory=str(build_dir), is_python_module=False, verbose=False)
     return f"jit:{build_dir}"

@@ -5,14 +5,20 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-PATTERNS = ("common/*.h", "cpu/*.cpp", "cuda/*.cu", "cuda/*.cpp", "python_module.cpp")
+PATTERNS = ("common/*.h", "cpu/*.cpp", "cuda/*.cu", "cuda/*.cpp", "python_module.cpp")  # inputs of _C
+CPU_PATTERNS = ("common/*.h", "cpu/*.cpp")  # inputs of the CPU JIT build
 SIDECAR = "_C.srchash"  # written next to the built extension
 
 
-def source_hash(csrc: Path) -> str:
-    """sha256 (first 16 hex digits) of every build input under ``csrc``, by relative path and content."""
-    h = hashlib.sha256()
-    for f in sorted({p for pat in PATTERNS for p in Path(csrc).glob(pat)}):
+def source_files(csrc: Path, patterns=PATTERNS) -> list:
+    """The files under ``csrc`` matching ``patterns``, sorted."""
+    return sorted({p for pat in patterns for p in Path(csrc).glob(pat)})
+
+
+def source_hash(csrc: Path, patterns=PATTERNS, salt: str = "") -> str:
+    """sha256 (first 16 hex digits) of ``salt`` and the matching build inputs, by relative path and content."""
+    h = hashlib.sha256(salt.encode())
+    for f in source_files(csrc, patterns):
         h.update(f.relative_to(csrc).as_posix().encode())
         h.update(b"\0")
         h.update(f.read_bytes())
