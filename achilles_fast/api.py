@@ -17,7 +17,7 @@ from .ranking import RANKINGS, rank_channels
 from .registry import discover_targets
 from .result import CriticalResult
 from .sensitivity import plan_groups, sensitivity_scores
-from .stage2 import progress_bar, search_ranked
+from .stage2 import eval_mode, progress_bar, search_ranked
 from .text import tokenize
 
 SCOPES = ("down_proj", "all")
@@ -139,38 +139,33 @@ def find_critical(
                                   n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
                                   eval_text="same" if eval_text is None else "separate", kernels=bool(kernels),
                                   stage1_dtype=stage1_dtype)
-    was_training = model.training
-    model.eval()
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
     timings: Dict[str, float] = {}
-    try:
-        with ops.use_kernels(kernels), torch.no_grad():
-            # ---- Stage 1 ---------------------------------------------------------------------------
-            t0 = time.perf_counter()
-            per_position = ranking != "mean"
-            groups = plan_groups(model, targets, int(ids.numel()), per_position, max_score_mb)
-            with progress_bar(k * len(groups), "Stage 1: noisy samples", "sample", progress) as bar, \
-                    _autocast(model, stage1_dtype):
-                scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
-                                            per_position=per_position, max_batch_tokens=max_batch_tokens,
-                                            groups=groups, reduce_positions=True,
-                                            progress=bar.update if bar is not None else None, stats=stats)
-            if ranking == "mean":  # [C] sums over positions -> means
-                scores = [sc / ids.numel() for sc in scores]
-            index = NeuronIndex(targets)
-            flat_ids, flat_scores = rank_channels(scores, ranking, top=max_neurons)
-            ranked: List[Neuron] = [index.neuron(int(i)) for i in flat_ids.tolist()]
-            ch_scores = flat_scores.tolist()
-            del scores
-            timings["stage1"] = time.perf_counter() - t0
+    with eval_mode(model), ops.use_kernels(kernels), torch.no_grad():
+        # ---- Stage 1 ---------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        per_position = ranking != "mean"
+        groups = plan_groups(model, targets, int(ids.numel()), per_position, max_score_mb)
+        with progress_bar(k * len(groups), "Stage 1: noisy samples", "sample", progress) as bar, \
+                _autocast(model, stage1_dtype):
+            scores = sensitivity_scores(model, targets, ids, k=k, alpha=alpha, seed=seed,
+                                        per_position=per_position, max_batch_tokens=max_batch_tokens,
+                                        groups=groups, reduce_positions=True,
+                                        progress=bar.update if bar is not None else None, stats=stats)
+        if ranking == "mean":  # [C] sums over positions -> means
+            scores = [sc / ids.numel() for sc in scores]
+        index = NeuronIndex(targets)
+        flat_ids, flat_scores = rank_channels(scores, ranking, top=max_neurons)
+        ranked: List[Neuron] = [index.neuron(int(i)) for i in flat_ids.tolist()]
+        ch_scores = flat_scores.tolist()
+        del scores
+        timings["stage1"] = time.perf_counter() - t0
 
-            # ---- Stage 2 ---------------------------------------------------------------------------
-            return search_ranked(model, targets, ranked, ch_scores, eval_ids, epsilon=epsilon, step=step,
-                                 max_neurons=max_neurons, strategy=strategy, batch_size=batch_size,
-                                 max_batch_tokens=max_batch_tokens, verify=verify, top_report=top_report,
-                                 model_name=name, params=params, timings=timings, stats=stats, progress=progress)
-    finally:
-        model.train(was_training)
+        # ---- Stage 2 ---------------------------------------------------------------------------
+        return search_ranked(model, targets, ranked, ch_scores, eval_ids, epsilon=epsilon, step=step,
+                             max_neurons=max_neurons, strategy=strategy, batch_size=batch_size,
+                             max_batch_tokens=max_batch_tokens, verify=verify, top_report=top_report,
+                             model_name=name, params=params, timings=timings, stats=stats, progress=progress)
 
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
@@ -180,15 +175,10 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
     place (weights restored after)."""
     if ids is None:
         ids = tokenize(tokenizer, text, max_tokens, "text")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
-            clean = ev.nll()
-            with masked(model, neurons, discover=discover) as resolved:
-                nll = ev.nll()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
+        clean = ev.nll()
+        with masked(model, neurons, discover=discover) as resolved:
+            nll = ev.nll()
     return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
             "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}

@@ -26,7 +26,7 @@ from .neurons import Neuron, NeuronIndex
 from .ranking import rank_channels
 from .registry import discover_targets
 from .result import CriticalResult
-from .stage2 import search_ranked  # noqa: F401  (public: Stage 2 on any ranking)
+from .stage2 import eval_mode, search_ranked  # noqa: F401  (search_ranked is public: Stage 2 on any ranking)
 from .targets import Target
 from .text import tokenize
 
@@ -160,12 +160,8 @@ def channel_scores(model: nn.Module, targets: Sequence[Target], ids: torch.Tenso
 def rank_neurons(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, method: str, seed: int = 0,
                  top: int = 1000) -> Tuple[List[Neuron], List[float]]:
     """Ranked neurons (best first) and their scores for a baseline method."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         scores = channel_scores(model, targets, ids, method, seed)
-    finally:
-        model.train(was_training)
     flat_ids, vals = rank_channels(scores, "max", top=top)
     index = NeuronIndex(targets)
     return [index.neuron(int(i)) for i in flat_ids.tolist()], [float(v) for v in vals.tolist()]

@@ -28,6 +28,17 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """model.eval() inside the block; the caller's train/eval flag is restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def default_batch(device: torch.device) -> int:
     """Stage 2 candidates per forward when the user gives none."""
     # CPU: a batched forward costs ~B single forwards (SmolLM2-135M, T=132: 0.8x per sequence at B=4), so the
@@ -50,27 +61,22 @@ def search_ranked(model: nn.Module, targets: Sequence[Target], ranked: Sequence[
     stats.setdefault("n_targets", len(targets))
     stats.setdefault("n_channels", sum(t.num_channels for t in targets))
     t1 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ev = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
-            clean = ev.nll()
-            bsz = batch_size or default_batch(ev.device)
-            with progress_bar(min(max_neurons, len(ranked)), "Stage 2: greedy", "eval", progress) as bar, \
-                    BatchedMask(targets) as bm:
-                def on_eval(n, lr):
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
-                out = greedy_search(ev, bm, ranked, clean, epsilon=epsilon, step=step, max_neurons=max_neurons,
-                                    strategy=strategy, batch_size=bsz, progress=on_eval)
-            n_final = out.n if out.converged else max(out.curve, default=0)
-            if verify and out.converged:
-                with WeightMask(targets).apply(ranked[:n_final]):
-                    stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        ev = NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
+        clean = ev.nll()
+        bsz = batch_size or default_batch(ev.device)
+        with progress_bar(min(max_neurons, len(ranked)), "Stage 2: greedy", "eval", progress) as bar, \
+                BatchedMask(targets) as bm:
+            def on_eval(n, lr):
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
+            out = greedy_search(ev, bm, ranked, clean, epsilon=epsilon, step=step, max_neurons=max_neurons,
+                                strategy=strategy, batch_size=bsz, progress=on_eval)
+        n_final = out.n if out.converged else max(out.curve, default=0)
+        if verify and out.converged:
+            with WeightMask(targets).apply(ranked[:n_final]):
+                stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=out.forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,
