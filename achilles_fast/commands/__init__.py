@@ -48,12 +48,17 @@ def load(args):
                       offload_folder=getattr(args, "offload_folder", None))
 
 
+def write_json(obj, path: str) -> None:
+    """``obj`` as indented JSON at ``path`` (a command's ``--out``)."""
+    import json
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
 def print_report(rows, result: dict, out: Optional[str]) -> None:
     """Print aligned ``(label, value)`` rows; write ``result`` as JSON to ``out`` when given."""
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         print(f"{label:<{width}}{value}")
     if out:
-        import json
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(result, out)

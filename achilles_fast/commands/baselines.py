@@ -1,10 +1,9 @@
 """``achilles-fast baselines MODEL``: sensitivity ranking vs the paper's baseline rankers, same Stage 2."""
 from __future__ import annotations
 
-import json
 import sys
 
-from . import add_model_args, load, read_text
+from . import add_model_args, load, read_text, write_json
 from .robustness import add_search_args, search_kwargs
 
 
@@ -40,8 +39,7 @@ def run(args) -> int:
         lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
         print(f"{m:<12} {n:>8}  {lr:>11}  {len(r.curve):>16}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({m: r.to_dict() for m, r in results.items()}, f, indent=2)
+        write_json({m: r.to_dict() for m, r in results.items()}, args.out)
         print(f"saved {args.out}", file=sys.stderr)
     if args.plot:
         from ..plots import curves_figure, save

@@ -1,10 +1,9 @@
 """``achilles-fast robustness MODEL --texts DIR``: critical sets on several texts and how much they overlap."""
 from __future__ import annotations
 
-import json
 import sys
 
-from . import add_model_args, load
+from . import add_model_args, load, write_json
 
 
 def add_search_args(p) -> None:
@@ -47,8 +46,7 @@ def run(args) -> int:
         print(f"  {n}: {size} neuron(s){'' if ok else ' (NOT converged)'}")
     print("\n".join(format_overlap(rep)))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rep, f, indent=2)
+        write_json(rep, args.out)
         print(f"saved {args.out}", file=sys.stderr)
     if args.plot:
         from ..plots import jaccard_figure, save
