@@ -1,0 +1,37 @@
+"""Small helpers shared across the package: the cache folder, eval mode, progress bars."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from torch import nn
+
+
+def cache_dir() -> Path:
+    """Where achilles_fast caches converted models and builds: ``$ACHILLES_FAST_CACHE``, else
+    ``$XDG_CACHE_HOME/achilles_fast``, else ``~/.cache/achilles_fast``."""
+    env = os.environ.get("ACHILLES_FAST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "achilles_fast"
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """model.eval() inside the block; the caller's train/eval flag is restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar (stderr), or a null context yielding None when disabled."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
