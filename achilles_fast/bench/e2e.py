@@ -24,9 +24,9 @@ import torch
 
 import achilles_fast as af
 from achilles_fast import ops
-from achilles_fast.result import versions
-from achilles_fast.sensitivity import auto_batch_tokens, input_embeddings
-from achilles_fast.text import tokenize
+from achilles_fast.method.result import versions
+from achilles_fast.method.stage1 import auto_batch_tokens, input_embeddings
+from achilles_fast.method.text import tokenize
 
 from .paper_baseline import paper_find_critical
 
@@ -150,7 +150,7 @@ def floor_time(model, ids, k: int, max_batch_tokens=None) -> float:
 
 def run(args) -> List[Dict]:
     device = torch.device(args.device)
-    dtype = af.loading.parse_dtype(args.dtype)
+    dtype = af.models.loading.parse_dtype(args.dtype)
     if args.random:
         model = random_model(args.random, args.device, dtype)
         tok = FixedTokenizer(args.tokens, model.config.vocab_size)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from achilles_fast import ops
-from achilles_fast.registry import discover_targets
-from achilles_fast.text import tokenize
+from achilles_fast.models.registry import discover_targets
+from achilles_fast.method.text import tokenize
 
 LN10 = math.log(10.0)
 
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from achilles_fast.loading import load_model
+    from achilles_fast.models.loading import load_model
     model, tok, _ = load_model(a.model)
     r = paper_find_critical(model, tok, k=a.k, alpha=a.alpha, seed=a.seed, epsilon=a.epsilon)
     print(json.dumps({k: v for k, v in r.items() if k != "ranking_head"}, indent=1))

@@ -15,11 +15,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-folder", default=None, help="folder for 'disk' entries of --device-map")
 
 
-def add_text_args(p: argparse.ArgumentParser, flag_help: str = "text") -> None:
+def add_text_args(p: argparse.ArgumentParser, flag_help: str = "text", max_tokens: bool = True) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--text", default=None, help=f"{flag_help} as a string (default: built-in passage)")
     g.add_argument("--text-file", default=None, help=f"{flag_help} from a UTF-8 file")
-    p.add_argument("--max-tokens", type=int, default=512, help="use the first N tokens (default 512)")
+    if max_tokens:
+        from ..method.config import FindConfig
+        FindConfig.add_arguments(p, only=["max_tokens"])
 
 
 def read_text(args) -> Optional[str]:
@@ -42,7 +44,7 @@ def parse_device_map(spec: Optional[str]):
 
 
 def load(args):
-    from ..loading import load_model
+    from ..models.loading import load_model
     return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu",
                       device_map=parse_device_map(getattr(args, "device_map", None)),
                       offload_folder=getattr(args, "offload_folder", None))

@@ -4,18 +4,18 @@ from __future__ import annotations
 import sys
 
 from . import add_model_args, load, read_text, write_json
-from .robustness import add_search_args, search_kwargs
 
 
 def register(sub) -> None:
-    from ..baselines import METHODS
+    from ..method.config import FindConfig
+    from ..studies.baselines import METHODS
     p = sub.add_parser("baselines", help="critical sets and curves of baseline rankers (random, activation, "
                        "gradient, taylor, superweight) next to the sensitivity ranking")
     add_model_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--text", default=None, help="text as a string (default: built-in passage)")
     g.add_argument("--text-file", default=None, help="text from a UTF-8 file")
-    add_search_args(p)
+    FindConfig.add_arguments(p, exclude=["ranker"])
     p.add_argument("--methods", default=",".join(("sensitivity",) + METHODS),
                    help="comma-separated rankers: sensitivity," + ",".join(METHODS))
     p.add_argument("--out", default=None, help="write {method: result} as JSON")
@@ -24,25 +24,27 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..baselines import METHODS, compare_rankers
+    from ..method.config import FindConfig
+    from ..studies.baselines import METHODS, compare_rankers
+    cfg = FindConfig.from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("sensitivity",) + METHODS]
     if bad:
         raise ValueError(f"unknown ranker(s) {bad}: expected sensitivity or one of {', '.join(METHODS)}")
     model, tok, name = load(args)
-    results = compare_rankers(model, tok, read_text(args), methods, **search_kwargs(args))
-    print(f"model {name}  (epsilon {args.epsilon}, max {args.max_neurons} neurons)")
+    results = compare_rankers(model, tok, read_text(args), methods, config=cfg)
+    print(f"model {name}  (epsilon {cfg.epsilon}, max {cfg.max_neurons} neurons)")
     print(f"{'ranker':<12} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
     for m, r in results.items():
         r.model = name
-        n = str(len(r.neurons)) if r.converged else f">{args.max_neurons}"
+        n = str(len(r.neurons)) if r.converged else f">{cfg.max_neurons}"
         lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
         print(f"{m:<12} {n:>8}  {lr:>11}  {len(r.curve):>16}")
     if args.out:
         write_json({m: r.to_dict() for m, r in results.items()}, args.out)
         print(f"saved {args.out}", file=sys.stderr)
     if args.plot:
-        from ..plots import curves_figure, save
+        from ..studies.plots import curves_figure, save
         for p in save(curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers"), args.plot,
                       "baselines_curves"):
             print(f"plot {p}")

@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..windowed import evaluate_corpus
+    from ..method.api import evaluate_corpus
     names, _ = read_neurons(args.neurons)
     with open(args.corpus, encoding="utf-8") as f:
         corpus = f.read()

@@ -34,7 +34,7 @@ def read_neurons(spec: str):
 
 
 def run(args) -> int:
-    from ..api import evaluate_mask
+    from ..method.api import evaluate_mask
     names, params = read_neurons(args.neurons)
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")

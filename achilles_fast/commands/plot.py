@@ -24,7 +24,7 @@ def _load(path: str):
 
 
 def run(args) -> int:
-    from ..plots import curves_figure, plot_result, save
+    from ..studies.plots import curves_figure, plot_result, save
     for path in args.results:
         results = _load(path)
         for label, res in results.items():

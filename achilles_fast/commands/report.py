@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
+    from ..studies.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
                           write_csv, write_json)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
@@ -45,7 +45,7 @@ def run(args) -> int:
         write_json(rows, args.json)
         print(f"saved {args.json}", file=sys.stderr)
     if args.plot:
-        from ..plots import plot_sweep
+        from ..studies.plots import plot_sweep
         for p in plot_sweep(rows, args.plot, per_row=not args.no_run_plots):
             print(f"plot {p}")
     return 0

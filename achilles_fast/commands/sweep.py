@@ -20,7 +20,7 @@ def register(sub) -> None:
     import argparse
     p = sub.add_parser("sweep", help="run (or resume) a sweep over checkpoints x texts x parameters",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("spec", help="sweep spec (YAML): checkpoints, texts, params, grid (see achilles_fast.sweep)")
+    p.add_argument("spec", help="sweep spec (YAML): checkpoints, texts, params, grid (see achilles_fast.studies.sweep)")
     p.add_argument("--db", default=None, help="SQLite file for the rows (default: the spec's 'db')")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run one Ray task per checkpoint on this cluster ('auto', 'ray://host:port', or 'local')")
@@ -32,8 +32,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..sweep import SweepSpec, run_sweep
-    from ..sweepdb import SweepDB
+    from ..studies.sweep import SweepDB, SweepSpec, run_sweep
     spec = SweepSpec.load(args.spec)
     db = args.db or spec.db
     if not db:

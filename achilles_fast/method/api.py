@@ -1,0 +1,111 @@
+"""The method end to end: ``find_critical`` (rank, then search), ``evaluate_mask`` and ``evaluate_corpus``."""
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..models.registry import discover_targets
+from ..utils import eval_mode
+from .config import FindConfig
+from .masking import masked
+from .perplexity import NLLEvaluator, log10_ppl, log10_ratio
+from .ranking import make_ranker
+from .result import CriticalResult
+from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
+from .stage2 import search_ranking
+from .text import corpus_windows, tokenize
+
+
+def _resolve_model(model, tokenizer, device, dtype):
+    name = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from ..models.loading import load_model
+        model, tok, name = load_model(str(model), dtype=dtype or "float32", device=device or "cpu")
+        tokenizer = tokenizer or tok
+    else:
+        if dtype is not None or device is not None:
+            from ..models.loading import parse_dtype
+            model.to(device=device, dtype=parse_dtype(dtype))
+        if tokenizer is None:
+            cfg = getattr(model, "config", None)
+            path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
+            if not path:
+                raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    if name is None:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return model, tokenizer, name
+
+
+def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[str] = None, *,
+                  eval_text: Optional[str] = None, config: Optional[FindConfig] = None, device: Optional[str] = None,
+                  dtype: Optional[str] = None, progress: bool = True, **params) -> CriticalResult:
+    """Find the critical neurons of a causal LM (arXiv 2510.10238).
+
+    The ranker (``ranker="sensitivity"``: Stage 1, mean |f(x) - f(x + alpha*eps)| over ``k`` noisy copies of the
+    token embeddings; or a baseline) orders the output channels of the scanned modules; Stage 2 masks the top-n
+    channels for growing n until log10(PPL_masked / PPL_clean) >= ``epsilon`` on ``eval_text`` (default: ``text``).
+
+    model: HF causal LM object, or a local folder / .gguf path / named default ("smollm2-135m").
+    text: scoring text (default: a public-domain passage shipped with the package), first ``max_tokens`` tokens.
+    config / params: a ``FindConfig`` and/or its fields as keyword arguments (k, alpha, seed, epsilon, step,
+    max_neurons, scope, ranking, strategy, ...; see ``FindConfig``), validated before the model is touched.
+    Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
+    """
+    cfg = FindConfig.make(config, **params)
+    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
+    targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
+    ids = tokenize(tokenizer, text, cfg.max_tokens, "text")
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text")
+    run_params: Dict[str, Any] = dict(cfg.params(), n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
+                                      eval_text="same" if eval_text is None else "separate")
+    stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
+    ranker = make_ranker(cfg, progress)
+    with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
+        t0 = time.perf_counter()
+        ranking = ranker.rank(model, targets, ids)
+        timings = {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0}
+        stats.update(getattr(ranker, "stats", {}))
+        return search_ranking(model, ranking, eval_ids, cfg, model_name=name, params=run_params, timings=timings,
+                              stats=stats, progress=progress)
+
+
+# find_critical's signature as users see it (help(), IDEs): the FindConfig fields as keyword-only parameters
+find_critical.__signature__ = inspect.signature(find_critical).replace(parameters=[
+    p for p in inspect.signature(find_critical).parameters.values() if p.kind != p.VAR_KEYWORD] + [
+    inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in FindConfig.defaults().items()])
+
+
+def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
+                  ids: Optional[torch.Tensor] = None, discover: bool = False,
+                  max_batch_tokens: int = 8192) -> Dict[str, float]:
+    """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
+    place (weights restored after)."""
+    if ids is None:
+        ids = tokenize(tokenizer, text, max_tokens, "text")
+    with eval_mode(model), torch.no_grad():
+        ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
+        clean = ev.nll()
+        with masked(model, neurons, discover=discover) as resolved:
+            nll = ev.nll()
+    return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
+            "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}
+
+
+def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: int = 256,
+                    max_windows: Optional[int] = None, bos: bool = True,
+                    max_batch_tokens: int = 8192) -> Dict[str, Any]:
+    """WikiText-style windowed perplexity: mean NLL / log10 PPL of the windows, clean and with ``neurons`` masked
+    (weights restored bit-exact)."""
+    ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
+    r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens)
+    r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
+             n_tokens=int(ids.shape[0] * window), log10_clean_ppl=log10_ppl(r["clean_nll"]),
+             log10_masked_ppl=log10_ppl(r["masked_nll"]))
+    return r

@@ -1,0 +1,132 @@
+"""Mean token NLL (float32 per token, float64 sums) with optional per-batch-element channel masks.
+
+Perplexity ratios are always handled in log space: log10(PPL_a / PPL_b) = (NLL_a - NLL_b) / ln 10, so a collapsed
+model (PPL 1e20 and beyond) is reported exactly.
+
+Fast path: run the backbone to the last hidden state and compute the NLL over the LM head in token chunks
+(``ops.token_nll``), so the full [B, T, vocab] logits are never materialised. It is used only after a
+self-check on the clean text shows it reproduces the model's own logits (families with logit soft-capping or
+scaling fall back to the full forward automatically).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..models.devices import embedding_device, offloaded
+from .masking import BatchedMask
+
+LN10 = math.log(10.0)
+
+
+def log10_ratio(nll: float, nll_ref: float) -> float:
+    """log10(PPL / PPL_ref) from mean NLLs (natural log)."""
+    return (nll - nll_ref) / LN10
+
+
+def log10_ppl(nll: float) -> float:
+    return nll / LN10
+
+
+def ppl_or_none(nll: float) -> Optional[float]:
+    """exp(nll) when it fits a float64, else None (use log10_ppl)."""
+    return math.exp(nll) if math.isfinite(nll) and nll < 700 else None
+
+
+class NLLEvaluator:
+    """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
+
+    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches).
+    """
+
+    LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None):
+        self.model = model
+        ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
+        self.ids = ids  # [W, T]
+        self.W, self.T = ids.shape
+        if self.T < 2:
+            raise ValueError("need at least 2 tokens per window to compute a next-token loss")
+        self.max_batch_tokens = max(self.T, int(max_batch_tokens))
+        self.forwards = 0
+        self.device = embedding_device(model)
+        self._head = None
+        self.fused = False
+        if fused is not False:
+            self.fused = self._check_fused()
+            if fused is True and not self.fused:
+                raise RuntimeError("fused NLL requested but it does not reproduce this model's logits")
+
+    # -- forward passes ---------------------------------------------------------------------------
+    def _token_nll_full(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> per-token NLL [B, T-1] float32 via the model's full forward."""
+        logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits  # [B, T, V]
+        lg = logits[:, :-1].float()
+        tgt = ids[:, 1:].to(lg.device)
+        return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
+
+    def _token_nll_fused(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> per-token NLL [B, T-1] float32 via backbone + chunked LM head."""
+        out = self.model.base_model(input_ids=ids.to(self.device), use_cache=False)
+        h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # [B, T, H]
+        head = self._head
+        h = h[:, :-1].to(head.weight.device)
+        tgt = ids[:, 1:].to(h.device)
+        B, Tm1, H = h.shape
+        hf, tf = h.reshape(-1, H), tgt.reshape(-1)
+        chunk = max(1, self.LOGIT_CHUNK_BYTES // (4 * head.weight.shape[0]))
+        parts = [ops.token_nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
+        return torch.cat(parts).view(B, Tm1)
+
+    def _check_fused(self) -> bool:
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear) or head.bias is not None or offloaded(head):
+            return False
+        if getattr(self.model, "base_model", None) is None or self.model.base_model is self.model:
+            return False
+        self._head = head
+        probe = self.ids[:1, : min(self.T, 64)]
+        try:
+            with torch.no_grad():
+                a = self._token_nll_full(probe)
+                b = self._token_nll_fused(probe)
+        except (AttributeError, TypeError, ValueError, NotImplementedError):  # backbone API differs: full path
+            return False
+        return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
+
+    def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
+
+    # -- public -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def nll(self) -> float:
+        """Mean NLL of the unmasked model over all windows."""
+        return self.nll_prefixes(None, [0])[0]
+
+    @torch.no_grad()
+    def nll_prefixes(self, bmask: Optional[BatchedMask], ns: Sequence[int]) -> List[float]:
+        """Mean NLL with the first ``ns[i]`` ranked channels of ``bmask`` masked (one value per n), batching
+        prefixes x windows per forward."""
+        jobs = [(b, w) for b in range(len(ns)) for w in range(self.W)]
+        per_batch = max(1, self.max_batch_tokens // self.T)
+        sums = [0.0] * len(ns)
+        for i in range(0, len(jobs), per_batch):
+            chunk = jobs[i:i + per_batch]
+            if bmask is not None:
+                bmask.set_prefixes([ns[b] for b, _ in chunk])
+            try:
+                nll = self._token_nll(self.ids[[w for _, w in chunk]])  # [B, T-1]
+            finally:
+                if bmask is not None:
+                    bmask.clear()
+            row = nll.double().mean(1).tolist()
+            for (b, _), v in zip(chunk, row):
+                sums[b] += v
+        return [s / self.W for s in sums]

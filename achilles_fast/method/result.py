@@ -1,0 +1,137 @@
+"""The result of ``find_critical``: a JSON-serialisable dataclass with a human-readable summary."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+from typing import Any, Dict, List, Optional
+
+from ..models.neurons import Neuron
+
+
+def versions() -> Dict[str, str]:
+    import torch
+    import transformers
+
+    from .. import __version__
+    v = {"achilles_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+         "python": platform.python_version()}
+    try:
+        import triton  # noqa: F401
+        v["triton"] = triton.__version__
+    except Exception:
+        pass
+    if torch.cuda.is_available():
+        v["cuda"] = str(torch.version.cuda)
+        v["gpu"] = torch.cuda.get_device_name()
+    return v
+
+
+@dataclasses.dataclass
+class CriticalNeuron:
+    name: str  # "<module>:<channel>"
+    module: str
+    channel: int
+    layer: Optional[int]
+    kind: str
+    rank: int  # 0-based position in the sensitivity ranking
+    score: float  # sensitivity score used for ranking
+
+
+@dataclasses.dataclass
+class CriticalResult:
+    model: str
+    neurons: List[CriticalNeuron]  # the critical set, in ranking order
+    converged: bool
+    epsilon: float
+    clean_nll: float  # mean token NLL (natural log) of the unmasked model on the evaluation text
+    final_nll: Optional[float]  # with the critical set masked (or the largest evaluated set if not converged)
+    log10_ratio: Optional[float]  # log10(PPL_final / PPL_clean)
+    curve: List[List[float]]  # [[n, log10 ratio], ...] every evaluated prefix size (phase-transition curve)
+    params: Dict[str, Any]
+    timings: Dict[str, float]  # seconds per stage
+    stats: Dict[str, Any]  # forward passes, tokens, batch sizes, ...
+    versions: Dict[str, str]
+    top_ranked: List[CriticalNeuron] = dataclasses.field(default_factory=list)  # head of the ranking
+
+    # -- derived ------------------------------------------------------------------------------------
+    @property
+    def names(self) -> List[str]:
+        return [n.name for n in self.neurons]
+
+    @property
+    def clean_ppl(self) -> Optional[float]:
+        return math.exp(self.clean_nll) if self.clean_nll < 700 else None
+
+    @property
+    def log10_clean_ppl(self) -> float:
+        return self.clean_nll / math.log(10)
+
+    @property
+    def log10_final_ppl(self) -> Optional[float]:
+        return None if self.final_nll is None else self.final_nll / math.log(10)
+
+    def as_neurons(self) -> List[Neuron]:
+        return [Neuron(n.module, n.channel, n.layer, n.kind) for n in self.neurons]
+
+    # -- I/O ----------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["clean_ppl"] = self.clean_ppl
+        d["log10_clean_ppl"] = self.log10_clean_ppl
+        d["log10_final_ppl"] = self.log10_final_ppl
+        d["n_critical"] = len(self.neurons)
+        return d
+
+    def to_json(self, path: Optional[str] = None, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CriticalResult":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in fields}
+        kw["neurons"] = [CriticalNeuron(**n) for n in d.get("neurons", [])]
+        kw["top_ranked"] = [CriticalNeuron(**n) for n in d.get("top_ranked", [])]
+        return cls(**kw)
+
+    @classmethod
+    def load(cls, path: str) -> "CriticalResult":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    # -- display ------------------------------------------------------------------------------------
+    def summary(self) -> str:
+        lines = [
+            f"model            {self.model}",
+            f"critical set     {len(self.neurons)} neuron(s){'' if self.converged else ' (NOT converged)'}",
+            f"clean PPL        {_fmt_ppl(self.clean_nll)}",
+            f"masked PPL       {_fmt_ppl(self.final_nll)}",
+            f"log10 PPL ratio  {_fmt(self.log10_ratio)}  (epsilon {self.epsilon})",
+            "time             " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+        ]
+        if self.neurons:
+            lines.append("")
+            lines.append(f"{'#':>4}  {'neuron':<44} {'layer':>5}  {'kind':<16} {'score':>10}")
+            for i, n in enumerate(self.neurons):
+                lines.append(f"{i + 1:>4}  {n.name:<44} {'' if n.layer is None else n.layer:>5}  {n.kind:<16} "
+                             f"{n.score:>10.4g}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _fmt_ppl(nll: Optional[float]) -> str:
+    if nll is None:
+        return "n/a"
+    l10 = nll / math.log(10)
+    return f"{math.exp(nll):.4g}" if l10 < 6 else f"1e{l10:.2f}"

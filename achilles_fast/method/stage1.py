@@ -1,0 +1,247 @@
+"""Stage 1: sensitivity scores, streamed over K noisy samples.
+
+score[m][t, c] = mean_k | f_m(x)[t, c] - f_m(x + alpha * eps_k)[t, c] |
+
+One clean forward stores each target's clean output [T, C]. The K noisy samples then run in chunks of ``kb``
+sequences (``inputs_embeds`` = clean embeddings + Philox noise made on the device); a forward hook on each
+target reduces the chunk's |noisy - clean| into a float32 accumulator as soon as the output exists, so noisy
+activations are never stored and peak memory does not grow with K. The forward is cut short after the last
+target fires (the LM head and anything after the last scanned module are never computed). When the clean
+copies and accumulators of all targets exceed the memory budget (``max_score_mb``; e.g. every expert of a large
+MoE), the targets are split into groups and Stage 1 runs once per group, with the same chunks and noise.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..models.devices import embedding_device
+from ..models.targets import Target
+from ..utils import progress_bar
+from .ranking import PositionMax, Ranking, Scores, ranking_from_scores, register_ranker
+
+
+class _StopForward(Exception):
+    """Raised by the last target's hook: nothing after it is needed."""
+
+
+def auto_batch_tokens(device: torch.device) -> int:
+    """Tokens per noisy chunk when the user gives no budget."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # ~64 KiB of transient activations per token per billion params is generous; cap at 64k tokens.
+        return int(max(512, min(65536, free // (256 * 1024))))
+    # CPU: 16k tokens per chunk keeps SmolLM2-135M's transient activations under ~0.5 GB
+    return 16384
+
+
+def input_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """ids [T] -> embeddings [T, H] from the model's own input embedding layer."""
+    emb = model.get_input_embeddings()
+    w = getattr(emb, "weight", None)
+    dev = w.device if w is not None and w.device.type != "meta" else ids.device
+    return emb(ids.to(dev).unsqueeze(0))[0]
+
+
+class _Capture:
+    """Hooks that record the clean output of each target, or reduce noisy outputs into accumulators."""
+
+    def __init__(self, targets: Sequence[Target], stop_early: bool):
+        self.targets = list(targets)
+        self.stop_early = stop_early
+        self.mode = "clean"
+        self.clean: List[Optional[torch.Tensor]] = [None] * len(self.targets)
+        self.acc: List[Optional[torch.Tensor]] = [None] * len(self.targets)
+        self.fired = 0
+        self.batch = 1
+        self.handles = []
+
+    def __enter__(self):
+        for i, t in enumerate(self.targets):
+            self.handles.append(t.register_forward_hook(self._hook(i, t)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+    def _hook(self, i: int, t: Target):
+        def hook(module, args, out):
+            y = t.output(out)  # [B, T, C], or [B*T, C] for modules fed flattened tokens (MoE experts, OPT fc2)
+            if y.dim() == 2:
+                y = y.reshape(self.batch, -1, y.shape[-1])
+            if self.mode == "clean":
+                self.clean[i] = y[0].detach().clone()  # [T, C]
+            else:
+                ops.absdiff_accum_(self.acc[i], self.clean[i], y.reshape(-1, *self.clean[i].shape))
+            self.fired += 1
+            if self.stop_early and self.fired == len(self.targets):
+                raise _StopForward
+            return None
+
+        return hook
+
+    def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
+        """One forward of embeds [B, T, H]; stops after the last target."""
+        self.fired = 0
+        self.batch = embeds.shape[0]
+        try:
+            model(inputs_embeds=embeds, use_cache=False)
+        except _StopForward:
+            pass
+
+
+def _available_ram() -> int:
+    """Bytes of RAM available without swapping (Linux MemAvailable, counting reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 16 << 30
+
+
+def auto_score_bytes(device: torch.device) -> int:
+    """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    return int(_available_ram() // 4)
+
+
+def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,
+                 budget_bytes: int) -> List[List[int]]:
+    """Split target indices (scan order) into groups whose clean outputs [T, C] (``elem_bytes`` each) and float32
+    accumulators ([T, C] or [C]) fit ``budget_bytes``; Stage 1 runs once per group. A target larger than the
+    budget gets a group of its own."""
+    groups: List[List[int]] = []
+    cur: List[int] = []
+    used = 0
+    for i, t in enumerate(targets):
+        need = t.num_channels * (n_tokens * elem_bytes + (n_tokens if per_position else 1) * 4)
+        if cur and used + need > budget_bytes:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += need
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def plan_groups(model: nn.Module, targets: Sequence[Target], n_tokens: int, per_position: bool = True,
+                max_score_mb: Optional[float] = None) -> List[List[int]]:
+    """Target groups for a score budget of ``max_score_mb`` (default: ``auto_score_bytes``)."""
+    budget = int(max_score_mb * 2**20) if max_score_mb is not None else auto_score_bytes(embedding_device(model))
+    return score_groups(targets, n_tokens, per_position, model.get_input_embeddings().weight.element_size(), budget)
+
+
+def sensitivity_scores(
+    model: nn.Module,
+    targets: Sequence[Target],
+    ids: torch.Tensor,
+    k: int = 100,
+    alpha: float = 5.0,
+    seed: int = 0,
+    per_position: bool = True,
+    max_batch_tokens: Optional[int] = None,
+    max_score_mb: Optional[float] = None,
+    groups: Optional[List[List[int]]] = None,
+    reduce_positions: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+    stats: Optional[dict] = None,
+) -> List[Scores]:
+    """Mean |clean - noisy| per target: list of float32 [T, C] (per_position) or [C] (summed over positions).
+
+    ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk (k per target
+    group). ``max_score_mb`` bounds the clean copies + accumulators held at once (default: a quarter of free
+    memory): when all targets do not fit, Stage 1 runs once per group of targets (``plan_groups``), each run cut
+    after its group's last target. Scores do not depend on the grouping (same chunks, same noise). ``groups``: a
+    plan already made by ``plan_groups`` (then ``max_score_mb`` is not used).
+    ``reduce_positions``: return each target's ``PositionMax`` (what the per_token and max rankings need) instead of
+    [T, C], made as soon as its group is done, so only the current group's [T, C] accumulators are ever held.
+    """
+    T = int(ids.numel())
+    embeds = input_embeddings(model, ids)  # [T, H]
+    budget = max_batch_tokens or auto_batch_tokens(embeds.device)
+    kb = max(1, min(k, budget // T))
+    if groups is None:
+        groups = plan_groups(model, targets, T, per_position, max_score_mb)
+    scores: List[Optional[Scores]] = [None] * len(targets)
+    forwards = 0
+    for group in groups:
+        with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
+            cap.run(model, embeds.unsqueeze(0))
+            forwards += 1
+            for i, t in enumerate(cap.targets):
+                if cap.clean[i] is None:
+                    raise RuntimeError(f"target {t.name} did not run during the forward pass")
+                shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
+                cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
+            cap.mode = "noisy"
+            for k0 in range(0, k, kb):
+                n = min(kb, k - k0)
+                x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
+                cap.run(model, x)
+                forwards += 1
+                if progress is not None:
+                    progress(n)
+            for j, i in enumerate(group):
+                a = cap.acc[j].div_(k)
+                scores[i] = PositionMax.of(a) if reduce_positions and per_position else a
+                cap.acc[j] = None
+            cap.clean = []  # free this group's clean copies before the next group
+    if stats is not None:
+        stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=math.ceil(k / kb),
+                     stage1_groups=len(groups))
+    return scores
+
+
+def _autocast(model: nn.Module, dtype: Optional[str]):
+    """Autocast context for the Stage 1 forwards (no-op when dtype is None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    dev = embedding_device(model).type
+    return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=getattr(torch, dtype))
+
+
+class SensitivityRanker:
+    """The paper's Stage 1 as a Ranker: mean |f(x) - f(x + alpha eps)| over K noisy copies, ranked by
+    ``config.ranking``. ``stats`` receives forward counts and chunk sizes of the last ``rank`` call."""
+
+    name = "sensitivity"
+
+    def __init__(self, config, progress: bool = False):
+        self.config = config
+        self.progress = progress
+        self.stats: dict = {}
+
+    def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
+        cfg = self.config
+        per_position = cfg.ranking != "mean"
+        groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
+        with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
+                _autocast(model, cfg.stage1_dtype), torch.no_grad():
+            scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
+                                        per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
+                                        groups=groups, reduce_positions=True,
+                                        progress=bar.update if bar is not None else None, stats=self.stats)
+        if cfg.ranking == "mean":  # [C] sums over positions -> means
+            scores = [sc / ids.numel() for sc in scores]
+        return ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
+
+
+register_ranker("sensitivity", SensitivityRanker)

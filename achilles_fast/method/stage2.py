@@ -1,0 +1,173 @@
+"""Stage 2: the smallest prefix n of a Ranking whose masking crosses log10(PPL_n / PPL_clean) >= epsilon.
+
+Candidates are n = step, 2*step, ... (and max_neurons itself). Several candidates are evaluated in one batched
+forward, each batch element with its own prefix mask (``BatchedMask``: element b masks ``rank < n_b``).
+
+- ``linear`` (paper): candidates in increasing order, ``batch_size`` per forward, stop at the first batch
+  that contains a crossing; the answer is the first crossing. Exactly the paper's n.
+- ``bisect``: exponential probes (n = step * 1, 2, 4, ...) then a (batch_size+1)-ary search inside the first
+  bracketing interval. The answer n always has n - step evaluated as not crossing (verified), so it equals the
+  ``linear`` answer whenever the curve is monotone.
+
+``search_ranking`` runs the search on a model and builds the CriticalResult (shared by every ranker).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..utils import eval_mode, progress_bar
+from .config import FindConfig
+from .masking import BatchedMask, WeightMask
+from .perplexity import NLLEvaluator, log10_ratio
+from .ranking import Ranking
+from .result import CriticalNeuron, CriticalResult, versions
+
+
+def default_batch(device: torch.device) -> int:
+    """Stage 2 candidates per forward when the user gives none."""
+    # CPU: a batched forward costs ~B single forwards (SmolLM2-135M, T=132: 0.8x per sequence at B=4), so the
+    # fewest evaluations win: B=1 makes bisect a plain binary search (stories260K n=143: 17 evaluations vs 27 at
+    # B=4). GPU: a forward of 16 sequences costs about one of a single sequence.
+    return 16 if device.type == "cuda" else 1
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    n: int  # size of the critical set (0 when not converged)
+    converged: bool
+    curve: Dict[int, float]  # n -> log10(PPL_n / PPL_clean), every evaluated point
+    nll: Dict[int, float]  # n -> mean NLL
+    evaluations: int  # number of (prefix, text) evaluations
+    batches: int  # calls of ``evaluate`` (one batched forward each when the batch fits the token budget)
+    verified: bool  # the point n - step was evaluated and does not cross
+
+
+def _grid(max_n: int, step: int) -> List[int]:
+    g = list(range(step, max_n + 1, step))
+    if not g or g[-1] != max_n:
+        g.append(max_n)
+    return g
+
+
+def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: float, n_ranked: int,
+                  epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000, strategy: str = "bisect",
+                  batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
+    """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix."""
+    max_n = min(max_neurons, n_ranked)
+    grid = _grid(max_n, step)
+    curve: Dict[int, float] = {}
+    nlls: Dict[int, float] = {}
+    counts = {"evals": 0, "batches": 0}
+
+    def run(ns: Sequence[int]) -> None:
+        ns = [n for n in ns if n not in curve]
+        if not ns:
+            return
+        vals = evaluate(ns)
+        counts["evals"] += len(ns)
+        counts["batches"] += 1
+        for n, v in zip(ns, vals):
+            nlls[n] = v
+            curve[n] = log10_ratio(v, nll_clean)
+            if progress is not None:
+                progress(n, curve[n])
+
+    def crosses(n: int) -> bool:
+        return curve[n] >= epsilon
+
+    found: Optional[int] = None
+    if strategy == "linear":
+        for i in range(0, len(grid), batch_size):
+            part = grid[i:i + batch_size]
+            run(part)
+            found = next((n for n in part if crosses(n)), None)
+            if found is not None:
+                break
+    else:
+        # exponential probes over grid indices 0, 1, 3, 7, ... (n = step, 2 step, 4 step, ...) and the last
+        probes = sorted({min((1 << i) - 1, len(grid) - 1) for i in range(len(grid).bit_length() + 1)})
+        lo_i, hi_i = -1, None
+        for i in range(0, len(probes), batch_size):
+            part = probes[i:i + batch_size]
+            run([grid[j] for j in part])
+            for j in part:
+                if crosses(grid[j]):
+                    hi_i = j
+                    break
+                lo_i = j
+            if hi_i is not None:
+                break
+        if hi_i is not None:
+            while hi_i - lo_i > 1:
+                inner = list(range(lo_i + 1, hi_i))
+                if len(inner) > batch_size:  # evenly spaced picks
+                    inner = sorted({inner[(len(inner) * (q + 1)) // (batch_size + 1)] for q in range(batch_size)})
+                run([grid[j] for j in inner])
+                for j in inner:
+                    if crosses(grid[j]):
+                        hi_i = j
+                        break
+                    lo_i = j
+            found = grid[hi_i]
+    n = found or 0
+    pos = grid.index(n) if n else -1
+    prev = grid[pos - 1] if pos > 0 else None
+    verified = bool(n) and (pos == 0 or (prev in curve and not crosses(prev)))
+    return SearchOutcome(n=n, converged=found is not None, curve=dict(sorted(curve.items())),
+                         nll=dict(sorted(nlls.items())), evaluations=counts["evals"], batches=counts["batches"],
+                         verified=verified)
+
+
+def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,
+                   model_name: str = "", params: Optional[Dict[str, Any]] = None,
+                   timings: Optional[Dict[str, float]] = None, stats: Optional[Dict[str, Any]] = None,
+                   progress: bool = False) -> CriticalResult:
+    """Find the first prefix of ``ranking`` crossing ``config.epsilon`` on ``eval_ids`` [T] and build the result
+    (weights untouched; bit-exact after the in-place verification)."""
+    cfg = config
+    timings = dict(timings or {})
+    stats = dict(stats or {})
+    stats.setdefault("n_targets", len(ranking.targets))
+    stats.setdefault("n_channels", ranking.index.total)
+    t1 = time.perf_counter()
+    with eval_mode(model), torch.no_grad():
+        ev = NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens or 8192)
+        clean = ev.nll()
+        bsz = cfg.batch_size or default_batch(ev.device)
+        f0 = ev.forwards
+        with progress_bar(min(cfg.max_neurons, len(ranking)), "Stage 2: greedy", "eval", progress) as bar, \
+                BatchedMask(ranking, cfg.max_neurons) as bm:
+            def on_eval(n, lr):
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
+            out = greedy_search(lambda ns: ev.nll_prefixes(bm, ns), clean, len(ranking), epsilon=cfg.epsilon,
+                                step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=bsz,
+                                progress=on_eval)
+        forwards = ev.forwards - f0
+        n_final = out.n if out.converged else max(out.curve, default=0)
+        if cfg.verify and out.converged:
+            with WeightMask(ranking).apply(n_final):
+                stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
+    timings["stage2"] = time.perf_counter() - t1
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,
+                 stage2_verified_prev=out.verified, fused_nll=ev.fused)
+    final = out.nll.get(n_final)
+    scores = ranking.scores.tolist()
+
+    def entries(n: int) -> List[CriticalNeuron]:
+        return [CriticalNeuron(name=nr.name, module=nr.module, channel=nr.channel, layer=nr.layer, kind=nr.kind,
+                               rank=i, score=float(scores[i])) for i, nr in enumerate(ranking.neurons(n))]
+
+    return CriticalResult(
+        model=model_name, neurons=entries(out.n) if out.converged else [],
+        converged=out.converged, epsilon=cfg.epsilon, clean_nll=clean, final_nll=final,
+        log10_ratio=None if final is None else log10_ratio(final, clean),
+        curve=[[n, v] for n, v in out.curve.items()], params=dict(params or {}), timings=timings, stats=stats,
+        versions=versions(), top_ranked=entries(cfg.top_report))

@@ -1,0 +1,72 @@
+"""Texts and tokenization: the default passage, token-count checks, evaluation windows."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+# Public domain: Lewis Carroll, "Alice's Adventures in Wonderland" (1865), opening paragraphs.
+DEFAULT_TEXT = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
+    "once or twice she had peeped into the book her sister was reading, but it had no pictures or conversations "
+    "in it, \"and what is the use of a book,\" thought Alice \"without pictures or conversations?\" So she was "
+    "considering in her own mind (as well as she could, for the hot day made her feel very sleepy and stupid), "
+    "whether the pleasure of making a daisy-chain would be worth the trouble of getting up and picking the "
+    "daisies, when suddenly a White Rabbit with pink eyes ran close by her."
+)
+
+MIN_TOKENS = 2  # fewer: no next-token loss at all
+WARN_TOKENS = 10  # fewer: rankings are unstable
+
+
+class TextTooShortError(ValueError):
+    pass
+
+
+def tokenize(tokenizer, text: Optional[str], max_tokens: int = 512, what: str = "text") -> torch.Tensor:
+    """text -> input ids [T] (tokenizer defaults for special tokens), truncated to ``max_tokens``.
+
+    Raises on empty text or fewer than 2 tokens; warns under 10 tokens and when truncating.
+    """
+    if text is None:
+        text = DEFAULT_TEXT
+    if not isinstance(text, str) or not text.strip():
+        raise TextTooShortError(f"the {what} is empty")
+    if max_tokens < MIN_TOKENS:
+        raise ValueError(f"max_tokens must be >= {MIN_TOKENS}, got {max_tokens}")
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+    if ids.numel() > max_tokens:
+        warnings.warn(f"{what} has {ids.numel()} tokens; using the first max_tokens={max_tokens}", stacklevel=3)
+        ids = ids[:max_tokens]
+    n = int(ids.numel())
+    if n < MIN_TOKENS:
+        raise TextTooShortError(f"the {what} has {n} token(s); at least {MIN_TOKENS} are needed")
+    if n < WARN_TOKENS:
+        warnings.warn(f"the {what} has only {n} tokens (< {WARN_TOKENS}): rankings will be unstable", stacklevel=3)
+    return ids
+
+
+def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, bos_id: Optional[int] = None):
+    """Split a token stream [N] into non-overlapping windows of ``window`` tokens -> [W, window] ([W, window+1] when
+    prefixed with ``bos_id``)."""
+    body = window
+    n = ids.numel() // body
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise TextTooShortError(f"corpus has {ids.numel()} tokens, fewer than one window of {window}")
+    w = ids[: n * body].view(n, body)
+    if bos_id is not None:
+        w = torch.cat([torch.full((n, 1), bos_id, dtype=w.dtype), w], dim=1)
+    return w
+
+
+def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
+                   bos: bool = True) -> torch.Tensor:
+    """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
+    ([W, window], or [W, window + 1] with a BOS prefix)."""
+    enc = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)
+    ids = enc["input_ids"][0]
+    bos_id = getattr(tokenizer, "bos_token_id", None) if bos else None
+    return windows(ids, window, max_windows=max_windows, bos_id=bos_id)

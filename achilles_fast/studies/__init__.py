@@ -1,0 +1,1 @@
+"""Studies built on the method: ``baselines`` (rankers), ``robustness``, ``plots``, ``report``, ``sweep``."""

@@ -1,0 +1,213 @@
+"""Plots as matplotlib Figures (no pyplot state, so headless-safe), saved as PNG and SVG by ``save``.
+
+- ``curve_figure``: the phase-transition curve, log10 PPL ratio vs number of masked neurons, epsilon marked.
+- ``layer_map_figure``: layer x component counts of the critical set and of the top-ranked neurons (the
+  paper's Figure 2 style).
+- ``sweep_sizes_figure``: critical-set size per checkpoint across a sweep's rows.
+- ``curves_figure``: several rankers' curves on one axis (baselines vs sensitivity).
+- ``jaccard_figure``: overlap matrix of critical sets across texts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from matplotlib.figure import Figure
+
+from ..method.result import CriticalResult
+
+FORMATS = ("png", "svg")
+
+
+def save(fig: Figure, out_dir, stem: str, formats: Sequence[str] = FORMATS, dpi: int = 120) -> List[str]:
+    """Write ``fig`` as <out_dir>/<stem>.<fmt> for each format; returns the paths."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        p = d / f"{stem}.{fmt}"
+        fig.savefig(p, format=fmt, dpi=dpi)
+        paths.append(str(p))
+    return paths
+
+
+def _new(figsize=(6.4, 4.2)):
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _as_result(r) -> CriticalResult:
+    return r if isinstance(r, CriticalResult) else CriticalResult.from_dict(r)
+
+
+# ---- (1) phase-transition curve --------------------------------------------------------------------------
+def curve_figure(result, title: Optional[str] = None) -> Figure:
+    """log10(PPL_masked / PPL_clean) at every evaluated n; epsilon as a dashed line, the critical n marked."""
+    r = _as_result(result)
+    fig, ax = _new()
+    pts = sorted((int(n), float(v)) for n, v in r.curve)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    ax.plot(xs, ys, marker="o", ms=4, lw=1.2, label="evaluated prefix", gid="curve")
+    ax.axhline(r.epsilon, color="tab:red", ls="--", lw=1, label=f"epsilon = {r.epsilon:g}", gid="epsilon")
+    if r.converged and r.neurons:
+        n = len(r.neurons)
+        ax.axvline(n, color="tab:green", ls=":", lw=1, label=f"critical set: {n}", gid="critical")
+    if xs and max(xs) / max(1, min(xs)) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("number of masked neurons (ranking prefix)")
+    ax.set_ylabel("log10(PPL masked / PPL clean)")
+    ax.set_title(title or f"{_short(r.model, 40)}: phase transition", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def curves_figure(results: Mapping[str, object], title: str = "rankers through the same Stage 2") -> Figure:
+    """One curve per named result (e.g. sensitivity vs baselines) on shared axes."""
+    fig, ax = _new()
+    eps = None
+    for name, res in results.items():
+        r = _as_result(res)
+        pts = sorted((int(n), float(v)) for n, v in r.curve)
+        label = f"{name} ({len(r.neurons)})" if r.converged else f"{name} (not reached)"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.2, label=label, gid=f"curve:{name}")
+        eps = r.epsilon
+    if eps is not None:
+        ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}", gid="epsilon")
+    ax.set_xscale("log")  # n >= 1
+    ax.set_xlabel("number of masked neurons")
+    ax.set_ylabel("log10(PPL masked / PPL clean)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+# ---- (2) layer x component map ---------------------------------------------------------------------------
+def layer_counts(neurons: Sequence, layers: Sequence[int], kinds: Sequence[str]):
+    """Counts [len(layers), len(kinds)] of neurons per (layer, kind); neurons outside layers go to no cell."""
+    import numpy as np
+    grid = np.zeros((len(layers), len(kinds)), dtype=int)
+    li = {l: i for i, l in enumerate(layers)}
+    ki = {k: i for i, k in enumerate(kinds)}
+    for n in neurons:
+        if n.layer in li and n.kind in ki:
+            grid[li[n.layer], ki[n.kind]] += 1
+    return grid
+
+
+def layer_map_figure(result, n_layers: Optional[int] = None, title: Optional[str] = None) -> Figure:
+    """Heat maps (layer rows x component columns) of the critical set and of the top-ranked neurons."""
+    r = _as_result(result)
+    sets = [("critical set", r.neurons), (f"top {len(r.top_ranked)} ranked", r.top_ranked)]
+    every = list(r.neurons) + list(r.top_ranked)
+    seen_layers = [n.layer for n in every if n.layer is not None]
+    top = max(seen_layers, default=0) + 1
+    layers = list(range(max(top, n_layers or 0)))
+    kinds = sorted({n.kind for n in every}) or ["mlp.down_proj"]
+    fig = Figure(figsize=(max(7.0, 2.5 + 1.2 * len(kinds) * 2), 1.6 + 0.3 * max(len(layers), 5)),
+                 layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, (label, ns) in zip(axes, sets):
+        grid = layer_counts(ns, layers, kinds)
+        im = ax.imshow(grid, aspect="auto", cmap="Reds", origin="lower", vmin=0, vmax=max(1, int(grid.max())))
+        im.set_gid(f"map:{label}")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if grid[i, j]:
+                    ax.text(j, i, str(grid[i, j]), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=7)
+        ax.set_xlabel("component")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{label} ({int(grid.sum())})", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle(title or f"{_short(r.model)}: where the neurons sit", fontsize=10)
+    return fig
+
+
+# ---- (3) sweeps ------------------------------------------------------------------------------------------
+def sweep_sizes_figure(rows: Sequence[Mapping], title: str = "critical-set size per checkpoint") -> Figure:
+    """Bars per checkpoint (median size over converged rows), one bar series per ranker; every row as a dot."""
+    import statistics
+    names: List[str] = []
+    rankers: List[str] = []
+    by: Dict[tuple, List[Mapping]] = {}
+    for row in rows:
+        ck, rk = row["checkpoint"], (row.get("params") or {}).get("ranker", "sensitivity")
+        names += [ck] if ck not in names else []
+        rankers += [rk] if rk not in rankers else []
+        by.setdefault((ck, rk), []).append(row)
+    fig, ax = _new((max(4.0, 1.2 * len(names) * max(1, len(rankers)) ** 0.5 + 2), 4.2))
+    width = 0.8 / len(rankers)
+    dots_x, dots_y, failed_x = [], [], []
+    for s_i, rk in enumerate(rankers):
+        xs, med = [], []
+        for i, ck in enumerate(names):
+            x = i - 0.4 + width * (s_i + 0.5)
+            rs = by.get((ck, rk), [])
+            sizes = [int(r["n_critical"]) for r in rs if r["converged"]]
+            xs.append(x)
+            med.append(statistics.median(sizes) if sizes else 0)
+            dots_x += [x] * len(sizes)
+            dots_y += sizes
+            failed_x += [x] * (len(rs) - len(sizes))
+        bars = ax.bar(xs, med, width=width * 0.9, alpha=0.6, label=f"{rk} (median)", gid=f"bars:{rk}")
+        for bar, m in zip(bars, med):
+            ax.annotate(f"{m:g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+    ax.scatter(dots_x, dots_y, color="k", s=10, zorder=3, label="one run", gid="runs")
+    if failed_x:
+        ax.scatter(failed_x, [0] * len(failed_x), marker="x", color="tab:red", zorder=3, label="not converged",
+                   gid="not_converged")
+    ax.set_xticks(range(len(names)), [_short(n, 24) for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("critical neurons")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def jaccard_figure(names: Sequence[str], matrix, title: str = "critical-set overlap (Jaccard)") -> Figure:
+    import numpy as np
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = _new((2.5 + 0.6 * len(names), 2.0 + 0.5 * len(names)))
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", gid="jaccard")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="w" if m[i, j] < 0.5 else "k")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return fig
+
+
+# ---- conveniences ----------------------------------------------------------------------------------------
+def plot_result(result, out_dir, stem: str = "result", formats: Sequence[str] = FORMATS) -> List[str]:
+    """Curve + layer map of one result -> <stem>_curve.{png,svg}, <stem>_layers.{png,svg}."""
+    paths = save(curve_figure(result), out_dir, f"{stem}_curve", formats)
+    paths += save(layer_map_figure(result), out_dir, f"{stem}_layers", formats)
+    return paths
+
+
+def plot_sweep(rows: Sequence[Mapping], out_dir, formats: Sequence[str] = FORMATS, per_row: bool = True) -> List[str]:
+    """Sizes per checkpoint, plus a curve and layer map for every row (per_row) -> file paths."""
+    paths = save(sweep_sizes_figure(rows), out_dir, "sweep_sizes", formats)
+    if per_row:
+        for row in rows:
+            stem = _safe(f"{row['checkpoint']}_{row['text']}_{row['key'][:8]}")
+            paths += plot_result(row["result"], out_dir, stem, formats)
+    return paths
+
+
+def _short(s: str, n: int = 48) -> str:
+    s = str(s)
+    if "/" in s:
+        s = s.rstrip("/").rsplit("/", 1)[-1]
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
