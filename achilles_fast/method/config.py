@@ -14,8 +14,8 @@ import typing
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from ..models.registry import SCOPES
+from .ranking import RANKINGS, ranker_names
 
-RANKINGS = ("per_token", "max", "mean")
 STRATEGIES = ("linear", "bisect")
 STAGE1_DTYPES = ("bfloat16", "float16")
 
@@ -32,7 +32,8 @@ class FindConfig:
     max_tokens: int = _field(512, "use the first N tokens of the text (scoring and evaluation)", group="text")
     # -- Stage 1: ranking -----------------------------------------------------------------------------------------
     ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
-                         "(random, activation, gradient, taylor, superweight)", group="stage1")
+                         "ranker (random, activation, gradient, taylor, superweight)", choices=ranker_names,
+                         group="stage1")
     k: int = _field(100, "noisy samples K", group="stage1")
     alpha: float = _field(5.0, "absolute noise scale added to the token embeddings", group="stage1")
     seed: int = _field(0, "noise (and random-baseline) seed", group="stage1")
@@ -78,11 +79,8 @@ class FindConfig:
                 _positive_int(self, name)
         if self.max_score_mb is not None:
             _positive_finite(self, "max_score_mb")
-        from .ranking import ranker_names
-        if self.ranker not in ranker_names():
-            raise ValueError(f"unknown ranker {self.ranker!r}: expected one of {', '.join(ranker_names())}")
         for f in dataclasses.fields(self):
-            ch = f.metadata["choices"]
+            ch = _choices(f)
             v = getattr(self, f.name)
             if ch and v is not None and v not in ch:
                 raise ValueError(f"unknown {f.name} {v!r}: expected one of {', '.join(ch)}")
@@ -137,8 +135,8 @@ class FindConfig:
                     g.add_argument(flag, dest=f.name, action="store_true", default=False, help=md["help"])
                 continue
             default = "auto" if f.default is None else f.default
-            g.add_argument(flag, dest=f.name, type=_cli_type(base), default=f.default, choices=md["choices"],
-                           metavar=None if md["choices"] else f.name.upper(), help=f"{md['help']} (default: {default})")
+            g.add_argument(flag, dest=f.name, type=_cli_type(base), default=f.default, choices=_choices(f),
+                           metavar=None if _choices(f) else f.name.upper(), help=f"{md['help']} (default: {default})")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "FindConfig":
@@ -149,6 +147,11 @@ class FindConfig:
 
 
 # ---- validation helpers --------------------------------------------------------------------------------------------
+def _choices(f: dataclasses.Field) -> Optional[Tuple]:
+    ch = f.metadata["choices"]
+    return ch() if callable(ch) else ch
+
+
 def _base_type(f: dataclasses.Field):
     """(type, optional) of a field from its annotation (``Optional[int]`` -> (int, True))."""
     hints = typing.get_type_hints(FindConfig)

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..models.neurons import Neuron, NeuronIndex
 from ..models.targets import Target
-from .config import RANKINGS
+
+RANKINGS = ("per_token", "max", "mean")  # how Stage 1 scores of positions become one order (FindConfig.ranking)
 
 
 @dataclasses.dataclass
@@ -201,7 +202,8 @@ class Ranker(Protocol):
         ...
 
 
-# name -> factory(config, progress) -> Ranker; filled by method.stage1 ("sensitivity") and studies.baselines
+# name -> factory(config, progress) -> Ranker; filled by method.stage1 ("sensitivity") and studies.baselines (the
+# package root imports both), read by FindConfig's validation of ``ranker``
 _RANKERS: Dict[str, Callable[..., Ranker]] = {}
 
 
