@@ -28,7 +28,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # no Triton kernels then; everything else works
+except Exception:  # not installed (or broken): no Triton kernels then; everything else works
     triton = tl = None
 
 NAMESPACE = "achilles_fast"

@@ -61,6 +61,36 @@ print("OK")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+def test_works_without_triton():
+    """Without triton the package imports and every op runs (compiled or reference); the launchers say why not."""
+    code = r"""
+import sys
+sys.modules["triton"] = None  # as if triton was not installed
+import torch
+import achilles_fast.ops as ops
+from achilles_fast.ops import _lib
+assert _lib.triton is None and not ops.backend_info()["triton"]
+e = torch.randn(4, 8)
+a = ops.noisy_embeds(e, 5.0, 1, 0, 3)
+acc = torch.zeros(8); ops.absdiff_accum_(acc, e, a)
+w = torch.randn(8, 4); saved, _ = ops.mask_channels_(w, None, torch.tensor([1]), 0)
+ops.restore_channels_(w, None, torch.tensor([1]), saved, None, 0)
+ops.batched_channel_mask(a, torch.ones(3, 8))
+ops.token_nll(e, torch.randn(10, 8), torch.tensor([1, 2, 3, -100]))
+try:
+    _lib.OPS["token_nll"].triton(e, torch.randn(10, 8), torch.tensor([1, 2, 3, -100]))
+    raise AssertionError("the Triton launcher ran without triton")
+except RuntimeError as err:
+    assert "need triton" in str(err), err
+print("OK")
+"""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
 def test_setup_and_cmake_read_the_one_set_of_flags():
     """setup.py, CMakeLists.txt and the nvcc check script take their flags from csrc/*_flags.txt."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
