@@ -1,11 +1,12 @@
 """The ``torch.library`` plumbing the op modules share: one Library, ``define`` (one call per op), the loader.
 
-``define(name, schema, reference, fake, triton)`` declares ``achilles_fast::<name>`` with
+``define(name, schema, reference, fake, launcher)`` declares ``achilles_fast::<name>`` with
 - the pure-PyTorch reference as its ``CompositeExplicitAutograd`` kernel: what runs on any device without a
   compiled kernel;
 - the fake (meta) kernel, for FakeTensor / torch.compile / ``opcheck``;
-and returns an ``Op`` (which also holds the op's Triton launcher), whose call is the one preamble of every public wrapper: the reference directly under
-``use_kernels(False)``, else the custom op, which the dispatcher routes by device.
+and returns an ``Op`` (which also holds the Triton launcher), whose call is the one preamble of every public
+wrapper: the reference directly under ``use_kernels(False)``, else the custom op, which the dispatcher routes by
+device.
 
 Loading, at the first op call (or ``backend_info()``): ``import achilles_fast._C`` registers the C++ CPU kernels, and
 the CUDA kernels when it was built with CUDA (``TORCH_LIBRARY_IMPL`` in csrc/; a dispatcher backend kernel always

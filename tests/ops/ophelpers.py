@@ -71,7 +71,8 @@ def poisoned_empty():
     """torch.empty / at::empty return NaN-filled memory inside the block (an element a kernel fails to write then
     shows up as a mismatch)."""
     import torch.utils.deterministic as det
-    old_det, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     old_fill = det.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
     det.fill_uninitialized_memory = True

@@ -1,8 +1,8 @@
 """Every Triton kernel compiles to a cubin for sm_90 and sm_80, without a GPU (Triton's AOT path + bundled ptxas).
 
-The interpreter tests (TRITON_INTERPRET=1 pytest tests/ops -m triton) check what the kernels compute; this checks that the GPU
-compiler accepts them (libdevice calls, dtypes, constexpr branches), so a kernel that would only break on the
-device fails CI here. Runs in the default (non-interpreter) invocation; skipped under TRITON_INTERPRET=1.
+The interpreter tests (TRITON_INTERPRET=1 pytest tests/ops -m triton) check what the kernels compute; this checks
+that the GPU compiler accepts them (libdevice calls, dtypes, constexpr branches), so a kernel that would only break
+on the device fails CI here. Runs in the default (non-interpreter) invocation; skipped under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
