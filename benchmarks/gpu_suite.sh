@@ -5,7 +5,7 @@
 # 600 s per command: run `setup tests kernels` in one call and each e2e step in its own (prefixed by `setup` when
 # the machine went cold between calls: it keeps build outputs only while warm).
 # setup builds the CUDA ops (`pip install --no-build-isolation --no-deps -e .`, ACHILLES_FAST_BUILD_CUDA=1); if that
-# fails, the CPU ops JIT-compile on first use and CUDA runs through the Triton kernels.
+# fails, the ops run their PyTorch references on CPU and the Triton kernels on CUDA (backend_info() says which).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/achilles_gpu}}

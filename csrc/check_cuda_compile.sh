@@ -18,13 +18,14 @@ if [ ! -f "$TORCH_INC/c10/cuda/impl/cuda_cmake_macros.h" ]; then
   printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$OUT/shim/c10/cuda/impl/cuda_cmake_macros.h"
   INC="$INC -isystem $OUT/shim"
 fi
+mapfile -t NVCC_FLAGS < <(grep -v '^#' csrc/nvcc_flags.txt | grep .)  # the build's nvcc flags (setup.py, CMake)
 mapfile -t FILES < <(find csrc -name '*.cu' | sort)
 [ ${#FILES[@]} -gt 0 ] || { echo "check_cuda_compile: no .cu files under csrc/" >&2; exit 2; }
 fail=0
 for f in "${FILES[@]}"; do
   # one nvcc call per file: host code compiled once, device code for both targets
   t0=$(date +%s)
-  if "$NVCC" -c "$f" -o "$OUT/$(basename "$f").o" -std=$STD -O3 --expt-relaxed-constexpr \
+  if "$NVCC" -c "$f" -o "$OUT/$(basename "$f").o" -std=$STD "${NVCC_FLAGS[@]}" \
       -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
       -Xcompiler -fPIC -D_GLIBCXX_USE_CXX11_ABI=$ABI -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \

@@ -6,9 +6,10 @@
     achilles-fast bench kernels --ops absdiff --models smollm2 --dtypes float32,bfloat16 --reps 30
 
 Implementations compared per op (what is available on the device):
-  cpp / cuda  the compiled kernels (achilles_fast._C or the CPU JIT build)   triton  the Triton kernels (GPU)
+  cpp / cuda  the compiled kernels (achilles_fast._C)                        triton  the Triton kernels (GPU)
   torch       the plain-PyTorch expression the op replaces, e.g. (noisy - clean).abs().sum(0)
-  reference   achilles_fast.ops.reference (the spec; with --with-reference, slow for the noise)
+  reference   the op's pure-PyTorch reference, achilles_fast.ops.<op>.*_ref (the spec; with --with-reference, slow
+              for the noise)
 Every implementation runs on the same random inputs (never zeros), after warm-up, interleaved rep by rep (fair on a
 loaded machine); the row reports the median (and min) wall time, achieved GB/s (bytes each op must move at
 least), on CUDA the fraction of the measured device copy bandwidth, and the speed-up over ``torch``.
@@ -28,7 +29,8 @@ import time
 import torch
 
 import achilles_fast.ops as ops
-from achilles_fast.ops import reference as R
+from achilles_fast.ops.absdiff import absdiff_accum_ref
+from achilles_fast.ops.noise import noisy_embeds_ref
 
 # name: (hidden H, MLP width M (down_proj input), vocab V, tokens T)
 MODELS = {
@@ -151,7 +153,7 @@ def cases(op, m, dtype, dev, K, with_reference):
             impls[name] = _with_backend(be, lambda: ops.absdiff_accum_(acc, clean, noisy))
         impls["torch"] = lambda: (noisy - clean).abs().sum(0)
         if with_reference:
-            impls["reference"] = lambda: R.absdiff_accum_ref(acc, clean, noisy)
+            impls["reference"] = lambda: absdiff_accum_ref(acc, clean, noisy)
         return f"K={K} T={T} C={C}", K * T * C * es + T * C * (es + 8), impls
     if op == "noise":
         e = rnd(T, H)
@@ -159,7 +161,7 @@ def cases(op, m, dtype, dev, K, with_reference):
             impls[name] = _with_backend(be, lambda: ops.noisy_embeds(e, 5.0, 1, 0, K))
         impls["torch"] = lambda: e + 5.0 * torch.randn((K, T, H), device=dev, dtype=dtype)
         if with_reference:
-            impls["reference"] = lambda: R.noisy_embeds_ref(e, 5.0, 1, 0, K)
+            impls["reference"] = lambda: noisy_embeds_ref(e, 5.0, 1, 0, K)
         return f"K={K} T={T} H={H}", K * T * H * es + T * H * es, impls
     if op == "mask":  # down_proj weight [H, M], mask + restore 64 output channels (rows)
         w = rnd(H, M)
@@ -209,7 +211,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed reps per impl (default CPU 7, GPU 50)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--with-reference", action="store_true", help="also time ops.reference (slow for noise)")
+    p.add_argument("--with-reference", action="store_true", help="also time the references (slow for noise)")
     p.add_argument("--out", default=None, help="append CSV rows to this file")
     a = p.parse_args(argv)
     dev = torch.device(a.device)

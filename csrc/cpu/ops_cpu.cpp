@@ -1,4 +1,4 @@
-// C++ CPU kernels of the achilles_fast:: ops (schemas are defined in achilles_fast/ops/_registry.py).
+// C++ CPU kernels of the achilles_fast:: ops (schema and reference of each: achilles_fast/ops/<op>.py).
 //
 // Loops are written so GCC/Clang auto-vectorise them; on x86-64 the hot loops are additionally compiled for
 // AVX-512 / AVX2 and picked at load time (target_clones), so a portable build still runs wide vectors.
@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "../common/channel_geometry.h"
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/token_nll.h"
@@ -149,31 +150,18 @@ at::Tensor noisy_embeds_cpu(const at::Tensor& embeds, double alpha, int64_t seed
 // ---------------------------------------------------------------------------------------------------------------
 // mask / restore: weight viewed as [outer, size(dim), inner]; copies whole channel slices (dtype-agnostic bytes).
 // ---------------------------------------------------------------------------------------------------------------
-struct ChannelView {
-  int64_t outer, n, inner;
-};
-
-ChannelView channel_view(const at::Tensor& w, int64_t dim) {
-  ChannelView v{1, w.size(dim), 1};
-  for (int64_t d = 0; d < dim; ++d) v.outer *= w.size(d);
-  for (int64_t d = dim + 1; d < w.dim(); ++d) v.inner *= w.size(d);
-  return v;
-}
-
 at::Tensor mask_channels_cpu(at::Tensor& weight, const at::Tensor& channels, int64_t dim) {
   check_weight(weight, "mask_channels_");
   dim = c10::maybe_wrap_dim(dim, weight.dim());
   const at::Tensor ch = checked_channels(channels, weight.device(), weight.size(dim), "mask_channels_");
-  std::vector<int64_t> sz(weight.sizes().begin(), weight.sizes().end());
-  sz[dim] = ch.numel();
   if (!weight.is_contiguous()) {  // rare: keep the semantics with ATen ops
     at::Tensor saved = weight.index_select(dim, ch).clone();
     weight.index_fill_(dim, ch, 0);
     return saved;
   }
-  at::Tensor saved = at::empty(sz, weight.options());
+  at::Tensor saved = at::empty(saved_shape(weight, dim, ch.numel()), weight.options());
   if (saved.numel() == 0) return saved;
-  const ChannelView v = channel_view(weight, dim);
+  const ChannelGeometry v = channel_geometry(weight, dim);
   const int64_t m = ch.numel(), es = weight.element_size(), row = v.inner * es;
   char* w = static_cast<char*>(weight.data_ptr());
   char* sv = static_cast<char*>(saved.data_ptr());
@@ -205,7 +193,7 @@ void restore_channels_cpu(at::Tensor& weight, const at::Tensor& channels, const 
     return;
   }
   const at::Tensor sc = saved.contiguous();
-  const ChannelView v = channel_view(weight, dim);
+  const ChannelGeometry v = channel_geometry(weight, dim);
   const int64_t m = ch.numel(), es = weight.element_size(), row = v.inner * es;
   if (m == 0 || v.outer == 0 || row == 0) return;
   char* w = static_cast<char*>(weight.data_ptr());

@@ -1,5 +1,5 @@
-// CUDA kernels of the achilles_fast:: ops (schemas in achilles_fast/ops/_registry.py), registered for the CUDA
-// dispatch key. Built by setup.py when ACHILLES_FAST_BUILD_CUDA=1 (or auto with a CUDA torch + nvcc);
+// CUDA kernels of the achilles_fast:: ops (schema and reference of each: achilles_fast/ops/<op>.py), registered for
+// the CUDA dispatch key. Built by setup.py when ACHILLES_FAST_BUILD_CUDA=1 (or auto with a CUDA torch + nvcc);
 // csrc/check_cuda_compile.sh compiles this file for sm_90a and sm_80 in CI.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../common/channel_geometry.h"
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/token_nll.h"
@@ -212,19 +213,8 @@ __global__ void channels_kernel(T* __restrict__ w, T* __restrict__ saved, const 
   }
 }
 
-struct Geometry {
-  int64_t outer, n, inner;
-};
-
-Geometry geometry(const at::Tensor& w, int64_t dim) {
-  Geometry g{1, w.size(dim), 1};
-  for (int64_t d = 0; d < dim; ++d) g.outer *= w.size(d);
-  for (int64_t d = dim + 1; d < w.dim(); ++d) g.inner *= w.size(d);
-  return g;
-}
-
 template <int MODE>
-void launch_channels(const at::Tensor& w, const at::Tensor& saved, const at::Tensor& ch, const Geometry& g) {
+void launch_channels(const at::Tensor& w, const at::Tensor& saved, const at::Tensor& ch, const ChannelGeometry& g) {
   const int64_t total = saved.numel();
   if (total == 0) return;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -257,10 +247,8 @@ at::Tensor mask_channels_cuda(at::Tensor& weight, const at::Tensor& channels, in
     weight.index_fill_(dim, ch, 0);
     return saved;
   }
-  std::vector<int64_t> sz(weight.sizes().begin(), weight.sizes().end());
-  sz[dim] = ch.numel();
-  at::Tensor saved = at::empty(sz, weight.options());
-  const Geometry g = geometry(weight, dim);
+  at::Tensor saved = at::empty(saved_shape(weight, dim, ch.numel()), weight.options());
+  const ChannelGeometry g = channel_geometry(weight, dim);
   launch_channels<0>(weight, saved, ch, g);  // gather all, then zero (duplicates keep their originals)
   launch_channels<1>(weight, saved, ch, g);
   return saved;
@@ -277,7 +265,7 @@ void restore_channels_cuda(at::Tensor& weight, const at::Tensor& channels, const
     return;
   }
   const at::Tensor sc = saved.to(weight.device()).contiguous();
-  launch_channels<2>(weight, sc, ch, geometry(weight, dim));
+  launch_channels<2>(weight, sc, ch, channel_geometry(weight, dim));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Same ranking (names, in order), same critical set, same convergence, scores and curve equal to float tolerance;
 weights bit-identical afterwards. The GPU variant runs the CUDA / Triton kernels (marked gpu).
+Without the compiled ops "kernels on" would run the references too, comparing them with themselves: every test
+here then fails (``require_compiled_ops``), it does not pass or skip.
 """
 from __future__ import annotations
 
@@ -11,12 +13,26 @@ import pytest
 import torch
 
 import achilles_fast.ops as ops
+from achilles_fast.ops import _lib
 from achilles_fast import find_critical
 
 from conftest import assert_bit_identical, weights_snapshot
 
 
+def require_compiled_ops(device: str = "cpu") -> None:
+    """Fail (not skip) unless achilles_fast._C loaded and serves every op on ``device``."""
+    info = ops.backend_info()
+    assert info["source"] == "extension", (
+        f"achilles_fast._C did not load ({info['error']}): kernels on would run the PyTorch references, so this "
+        "end-to-end comparison would compare the references with themselves. Build the compiled ops: "
+        "`pip install --no-build-isolation -e .` or `python setup.py build_ext --inplace`")
+    served = info["cpu_ops"] if device == "cpu" else info["cuda_ops"] + info["triton_cuda_ops"]
+    missing = sorted(set(_lib.OPS) - set(served))
+    assert not missing, f"no compiled {device} kernel for {missing}: {info}"
+
+
 def _compare(model, tok, **kw):
+    require_compiled_ops(next(model.parameters()).device.type)
     snap = weights_snapshot(model)
     t0 = time.perf_counter()
     on = find_critical(model, tok, kernels=True, progress=False, **kw)
@@ -43,12 +59,9 @@ def test_stories_kernels_on_equals_off(stories, ranking):
     assert len(on.top_ranked) > 0
 
 
-def test_kernels_really_ran_on_cpu():
-    """The comparison above is only meaningful when the compiled CPU ops exist: say so when they do not."""
-    info = ops.backend_info()
-    if not info["cpp"]:
-        pytest.skip(f"compiled CPU ops unavailable ({info['error']}): kernels-on ran the references")
-    assert info["cpu_ops"]
+def test_compiled_ops_loaded():
+    """The comparisons here are only meaningful with the compiled CPU ops: fail without them."""
+    require_compiled_ops("cpu")
 
 
 def test_smollm2_kernels_on_equals_off(smollm2):  # ~4 s idle, ~40 s on a loaded 2-core box
