@@ -5,7 +5,7 @@ samples (one full forward each, LM head included), per-entry ranking in Python (
 channel) entry becomes a Python tuple, sorted, then duplicate channels collapse), and one full forward per greedy
 step n = step, 2 step, ... with the top-n channels zeroed by forward hooks.
 
-It uses the same noise as achilles_fast (the Philox stream defined in ``achilles_fast.ops.reference``, generated
+It uses the same noise as achilles_fast (the Philox stream defined in ``achilles_fast.ops.noise``, generated
 one sample at a time through ``achilles_fast.ops.noisy_embeds``, which costs about what the paper's
 ``torch.randn`` costs) so that both return the same critical set for the same seed. Do not use it for real work: it is slow on purpose.
 

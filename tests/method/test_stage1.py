@@ -12,7 +12,7 @@ import achilles_fast as af
 from achilles_fast.method.stage1 import sensitivity_scores
 from achilles_fast.models.neurons import Neuron, NeuronIndex
 from achilles_fast.models.registry import discover_targets
-from achilles_fast.ops.reference import philox_normal
+from achilles_fast.ops.noise import philox_normal
 
 
 @pytest.fixture(params=["llama", "qwen2"])
