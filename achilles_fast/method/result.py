@@ -54,6 +54,7 @@ class CriticalResult:
     stats: Dict[str, Any]  # forward passes, tokens, batch sizes, ...
     versions: Dict[str, str]
     top_ranked: List[CriticalNeuron] = dataclasses.field(default_factory=list)  # head of the ranking
+    source: Dict[str, Any] = dataclasses.field(default_factory=dict)  # where the model came from (load_model)
 
     # -- derived ------------------------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..models.loading import model_source
 from ..utils import eval_mode, progress_bar
 from .config import FindConfig
 from .masking import BatchedMask, WeightMask
@@ -170,4 +171,4 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
         converged=out.converged, epsilon=cfg.epsilon, clean_nll=clean, final_nll=final,
         log10_ratio=None if final is None else log10_ratio(final, clean),
         curve=[[n, v] for n, v in out.curve.items()], params=dict(params or {}), timings=timings, stats=stats,
-        versions=versions(), top_ranked=entries(cfg.top_report))
+        versions=versions(), top_ranked=entries(cfg.top_report), source=model_source(model))

@@ -207,10 +207,18 @@ def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offl
     """
     dt = parse_dtype(dtype) or torch.float32
     kind, path = resolve(spec)
+    source = {"spec": str(spec), "kind": kind, "path": str(path)}
     if kind == "gguf":
         path = cached_gguf_dir(path)
     model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
     model.eval()
     key = str(spec).strip().lower()
     name = DISPLAY[NAMED[key]] if key in NAMED else str(Path(spec).expanduser().resolve())
+    source["name"] = name
+    model.achilles_source = source  # provenance, copied into every result made with this model (CriticalResult.source)
     return model, tok, name
+
+
+def model_source(model) -> dict:
+    """What ``load_model`` recorded about where ``model`` came from ({} for a model built elsewhere)."""
+    return dict(getattr(model, "achilles_source", None) or {})
