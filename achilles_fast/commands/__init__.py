@@ -6,7 +6,12 @@ from typing import Optional
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="local HF folder, .gguf file, or a named default (smollm2-135m)")
+    p.add_argument("model", help="local HF folder, .gguf file, Hugging Face Hub id (org/name, org/name@revision, "
+                                 "org/name/file.gguf), or a named default (smollm2-135m)")
+    p.add_argument("--gguf-file", default=None, metavar="NAME",
+                   help="the GGUF file to load from a hub repo or local folder holding several")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repo's own Python modelling code to run (off by default)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     p.add_argument("--device-map", default=None,
@@ -47,7 +52,9 @@ def load(args):
     from ..models.loading import load_model
     return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu",
                       device_map=parse_device_map(getattr(args, "device_map", None)),
-                      offload_folder=getattr(args, "offload_folder", None))
+                      offload_folder=getattr(args, "offload_folder", None),
+                      gguf_file=getattr(args, "gguf_file", None),
+                      trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 def write_json(obj, path: str) -> None:

