@@ -147,13 +147,14 @@ def fake_hub_repo(cache: Path, repo_id: str, snapshots) -> list:
 
 
 def stories_hub_cache(cache: Path, repo_id: str = "tiny-org/stories260K") -> list:
-    """stories260K as a hub repo with two revisions: ``main`` (the real weights) and tag ``v0`` (every weight
-    scaled by 0.5, so the two revisions give different results). Returns [main commit, v0 commit]."""
+    """stories260K as a hub repo with two revisions: ``main`` (the real weights) and tag ``v0`` (every MLP down
+    projection scaled by 0.9: another checkpoint of the same model). Returns [main commit, v0 commit]."""
     from safetensors.torch import load_file, save
     files = {p.name: p for p in STORIES.iterdir() if p.is_file() and p.name != "SOURCE.txt"}
-    halved = {k: (v * 0.5).contiguous() for k, v in load_file(str(STORIES / "model.safetensors")).items()}
+    other = {k: (v * 0.9 if "down_proj" in k else v).contiguous()
+             for k, v in load_file(str(STORIES / "model.safetensors")).items()}
     return fake_hub_repo(cache, repo_id, [(("main",), files),
-                                          (("v0",), {**files, "model.safetensors": save(halved, {"format": "pt"})})])
+                                          (("v0",), {**files, "model.safetensors": save(other, {"format": "pt"})})])
 
 
 @pytest.fixture

@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", default="1", help="--tasks: lm-eval batch size (an integer or auto)")
     p.add_argument("--include-path", action="append", default=None, metavar="DIR",
                    help="--tasks: folder of your own lm-eval task YAMLs (repeatable)")
+    p.add_argument("--apply-chat-template", action="store_true", help="--tasks: format prompts with the model's chat "
+                                                                    "template (instruct models, generative tasks)")
+    p.add_argument("--confirm-run-unsafe-code", action="store_true",
+                   help="--tasks: allow tasks that execute model-written code (e.g. humaneval)")
     p.add_argument("--out", default=None, help="write the evaluation as JSON here (--tasks default: "
                                                "evaluate_tasks.json)")
     p.set_defaults(func=run)
@@ -69,7 +73,8 @@ def run_tasks(args, names) -> int:
     tasks = check_tasks(args.tasks, manager)
     model, tok, name = load(args)
     r = evaluate_tasks(model, tok, names, tasks, limit=limit, num_fewshot=args.num_fewshot, batch_size=batch,
-                       manager=manager)
+                       manager=manager, apply_chat_template=args.apply_chat_template,
+                       confirm_run_unsafe_code=args.confirm_run_unsafe_code)
     r.update(model=name, source=model_source(model))
     print(f"model {name}, {r['n_masked']} neuron(s) masked" + (f", limit {limit}" if limit else ""))
     print(format_table(r["rows"]))

@@ -75,6 +75,13 @@ def tasks_dir(tmp_path_factory):
     return write_tasks(tmp_path_factory.mktemp("lm_eval_tasks"))
 
 
+@pytest.fixture(scope="module")
+def manager(tasks_dir):
+    """One lm-eval TaskManager (indexing its ~15k built-in tasks takes seconds) with the local tasks added."""
+    from achilles_fast.studies.downstream import task_manager
+    return task_manager(str(tasks_dir))
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -82,11 +89,12 @@ def _offline(monkeypatch, tmp_path):
 
 
 def _word_perplexity(model, tok, neurons=None):
-    """Independent: exp(-sum log p(text | BOS) / words) over TEXTS, as lm-eval's rolling loglikelihood defines it."""
+    """Independent: exp(-sum log p(tokens | prefix) / words) over TEXTS, as lm-eval's rolling loglikelihood defines
+    it: the tokenizer's own encoding (with its special tokens) after one prefix token (BOS, else EOS)."""
     ll, words = 0.0, 0
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     for t in TEXTS:
-        ids = torch.tensor([[prefix] + tok(t, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([[prefix] + tok(t)["input_ids"]])
         with torch.no_grad():
             if neurons:
                 with af.masked(model, neurons):
@@ -104,13 +112,13 @@ def _row(rows, task, metric):
     return r
 
 
-def test_stories_clean_vs_masked(shared_dir, stories, tasks_dir):
+def test_stories_clean_vs_masked(shared_dir, stories, manager):
     from achilles_fast.studies.downstream import evaluate_tasks, format_table
     model, tok = stories
     res = af.find_critical(model, tok, k=6, epsilon=1.0, max_tokens=64, progress=False)
     assert res.converged
     snap = weights_snapshot(model)
-    r = evaluate_tasks(model, tok, res.names, ["achilles_toy_mc", "achilles_toy_ppl"], include_path=str(tasks_dir))
+    r = evaluate_tasks(model, tok, res.names, ["achilles_toy_mc", "achilles_toy_ppl"], manager=manager)
     assert_bit_identical(model, snap)
     wp = _row(r["rows"], "achilles_toy_ppl", "word_perplexity")
     assert wp["clean"] == pytest.approx(_word_perplexity(model, tok), rel=1e-4)
@@ -124,18 +132,18 @@ def test_stories_clean_vs_masked(shared_dir, stories, tasks_dir):
     assert "achilles_toy_ppl" in table and f"{wp['delta']:+.4f}" in table
 
 
-def test_bad_input(shared_dir, stories, tasks_dir, monkeypatch):
+def test_bad_input(shared_dir, stories, manager, monkeypatch):
     from achilles_fast.studies.downstream import evaluate_tasks
     model, tok = stories
     snap = weights_snapshot(model)
     with pytest.raises(ValueError, match="unknown lm-eval task.*achilles_toy_mcq.*did you mean achilles_toy_mc"):
         evaluate_tasks(model, tok, ["model.layers.0.mlp.down_proj:1"], "achilles_toy_mcq",
-                       include_path=str(tasks_dir))
+                       manager=manager)
     with pytest.raises(KeyError, match="out of range"):
         evaluate_tasks(model, tok, ["model.layers.0.mlp.down_proj:99999"], "achilles_toy_mc",
-                       include_path=str(tasks_dir))
+                       manager=manager)
     with pytest.raises(ValueError, match="no task"):
-        evaluate_tasks(model, tok, ["model.layers.0.mlp.down_proj:1"], " , ", include_path=str(tasks_dir))
+        evaluate_tasks(model, tok, ["model.layers.0.mlp.down_proj:1"], " , ", manager=manager)
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(ImportError, match=r"achilles_fast\[eval\]"):
         evaluate_tasks(model, tok, ["model.layers.0.mlp.down_proj:1"], "achilles_toy_mc")
@@ -167,7 +175,7 @@ def test_cli_evaluate_tasks(shared_dir, tasks_dir, tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.slow
-def test_smollm2_critical_moves_metric_random_does_not(smollm2, tasks_dir):
+def test_smollm2_critical_moves_metric_random_does_not(smollm2, manager):
     """SmolLM2-135M: masking its critical set collapses the multiple-choice accuracy and the perplexity; as many
     random down_proj channels leave both where they were."""
     from achilles_fast.studies.downstream import evaluate_tasks
@@ -181,8 +189,8 @@ def test_smollm2_critical_moves_metric_random_does_not(smollm2, tasks_dir):
         t = targets[int(torch.randint(len(targets), (1,), generator=g))]
         rand.append(f"{t.name}:{int(torch.randint(t.num_channels, (1,), generator=g))}")
     tasks = ["achilles_toy_mc", "achilles_toy_ppl"]
-    crit = evaluate_tasks(model, tok, res.names, tasks, include_path=str(tasks_dir))
-    rnd = evaluate_tasks(model, tok, rand, tasks, include_path=str(tasks_dir))
+    crit = evaluate_tasks(model, tok, res.names, tasks, manager=manager)
+    rnd = evaluate_tasks(model, tok, rand, tasks, manager=manager)
     acc_c, acc_r = _row(crit["rows"], "achilles_toy_mc", "acc"), _row(rnd["rows"], "achilles_toy_mc", "acc")
     wp_c, wp_r = (_row(x["rows"], "achilles_toy_ppl", "word_perplexity") for x in (crit, rnd))
     assert acc_c["clean"] >= 0.8, acc_c
