@@ -135,6 +135,9 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder like any other, not mkdtemp's private 0700
         kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         with weights_masked(ranking):
             model.save_pretrained(str(tmp), **kw)

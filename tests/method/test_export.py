@@ -127,6 +127,9 @@ def test_overwrite_and_interrupt(tmp_path, monkeypatch):
     (out / "old.txt").write_text("old")
     save_masked(model, tok, names, out, overwrite=True)
     assert "old.txt" not in os.listdir(out) and (out / "model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's private 0700
     before = sorted(os.listdir(out))
 
     real = type(model).save_pretrained
