@@ -68,7 +68,11 @@ def run_tasks(args, names) -> int:
     limit = _limit(args.limit)
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
-    batch = args.batch_size if args.batch_size.startswith("auto") else int(args.batch_size)
+    batch = args.batch_size
+    if not batch.startswith("auto"):
+        if not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"--batch-size must be a positive integer or auto, got {batch!r}")
+        batch = int(batch)
     manager = task_manager(args.include_path)  # lm-eval installed? tasks known? before loading the model
     tasks = check_tasks(args.tasks, manager)
     model, tok, name = load(args)
