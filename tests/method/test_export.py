@@ -87,13 +87,17 @@ def test_round_trip_every_family(model_type, tmp_path):
         assert "hook" in layouts  # (1 + w) RMSNorm channels, zeroed through w = -1
 
 
+def _with_busy_folder(model_type, folder):
+    """(model, tokenizer, names to mask, weights snapshot); ``folder`` is created holding one file, keep.txt."""
+    model = _build(model_type)
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    return model, char_tokenizer(), _names(model)[0], weights_snapshot(model)
+
+
 def test_refusals_leave_nothing(tmp_path, monkeypatch):
-    model, tok = _build("gemma"), char_tokenizer()
-    names, _ = _names(model)
-    snap = weights_snapshot(model)
     busy = tmp_path / "busy"
-    busy.mkdir()
-    (busy / "keep.txt").write_text("mine")
+    model, tok, names, snap = _with_busy_folder("gemma", busy)
     with pytest.raises(OutputExistsError, match="not empty"):
         save_masked(model, tok, names, busy)
     assert os.listdir(busy) == ["keep.txt"]
@@ -119,14 +123,10 @@ def test_refusals_leave_nothing(tmp_path, monkeypatch):
 
 
 def test_overwrite_and_interrupt(tmp_path, monkeypatch):
-    model, tok = _build("gpt2"), char_tokenizer()
-    names, _ = _names(model)
-    snap = weights_snapshot(model)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    model, tok, names, snap = _with_busy_folder("gpt2", out)
     save_masked(model, tok, names, out, overwrite=True)
-    assert "old.txt" not in os.listdir(out) and (out / "model.safetensors").is_file()
+    assert "keep.txt" not in os.listdir(out) and (out / "model.safetensors").is_file()
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's private 0700
