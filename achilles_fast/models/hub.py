@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Dict, List, Optional
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<rev>[^/@\s]+))?(?:/(?P<file>[^@\s]+\.gguf))?"
                      r"(?:@(?P<rev2>[^/@\s]+))?$")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 # what a causal LM needs from a repo: config, tokenizer, and one weight format (safetensors, else .bin)
 _CONFIG_TOKENIZER = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
@@ -85,15 +85,27 @@ class HubModel:
         return "gguf" if self.ref.filename else "hf"
 
     def weight_files(self) -> List[Path]:
-        if self.kind == "gguf":
-            return [self.path]
-        return sorted(p for p in self.path.iterdir() if p.suffix in WEIGHT_SUFFIXES[:2])
+        """The files transformers loads the weights from (safetensors before .bin, sharded or not)."""
+        return [self.path] if self.kind == "gguf" else weight_files(self.path)
 
     def provenance(self) -> Dict[str, object]:
         """What ran: repo id, requested revision, commit sha, sha256 of every weight file (path in the repo)."""
         snap = self.path if self.kind == "hf" else _snapshot_of(self.path)
         return {"repo_id": self.ref.repo_id, "revision": self.ref.revision or "main", "commit": self.commit,
                 "weights_sha256": {p.relative_to(snap).as_posix(): file_sha256(p) for p in self.weight_files()}}
+
+
+def weight_files(folder: Path) -> List[Path]:
+    """Weight files of an HF folder as transformers picks them: a safetensors index's shards, model.safetensors,
+    then the same for pytorch_model.bin; [] when there are none."""
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).is_file():
+            shards = json.loads((folder / index).read_text()).get("weight_map", {}).values()
+            return sorted({folder / f for f in shards})
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
 
 
 def file_sha256(path: Path) -> str:
@@ -126,7 +138,7 @@ def download(ref: HubRef, trust_remote_code: bool = False) -> HubModel:
         code = ["*.py"] if trust_remote_code else []
         folder = Path(snapshot_download(ref.repo_id, revision=ref.revision,
                                         allow_patterns=_CONFIG_TOKENIZER + _SAFETENSORS + code))
-        if not any(p.suffix == ".safetensors" for p in folder.iterdir()):  # older repos: PyTorch .bin weights
+        if not weight_files(folder):  # older repos: PyTorch .bin weights
             folder = Path(snapshot_download(ref.repo_id, revision=ref.revision,
                                             allow_patterns=_CONFIG_TOKENIZER + _BIN + code))
     model = HubModel(ref, folder, folder.name)

@@ -150,3 +150,20 @@ def test_smollm2_gguf_in_hub_repo(hub_cache):
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_weight_files_as_transformers_picks_them(tmp_path):
+    import json
+
+    from achilles_fast.models.hub import weight_files
+    assert weight_files(tmp_path) == []
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    (tmp_path / "training_args.bin").write_bytes(b"x")  # not weights
+    assert weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
+    (tmp_path / "model.safetensors").write_bytes(b"x")  # safetensors first
+    assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]
+    shards = {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+              "c": "model-00001-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    assert weight_files(tmp_path) == [tmp_path / "model-00001-of-00002.safetensors",
+                                      tmp_path / "model-00002-of-00002.safetensors"]
