@@ -167,3 +167,41 @@ def test_weight_files_as_transformers_picks_them(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
     assert weight_files(tmp_path) == [tmp_path / "model-00001-of-00002.safetensors",
                                       tmp_path / "model-00002-of-00002.safetensors"]
+
+
+def _http_error(cls):
+    """A huggingface_hub HTTP error as the Hub raises it (404 response)."""
+    try:
+        import httpx2 as httpx
+    except ImportError:
+        httpx = pytest.importorskip("httpx")
+    return cls("404 from the Hub", response=httpx.Response(404, request=httpx.Request("GET", "https://hub.invalid/")))
+
+
+@pytest.mark.parametrize("error,needle", [
+    ("RevisionNotFoundError", "revision 'r9' does not exist in hub repo org/model"),
+    ("RepositoryNotFoundError", "hub repo 'org/model' not found (private or gated? log in"),
+    ("GatedRepoError", "hub repo 'org/model' not found (private or gated? log in"),
+    ("RemoteEntryNotFoundError", "'c.gguf' is not in hub repo org/model@r9 (GGUF files there: a.gguf, b.gguf)"),
+])
+def test_hub_errors_online(monkeypatch, tmp_path, error, needle):
+    """What the Hub answers online (simulated: no network here) -> one clear HubModelNotFoundError."""
+    import huggingface_hub
+    import huggingface_hub.constants as hc
+    from huggingface_hub import errors
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+
+    def fail(*a, **kw):
+        raise _http_error(getattr(errors, error))
+
+    class Api:
+        def list_repo_files(self, repo_id, revision=None):
+            return ["README.md", "a.gguf", "b.gguf"]
+
+    for fn in ("snapshot_download", "hf_hub_download"):
+        monkeypatch.setattr(huggingface_hub, fn, fail)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    with pytest.raises(HubModelNotFoundError) as e:
+        loading.locate("org/model@r9/c.gguf" if "Entry" in error else "org/model@r9")
+    assert needle in str(e.value) and "\n" not in str(e.value)
