@@ -66,7 +66,8 @@ def write_tasks(root):
     (root / "achilles_toy_ppl.yaml").write_text(
         f"task: achilles_toy_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {root / 'ppl.jsonl'}\n"
         "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: text\n"
-        "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n")
+        "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n"
+        "    higher_is_better: false\n")
     return root
 
 
