@@ -264,11 +264,12 @@ def _file_lock(path: Path):
 def cached_gguf_dir(gguf: Path) -> Path:
     """HF folder for a GGUF file, keyed by the file's content (sha256), converted on first use.
 
-    A different file with the same name and size gets its own folder. Concurrent first loads convert once
+    A different file with the same name and size gets its own folder; the same content under another name shares
+    one. Concurrent first loads convert once
     (the others wait on a lock file) and never see a partial folder (``convert_gguf`` renames it into place).
     """
     digest = file_sha256(gguf)
-    out = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    out = cache_dir() / "models" / f"gguf-sha256-{digest[:24]}"  # the content alone: any name, any path
     if not (out / "config.json").is_file():
         with _file_lock(out.with_name(out.name + ".lock")):
             if not (out / "config.json").is_file():

@@ -34,8 +34,21 @@ def digest(*paths) -> str:
     return h.hexdigest()
 
 
+def _hf_handlers():
+    import logging
+    return [h for h in logging.getLogger("transformers").handlers
+            if isinstance(h, logging.StreamHandler) and not type(h).__module__.startswith("_pytest")]
+
+
 def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
+    """``achilles-fast ARGS`` in-process -> (exit code, stdout, stderr)."""
+    for h in _hf_handlers():  # transformers' handler keeps the stderr it was made with (maybe another test's capture)
+        h.stream, h.flush = sys.stderr, sys.stderr.flush
+    try:
+        code = cli.main([str(a) for a in args])
+    finally:
+        for h in _hf_handlers():
+            h.stream, h.flush = sys.__stderr__, sys.__stderr__.flush
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -174,8 +187,8 @@ def test_nan_model_as_a_user_sees_it(bad, tmp_path):
 
 
 def test_output_lost_at_the_end_goes_to_a_fallback(shared_dir, tmp_path, capsys, monkeypatch):
-    """--out checked at the start, but its folder disappears during the run: the result is saved in the temp folder
-    and the command says where (exit 2)."""
+    """--out and --plot checked at the start, but their folder is replaced by a file during the run: the result and
+    the plots are saved in the temp folder and the command says where (exit 2)."""
     import tempfile
 
     import achilles_fast.method.api as api
@@ -189,6 +202,7 @@ def test_output_lost_at_the_end_goes_to_a_fallback(shared_dir, tmp_path, capsys,
     def find_then_lose_the_folder(*a, **k):
         res = real(*a, **k)
         shutil.rmtree(target.parent)
+        target.parent.write_text("a file now stands where the output folder was")
         return res
 
     monkeypatch.setattr(api, "find_critical", find_then_lose_the_folder)

@@ -204,10 +204,11 @@ def test_result_shows_the_models_name_not_its_cache_path():
 
 
 def test_readme_evaluate_mask_line_does_not_warn_about_rankings(stories):
+    """The README's ``evaluate_mask(..., text="Any other text.")`` (4 SmolLM2 tokens; "Hi there." is 5 here)."""
     model, tok = stories
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        af.evaluate_mask(model, tok, [f"{DOWN0}:1"], text="Any other text.")
+        af.evaluate_mask(model, tok, [f"{DOWN0}:1"], text="Hi there.")
     assert not [x for x in w if "ranking" in str(x.message)], [str(x.message) for x in w]
     with pytest.warns(UserWarning, match="rankings will be unstable"):  # still warned where a ranking is made
-        af.find_critical(model, tok, "Any other text.", k=2, max_neurons=2, progress=False)
+        af.find_critical(model, tok, "Hi there.", k=2, max_neurons=2, progress=False)
