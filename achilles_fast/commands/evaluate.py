@@ -2,9 +2,7 @@
 windowed corpus perplexity, or lm-evaluation-harness tasks side by side."""
 from __future__ import annotations
 
-import sys
-
-from . import add_model_args, load, print_report, write_json
+from . import add_model_args, check_output, load, print_report, read_text_file, save_output, write_json
 from .mask import read_neurons
 
 
@@ -41,17 +39,17 @@ def run(args) -> int:
     if args.tasks is not None:
         return run_tasks(args, names)
     from ..method.api import evaluate_corpus
-    with open(args.corpus, encoding="utf-8") as f:
-        corpus = f.read()
+    check_output(args.out, "--out")
+    corpus = read_text_file(args.corpus, "--corpus")
     model, tok, name = load(args)
     r = evaluate_corpus(model, tok, names, corpus, window=args.window, max_windows=args.max_windows,
                         bos=not args.no_bos)
-    r.update(model=name, corpus=args.corpus, neurons=names)
-    print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
-                  ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
-                  ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"), ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")],
-                 r, args.out)
-    return 0
+    r.update(model=name, corpus=args.corpus)
+    ok = print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
+                       ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
+                       ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"),
+                       ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")], r, args.out)
+    return 0 if ok else 2
 
 
 def _limit(x):
@@ -73,6 +71,8 @@ def run_tasks(args, names) -> int:
         if not batch.isdigit() or int(batch) < 1:
             raise ValueError(f"--batch-size must be a positive integer or auto, got {batch!r}")
         batch = int(batch)
+    out = args.out or "evaluate_tasks.json"
+    check_output(out, "--out")
     manager = task_manager(args.include_path)  # lm-eval installed? tasks known? before loading the model
     tasks = check_tasks(args.tasks, manager)
     model, tok, name = load(args)
@@ -82,7 +82,4 @@ def run_tasks(args, names) -> int:
     r.update(model=name, source=model_source(model))
     print(f"model {name}, {r['n_masked']} neuron(s) masked" + (f", limit {limit}" if limit else ""))
     print(format_table(r["rows"]))
-    out = args.out or "evaluate_tasks.json"
-    write_json(r, out)
-    print(f"saved {out}", file=sys.stderr)
-    return 0
+    return 0 if save_output(out, "--out", lambda p: write_json(r, p)) else 2

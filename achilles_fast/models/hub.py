@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 # org/name, then @revision and /path/file.gguf in either order
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<rev>[^/@\s]+))?(?:/(?P<file>[^@\s]+\.gguf))?"
@@ -88,11 +87,13 @@ class HubModel:
         """The files transformers loads the weights from (safetensors before .bin, sharded or not)."""
         return [self.path] if self.kind == "gguf" else weight_files(self.path)
 
-    def provenance(self) -> Dict[str, object]:
-        """What ran: repo id, requested revision, commit sha, sha256 of every weight file (path in the repo)."""
+    def provenance(self, sha256: Callable[[Path], str]) -> Dict[str, object]:
+        """What ran: repo id, requested revision, commit sha, sha256 of every weight file (path in the repo): the
+        LFS object id, else ``sha256(file)``."""
         snap = self.path if self.kind == "hf" else _snapshot_of(self.path)
         return {"repo_id": self.ref.repo_id, "revision": self.ref.revision or "main", "commit": self.commit,
-                "weights_sha256": {p.relative_to(snap).as_posix(): file_sha256(p) for p in self.weight_files()}}
+                "weights_sha256": {p.relative_to(snap).as_posix(): lfs_sha256(p) or sha256(p)
+                                   for p in self.weight_files()}}
 
 
 def weight_files(folder: Path) -> List[Path]:
@@ -108,17 +109,11 @@ def weight_files(folder: Path) -> List[Path]:
     return []
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file. A hub-cache blob named by a sha256 (an LFS object: its name is its content's sha256) is
-    not read again."""
+def lfs_sha256(path: Path) -> Optional[str]:
+    """sha256 of a hub-cache file without reading it: its blob's name when that is a sha256 (an LFS object, named
+    by its content's sha256); None otherwise."""
     real = Path(os.path.realpath(path))
-    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
-        return real.name
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return real.name if real.parent.name == "blobs" and _SHA256.fullmatch(real.name) else None
 
 
 def _snapshot_of(path: Path) -> Path:

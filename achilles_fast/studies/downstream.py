@@ -57,6 +57,17 @@ def _numeric(x) -> Optional[float]:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def _finite(obj):
+    """lm-eval results made JSON-safe: NaN/inf (e.g. the stderr of one sample) -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def side_by_side(clean: Dict[str, Dict[str, Any]], masked_: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """lm-eval ``results`` of both runs -> rows {task, metric, clean, masked, delta, clean_stderr, masked_stderr}.
 
@@ -122,5 +133,6 @@ def evaluate_tasks(model: nn.Module, tokenizer, neurons: Iterable, tasks: Union[
             masked_res = run()
     return {"rows": side_by_side(clean["results"], masked_res["results"]), "tasks": names, "limit": limit,
             "num_fewshot": num_fewshot, "n_masked": len(neurons), "neurons": [n.name for n in neurons],
-            "clean": clean["results"], "masked": masked_res["results"], "n_samples": clean.get("n-samples"),
+            "clean": _finite(clean["results"]), "masked": _finite(masked_res["results"]),
+            "n_samples": _finite(clean.get("n-samples")),
             "lm_eval_version": getattr(lm_eval, "__version__", None)}
