@@ -29,6 +29,9 @@ def run(args) -> int:
         with open(args.eval_text_file, encoding="utf-8") as f:
             eval_text = f.read()
     model, tok, name = load(args)
+    if (args.device or "cpu") == "cpu":
+        from ..threads import cpu_load_warning
+        cpu_load_warning()
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
