@@ -161,17 +161,21 @@ class SweepDB:
         self.readonly = readonly
         self.migrated_from: Optional[int] = None
         check_db_path(self.path, write=not readonly)
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=ro", uri=True,
+                                        timeout=timeout, isolation_level=None)
+        else:
+            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=ro", uri=True,
-                                            timeout=timeout, isolation_level=None)
-            else:
-                self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self.version = _check_schema(self.conn, self.path)
             if not readonly:
                 self._create_or_migrate()
         except sqlite3.DatabaseError as e:
+            self.conn.close()
             raise SweepDBError(f"{self.path}: {e}") from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _create_or_migrate(self) -> None:
         self.conn.execute("PRAGMA journal_mode=WAL")
