@@ -253,14 +253,16 @@ def separated(ranking: Ranking, n: int, values: torch.Tensor, se: torch.Tensor, 
 
 def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, sizes_of, *, alpha: float,
                      seed: int, mode: str, top: int, max_k: int, max_batch_tokens: Optional[int] = None,
-                     max_score_mb: Optional[float] = None, stage1_dtype: Optional[str] = None, z: float = AUTO_Z,
+                     max_score_mb: Optional[float] = None, stage1_dtype: Optional[str] = None,
+                     z: Optional[float] = None,
                      progress: Optional[Callable[[int], None]] = None, stats: Optional[dict] = None) -> Ranking:
     """Stage 1 with K chosen by the data (``k="auto"``): sample K = 2, 4, 8, ... (up to ``max_k``) noisy copies,
     rank after each doubling, and stop when the critical sets (``sizes_of(ranking)`` -> the set size per epsilon,
     from Stage 2) are unchanged over two successive doublings and each set's scores are separated from the next
-    candidates by more than ``z`` standard errors (running variance of the entries). The noise is deterministic per
+    candidates by more than ``z`` (default ``AUTO_Z``) standard errors (running variance of the entries). The noise is deterministic per
     sample index, so the scores at K are exactly the mean of a fixed K run's first K samples. ``stats`` gets
     ``k_used`` and the checks made."""
+    z = AUTO_Z if z is None else z
     T = int(ids.numel())
     per_position = mode != "mean"
     if len(plan_groups(model, targets, T, per_position, max_score_mb, accumulators=2)) > 1:
@@ -295,12 +297,13 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
             mean = [a / k for a in cap.acc]
             var = [(a2 / k - m.square()).clamp_min(0) * (k / max(k - 1, 1)) for a2, m in zip(cap.acc2, mean)]
             scores, values, se = _flat_stats(mean, var, k, mode, T)
-            ranking = ranking_from_scores(targets, scores, mode, top)
+            wide = ranking_from_scores(targets, scores, mode, 2 * top + 8)  # the candidates after a set of top
+            ranking = wide.head(top)
             sizes = list(sizes_of(ranking))
             history.append(tuple(frozenset(ranking.channels[:n].tolist()) for n in sizes))
-            checks.append([k, sizes])
-            stable = (len(history) >= 3 and history[-1] == history[-2] == history[-3]
-                      and all(separated(ranking, n, values, se, z) for n in sizes))
+            apart = all([separated(wide, n, values, se, z) for n in sizes])
+            checks.append([k, sizes, apart])
+            stable = apart and len(history) >= 3 and history[-1] == history[-2] == history[-3]
             if stable or k >= max_k:
                 break
             want = min(2 * k, max_k)

@@ -58,7 +58,7 @@ def test_auto_k_result_reports_k_used_and_restores(model):
     assert [c[0] for c in checks] == [2 * 2 ** i for i in range(len(checks))] and checks[-1][0] == k <= 64
     assert r.stats["auto_k"]["stable"] == (k < 64 or r.stats["auto_k"]["stable"])
     if r.stats["auto_k"]["stable"]:
-        assert len(checks) >= 3 and checks[-1][1] == checks[-2][1] == checks[-3][1]
+        assert len(checks) >= 3 and checks[-1][1] == checks[-2][1] == checks[-3][1] and checks[-1][2]
     # the result is the search of the final ranking, equal to a fixed-K run with K = k_used (prefix mean), up to
     # float summation order
     fixed = af.find_critical(model, ToyTokenizer(), TEXT, k=k, epsilon=0.05, max_neurons=40, progress=False)
@@ -69,12 +69,24 @@ def test_auto_k_result_reports_k_used_and_restores(model):
 
 
 def test_auto_k_runs_to_max_k_when_never_separated(model, monkeypatch):
-    monkeypatch.setattr(stage1, "AUTO_Z", 1e9)
-    r = af.find_critical(model, ToyTokenizer(), TEXT, k="auto", max_k=16, epsilon=0.05, max_neurons=20,
+    from achilles_fast.models.registry import discover_targets
+    ids = ToyTokenizer()(TEXT)["input_ids"][0]
+    targets = discover_targets(model)
+    kw = dict(alpha=5.0, seed=0, mode="per_token", top=20, max_k=16)
+    stats = {}
+    with torch.no_grad():  # a converged set of 3 at every K, never separated by 1e9 standard errors
+        stage1.adaptive_ranking(model, targets, ids, lambda r: [3], z=1e9, stats=stats, **kw)
+    assert stats["k_used"] == 16 and stats["auto_k"]["stable"] is False
+    assert [c[0] for c in stats["auto_k"]["checks"]] == [2, 4, 8, 16]
+    assert stats["stage1_forwards"] >= 1 + 4  # clean + one chunk per check at least
+    with torch.no_grad():  # a search that never converges (size 0) three times in a row is taken as final
+        stage1.adaptive_ranking(model, targets, ids, lambda r: [0], z=1e9, stats=stats, **kw)
+    assert stats["k_used"] == 8 and stats["auto_k"]["stable"] is True
+    monkeypatch.setattr(stage1, "AUTO_Z", 1e9)  # the module default is read at call time
+    r = af.find_critical(model, ToyTokenizer(), TEXT, k="auto", max_k=16, epsilon=0.02, max_neurons=40,
                          progress=False)
-    assert r.stats["k_used"] == 16 and r.stats["auto_k"]["stable"] is False
-    assert [c[0] for c in r.stats["auto_k"]["checks"]] == [2, 4, 8, 16]
-    assert r.stats["stage1_forwards"] >= 1 + 4  # clean + one chunk per check at least
+    assert r.stats["auto_k"]["z"] == 1e9
+    assert r.stats["k_used"] == 16 or not r.names  # converged sets are never separated: only max_k stops
 
 
 def test_auto_k_with_epsilon_list(model):

@@ -83,7 +83,7 @@ def test_planned_rows_equal_one_job_at_a_time(ckpts, tmp_path):
             for f in ("neurons", "curve", "converged", "log10_ratio", "clean_nll", "final_nll", "top_ranked",
                       "epsilon"):
                 assert got[f] == alone[f], (j.key, f)
-            assert got["stats"]["verify_log10_ratio"] == alone["stats"]["verify_log10_ratio"]
+            assert got["stats"].get("verify_log10_ratio") == alone["stats"].get("verify_log10_ratio")
     # one Stage 1 per unit: every row of a unit carries the same ranking key; one was computed per unit
     by_unit = {}
     for r in rows.values():
