@@ -41,7 +41,7 @@ def run(args) -> int:
     import os
 
     from ..studies.sweep import SweepDB, SweepSpec, plan_sweep, run_sweep
-    from ..studies.sweep.db import check_db_path
+    from ..studies.sweep.db import check_db_path, validate_db
     from ..threads import worker_threads
     spec = SweepSpec.load(args.spec)
     db = args.db or spec.db
@@ -62,7 +62,8 @@ def run(args) -> int:
                       f"{ {k: v for k, v in j.params.items() if k in spec.grid} } [unit {u.key[:8]}]")
         print(f"{len(done)}/{len(jobs)} done; {len(units)} Stage 1 unit(s)")
         return 0
-    check_db_path(db)  # not SQLite, not writable: one line before any model loads
+    check_db_path(db)  # a folder, not writable: one line before any model loads
+    validate_db(db)  # not SQLite, another program's, a newer schema: the same
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)

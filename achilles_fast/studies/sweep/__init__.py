@@ -56,7 +56,8 @@ class _Sink:
                 item = {**item, "error": f"{type(e).__name__}: cannot store the result: {e}"}
         if "error" in item:
             self.failed += 1
-            self.db.record_error(item["key"], item["checkpoint"], item["text"], item["params"], item["error"], _now())
+            self.db.record_error(item["key"], item["checkpoint"], item["text"], item["params"], item["error"],
+                                 _now(precise=True))
             self.log(f"FAILED {item['checkpoint']} / {item['text']}: {item['error']}")
             return
         if inserted:

@@ -25,7 +25,6 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 from urllib.parse import quote
 
 SCHEMA_VERSION = 2
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 TABLES = {
     "runs": """CREATE TABLE IF NOT EXISTS runs (
@@ -96,19 +95,16 @@ class SweepDBError(ValueError):
 
 
 def check_db_path(path: str, write: bool = True) -> bool:
-    """Refuse, in one line, a path that cannot be a sweep database; True when the file exists."""
+    """Refuse, in one line, a path that cannot be a sweep database; True when the file exists.
+
+    Never opens the file itself (SQLite does: ``SweepDB``): closing any descriptor of a database file drops every
+    POSIX lock this process holds on it, including those of its open SQLite connections."""
     p = Path(path)
     if p.is_dir():
         raise SweepDBError(f"{path} is a folder, not a sweep database file")
     if p.exists():
-        try:
-            with open(p, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
-        except OSError as e:
-            raise SweepDBError(f"{path}: cannot read it ({e.strerror})") from None
-        if head and head != SQLITE_MAGIC:
-            raise SweepDBError(f"{path} is not an SQLite database (a sweep database is the SQLite file that "
-                               f"`achilles-fast sweep` writes)")
+        if not os.access(p, os.R_OK):
+            raise SweepDBError(f"{path} is not readable")
         if write and not os.access(p, os.W_OK):
             raise SweepDBError(f"{path} is not writable")
     elif not write:
@@ -121,6 +117,19 @@ def check_db_path(path: str, write: bool = True) -> bool:
     return p.exists()
 
 
+def validate_db(path: str) -> None:
+    """Check an existing file is a sweep database this version can use (read-only; changes nothing)."""
+    if Path(path).exists():
+        SweepDB(path, readonly=True).close()
+
+
+def _one(conn: sqlite3.Connection, sql: str, args: tuple = ()) -> Optional[tuple]:
+    """The first row of a query, the statement finished: an unfinished one (``fetchone``) keeps its transaction
+    open, so in autocommit mode every later write would stay uncommitted until it is reset."""
+    rows = conn.execute(sql, args).fetchall()
+    return rows[0] if rows else None
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> Set[str]:
     return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -129,7 +138,7 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> int:
     """The file's schema version (0: empty); refuses other programs' databases and newer schemas."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     tables.discard("sqlite_sequence")
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    version = int(_one(conn, "PRAGMA user_version")[0])
     if version > SCHEMA_VERSION:
         raise SweepDBError(f"{path} was written by a newer achilles_fast (sweep schema {version}; this version "
                            f"reads up to {SCHEMA_VERSION}): upgrade achilles_fast or use another --db")
@@ -172,13 +181,16 @@ class SweepDB:
                 self._create_or_migrate()
         except sqlite3.DatabaseError as e:
             self.conn.close()
+            if "not a database" in str(e):
+                raise SweepDBError(f"{self.path} is not an SQLite database (a sweep database is the SQLite file that "
+                                   f"`achilles-fast sweep` writes)") from None
             raise SweepDBError(f"{self.path}: {e}") from None
         except BaseException:
             self.conn.close()
             raise
 
     def _create_or_migrate(self) -> None:
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        _one(self.conn, "PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         with self.transaction():
             version = _check_schema(self.conn, self.path)  # again, inside the write lock
@@ -212,8 +224,7 @@ class SweepDB:
         return False
 
     def _has(self, table: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() \
-            is not None
+        return _one(self.conn, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)) is not None
 
     # -- writes -------------------------------------------------------------------------------------
     def insert(self, row: Dict[str, Any]) -> bool:
@@ -243,7 +254,7 @@ class SweepDB:
         now = time.time()
         host = socket.gethostname()
         with self.transaction():
-            r = self.conn.execute("SELECT worker, host, pid, heartbeat FROM leases WHERE unit=?", (unit,)).fetchone()
+            r = _one(self.conn, "SELECT worker, host, pid, heartbeat FROM leases WHERE unit=?", (unit,))
             if r is not None and r[0] != worker and not _stale(r, now, ttl, host):
                 return False
             self.conn.execute("INSERT OR REPLACE INTO leases (unit, worker, host, pid, heartbeat, claimed_at) "
@@ -309,7 +320,7 @@ class SweepDB:
         return [dict(zip(names, r)) for r in cur]
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        return int(_one(self.conn, "SELECT COUNT(*) FROM runs")[0])
 
 
 def _stale(lease, now: float, ttl: float, host: str) -> bool:

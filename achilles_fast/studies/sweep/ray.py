@@ -63,7 +63,7 @@ def run_on_ray(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], sink: 
                                        max_retries=0)
     capacity = _capacity(num_cpus, num_gpus, len(checkpoints))
     worker = worker_id()
-    pending = Pending(units, store, _now())
+    pending = Pending(units, store, _now(precise=True))
     active: Dict = {}  # generator -> (checkpoint name, [(unit, jobs)], attempt)
 
     def submit(name: str, parts: List, attempt: int) -> None:

@@ -35,8 +35,9 @@ from typing import Any, Dict, List, Optional, Union
 from ...method.config import FindConfig
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _now(precise: bool = False) -> str:
+    """UTC time, ISO 8601 (``precise``: microseconds, for ordering errors against a worker's start)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 @dataclasses.dataclass

@@ -90,7 +90,7 @@ def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: st
                poll: float = POLL_S, prefetch: bool = True) -> Dict[str, int]:
     """Run units from ``db`` until none is left for this worker; ``sink`` writes each item. -> counts."""
     worker = worker or worker_id()
-    since = _now()
+    since = _now(precise=True)
     current: Optional[str] = None
     loaded: object = None  # Loaded, or the exception its load raised
     counts = {"units": 0, "waits": 0}
