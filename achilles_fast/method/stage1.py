@@ -260,8 +260,10 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     rank after each doubling, and stop when the critical sets (``sizes_of(ranking)`` -> the set size per epsilon,
     from Stage 2) are unchanged over two successive doublings and each set's scores are separated from the next
     candidates by more than ``z`` (default ``AUTO_Z``) standard errors (running variance of the entries). The noise is deterministic per
-    sample index, so the scores at K are exactly the mean of a fixed K run's first K samples. ``stats`` gets
-    ``k_used`` and the checks made."""
+    sample index, so the scores at K are exactly the mean of a fixed K run's first K samples, and a run that
+    never stops early ends with the ranking of a fixed ``max_k`` run. A check runs Stage 2 only when the sets found
+    last are still separated (else it cannot stop there), so unstable rankings cost few searches. ``stats`` gets
+    ``k_used`` and the checks made ([K, set sizes or None when not searched, separated])."""
     z = AUTO_Z if z is None else z
     T = int(ids.numel())
     per_position = mode != "mean"
@@ -270,8 +272,9 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
                          "fit the score budget (max_score_mb): raise max_score_mb or use a fixed k")
     embeds = input_embeddings(model, ids)  # [T, H]
     kb = max(1, (max_batch_tokens or auto_batch_tokens(embeds.device)) // T)
-    history: List[tuple] = []
+    history: List[Optional[tuple]] = []  # per check: the sets (one per epsilon), None when not searched
     checks = []
+    sizes: Optional[List[int]] = None
     forwards, k, want, stable = 0, 0, min(AUTO_START_K, max_k), False
     with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
         with _autocast(model, stage1_dtype):
@@ -299,12 +302,21 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
             scores, values, se = _flat_stats(mean, var, k, mode, T)
             wide = ranking_from_scores(targets, scores, mode, 2 * top + 8)  # the candidates after a set of top
             ranking = wide.head(top)
-            sizes = list(sizes_of(ranking))
-            history.append(tuple(frozenset(ranking.channels[:n].tolist()) for n in sizes))
-            apart = all([separated(wide, n, values, se, z) for n in sizes])
-            checks.append([k, sizes, apart])
+            if k >= max_k:
+                break
+            # Stage 2 only when the sets found last are still separated here: otherwise K cannot stop now (the
+            # sets changed, or they are not separated), so the check counts as a change and costs no search
+            if sizes is None or all([separated(wide, n, values, se, z) for n in sizes]):
+                sizes = list(sizes_of(ranking))
+                history.append(tuple(frozenset(ranking.channels[:n].tolist()) for n in sizes))
+                apart = all([separated(wide, n, values, se, z) for n in sizes])
+                checks.append([k, sizes, apart])
+            else:
+                history.append(None)
+                apart = False
+                checks.append([k, None, False])
             stable = apart and len(history) >= 3 and history[-1] == history[-2] == history[-3]
-            if stable or k >= max_k:
+            if stable:
                 break
             want = min(2 * k, max_k)
     if stats is not None:

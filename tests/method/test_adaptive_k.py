@@ -23,6 +23,7 @@ def model():
 # ---- configuration --------------------------------------------------------------------------------------------------
 def test_config_accepts_auto_and_checks_max_k():
     assert FindConfig(k="auto").k == "auto" and FindConfig(k="auto", max_k=8).max_k == 8
+    assert FindConfig().max_k == FindConfig().k == 100  # auto never samples more than the default K
     with pytest.raises(ValueError, match="max_k >= 8"):
         FindConfig(k="auto", max_k=7)
     FindConfig(k=10, max_k=1)  # max_k matters only with k="auto"
@@ -55,7 +56,8 @@ def test_auto_k_result_reports_k_used_and_restores(model):
     assert r.params["k"] == "auto" and r.params["max_k"] == 64
     k = r.stats["k_used"]
     checks = r.stats["auto_k"]["checks"]
-    assert [c[0] for c in checks] == [2 * 2 ** i for i in range(len(checks))] and checks[-1][0] == k <= 64
+    assert [c[0] for c in checks] == [2 * 2 ** i for i in range(len(checks))] and k <= 64
+    assert k == checks[-1][0] or (k == 64 and checks[-1][0] == 32)  # at max_k it stops without a check
     assert r.stats["auto_k"]["stable"] == (k < 64 or r.stats["auto_k"]["stable"])
     if r.stats["auto_k"]["stable"]:
         assert len(checks) >= 3 and checks[-1][1] == checks[-2][1] == checks[-3][1] and checks[-1][2]
@@ -77,7 +79,9 @@ def test_auto_k_runs_to_max_k_when_never_separated(model, monkeypatch):
     with torch.no_grad():  # a converged set of 3 at every K, never separated by 1e9 standard errors
         stage1.adaptive_ranking(model, targets, ids, lambda r: [3], z=1e9, stats=stats, **kw)
     assert stats["k_used"] == 16 and stats["auto_k"]["stable"] is False
-    assert [c[0] for c in stats["auto_k"]["checks"]] == [2, 4, 8, 16]
+    checks = stats["auto_k"]["checks"]
+    assert [c[0] for c in checks] == [2, 4, 8]  # 16 = max_k: no check needed
+    assert checks[0][1] == [3] and [c[1] for c in checks[1:]] == [None, None]  # not separated: no more searches
     assert stats["stage1_forwards"] >= 1 + 4  # clean + one chunk per check at least
     with torch.no_grad():  # a search that never converges (size 0) three times in a row is taken as final
         stage1.adaptive_ranking(model, targets, ids, lambda r: [0], z=1e9, stats=stats, **kw)
@@ -93,7 +97,8 @@ def test_auto_k_with_epsilon_list(model):
     rs = af.find_critical(model, ToyTokenizer(), TEXT, k="auto", max_k=32, epsilon=[0.02, 0.1], max_neurons=30,
                           progress=False)
     assert len(rs) == 2 and rs[0].stats["k_used"] == rs[1].stats["k_used"]
-    assert all(len(c[1]) == 2 for c in rs[0].stats["auto_k"]["checks"])  # a set size per epsilon at each check
+    checks = rs[0].stats["auto_k"]["checks"]
+    assert checks[0][1] is not None and all(c[1] is None or len(c[1]) == 2 for c in checks)  # a size per epsilon
 
 
 @pytest.mark.parametrize("mode", ["per_token", "mean"])
@@ -103,7 +108,7 @@ def test_running_variance_matches_sample_by_sample(model, monkeypatch, mode):
 
     def spy(ranking, n, values, se, z=stage1.AUTO_Z):
         seen["values"], seen["se"] = values.clone(), se.clone()
-        return False  # never stop early: K runs to max_k = 8
+        return False  # never stop early
 
     monkeypatch.setattr(stage1, "separated", spy)
     tok = ToyTokenizer()
@@ -111,8 +116,8 @@ def test_running_variance_matches_sample_by_sample(model, monkeypatch, mode):
     from achilles_fast.models.registry import discover_targets
     targets = discover_targets(model)
     with torch.no_grad():
-        stage1.adaptive_ranking(model, targets, ids, lambda r: [3], alpha=5.0, seed=0, mode=mode, top=50, max_k=8,
-                                max_batch_tokens=3 * ids.numel())
+        stage1.adaptive_ranking(model, targets, ids, lambda r: [3], alpha=5.0, seed=0, mode=mode, top=50, max_k=16,
+                                max_batch_tokens=3 * ids.numel())  # the last check (K=8) is what the spy keeps
         # direct: each sample on its own
         emb = stage1.input_embeddings(model, ids)
         outs = {}
