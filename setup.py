@@ -90,6 +90,7 @@ setup(
     extras_require={
         "triton": ["triton"],
         "ray": ["ray"],
+        "tables": ["pandas", "pyarrow"],  # report --format parquet, rows_dataframe
         "test": ["pytest", "pytest-timeout", "psutil"],
     },
     entry_points={"console_scripts": ["achilles-fast=achilles_fast.cli:main"]},

@@ -306,6 +306,35 @@ def test_leases(tmp_path):
         assert s.leases() == []
 
 
+def test_worker_waits_for_a_live_lease_and_takes_over_a_stale_one(ckpts, tmp_path):
+    import threading
+
+    from achilles_fast.studies.sweep import _Sink
+    from achilles_fast.studies.sweep.worker import run_worker
+    db = str(tmp_path / "wait.db")
+    spec = SweepSpec.from_dict(_spec(ckpts[:1], db, eps=(0.02,)))
+    units, jobs = plan_sweep(spec)
+    assert len(units) == 2
+    with SweepDB(db) as other:
+        assert other.claim(units[0].key, "other-live") and other.claim(units[1].key, "other-dead")
+        other.conn.execute("UPDATE leases SET heartbeat = heartbeat - 1000 WHERE worker='other-dead'")
+    def let_go():  # the live worker lets go once the stale unit (taken over) is done, and a little later
+        with SweepDB(db) as s:
+            while not set(units[1].keys) <= s.done_keys():
+                time.sleep(0.1)
+            time.sleep(1.0)
+            s.release_all("other-live")
+    t = threading.Thread(target=let_go)
+    t.start()
+    with SweepDB(db) as store:
+        sink = _Sink(store, len(jobs), 0, lambda s: None)
+        counts = run_worker(units, {c.name: c for c in spec.checkpoints}, db, sink, poll=0.2)
+    t.join()
+    assert sink.written == len(jobs) and counts["units"] == 2 and counts["waits"] >= 1
+    with SweepDB(db) as store:
+        assert store.leases() == [] and len(store.done_keys()) == len(jobs)
+
+
 @pytest.mark.integration
 def test_two_sweeps_on_one_database_split_the_work(ckpts, tmp_path):
     import yaml
