@@ -96,6 +96,19 @@ class _Capture:
 
         return hook
 
+    def start(self, model: nn.Module, embeds: torch.Tensor, per_position: bool, squares: bool = False) -> None:
+        """The clean forward of embeds [T, H]: stores each target's clean output and makes its float32 accumulator
+        ([T, C], or [C] when not per_position; ``squares``: a second one for the running variance)."""
+        self.run(model, embeds.unsqueeze(0))
+        for i, t in enumerate(self.targets):
+            if self.clean[i] is None:
+                raise RuntimeError(f"target {t.name} did not run during the forward pass")
+            shape = self.clean[i].shape if per_position else self.clean[i].shape[-1:]
+            self.acc[i] = torch.zeros(shape, dtype=torch.float32, device=self.clean[i].device)
+            if squares:
+                self.acc2[i] = torch.zeros_like(self.acc[i])
+        self.mode = "noisy"
+
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
         self.fired = 0
@@ -192,14 +205,8 @@ def sensitivity_scores(
     forwards = 0
     for group in groups:
         with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
-            cap.run(model, embeds.unsqueeze(0))
+            cap.start(model, embeds, per_position)
             forwards += 1
-            for i, t in enumerate(cap.targets):
-                if cap.clean[i] is None:
-                    raise RuntimeError(f"target {t.name} did not run during the forward pass")
-                shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
-                cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
-            cap.mode = "noisy"
             for k0 in range(0, k, kb):
                 n = min(kb, k - k0)
                 x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
@@ -278,14 +285,8 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     forwards, k, want, stable = 0, 0, min(AUTO_START_K, max_k), False
     with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
         with _autocast(model, stage1_dtype):
-            cap.run(model, embeds.unsqueeze(0))
+            cap.start(model, embeds, per_position, squares=True)
         forwards += 1
-        for i, t in enumerate(cap.targets):
-            if cap.clean[i] is None:
-                raise RuntimeError(f"target {t.name} did not run during the forward pass")
-            shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
-            cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
-            cap.acc2[i] = torch.zeros_like(cap.acc[i])
         while True:
             cap.mode = "noisy"
             for k0 in range(k, want, kb):
