@@ -39,8 +39,8 @@ class FindConfig:
                          group="stage1")
     k: int = _field(100, "noisy samples K, or auto: sample in doubling chunks until the critical set is stable "
                     "(see max_k)", group="stage1", auto=True)
-    max_k: int = _field(100, "with k=auto: the most noisy samples (the default, as K's, so auto never samples "
-                        "more than a fixed-K run)", group="stage1")
+    max_k: int = _field(100, "with k=auto: at most this many noisy samples (the default equals K's, so auto "
+                        "never samples more than a default run)", group="stage1")
     alpha: float = _field(5.0, "absolute noise scale added to the token embeddings", group="stage1")
     seed: int = _field(0, "noise (and random-baseline) seed", group="stage1")
     scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer) or all "
