@@ -268,8 +268,9 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     from Stage 2) are unchanged over two successive doublings and each set's scores are separated from the next
     candidates by more than ``z`` (default ``AUTO_Z``) standard errors (running variance of the entries). The noise is deterministic per
     sample index, so the scores at K are exactly the mean of a fixed K run's first K samples, and a run that
-    never stops early ends with the ranking of a fixed ``max_k`` run. A check runs Stage 2 only when the sets found
-    last are still separated (else it cannot stop there), so unstable rankings cost few searches. ``stats`` gets
+    never stops early ends with the ranking of a fixed ``max_k`` run. A check runs Stage 2 only when it is free (the
+    heads of the last sets unchanged) or the last sets are still separated (else it cannot stop there), so unstable
+    rankings cost few searches. ``stats`` gets
     ``k_used`` and the checks made ([K, set sizes or None when not searched, separated])."""
     z = AUTO_Z if z is None else z
     T = int(ids.numel())
@@ -282,6 +283,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     history: List[Optional[tuple]] = []  # per check: the sets (one per epsilon), None when not searched
     checks = []
     sizes: Optional[List[int]] = None
+    last = torch.empty(0, dtype=torch.long)  # the ranking last searched
     forwards, k, want, stable = 0, 0, min(AUTO_START_K, max_k), False
     with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
         with _autocast(model, stage1_dtype):
@@ -305,9 +307,12 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
             ranking = wide.head(top)
             if k >= max_k:
                 break
-            # Stage 2 only when the sets found last are still separated here: otherwise K cannot stop now (the
+            # Stage 2 when it is free (the heads of the sets found last are unchanged, in order: every prefix is
+            # answered from memory) or when those sets are still separated here; otherwise K cannot stop now (the
             # sets changed, or they are not separated), so the check counts as a change and costs no search
-            if sizes is None or all([separated(wide, n, values, se, z) for n in sizes]):
+            if sizes is None or all(torch.equal(ranking.channels[:n], last[:n]) for n in sizes) \
+                    or all([separated(wide, n, values, se, z) for n in sizes]):
+                last = ranking.channels
                 sizes = list(sizes_of(ranking))
                 history.append(tuple(frozenset(ranking.channels[:n].tolist()) for n in sizes))
                 apart = all([separated(wide, n, values, se, z) for n in sizes])
