@@ -70,12 +70,21 @@ def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progres
     """Run the configured ranker; ``ranking.info`` gets its timings and stats. k="auto" stops on Stage 2's sets
     for ``epsilons``, evaluated through ``pn`` (which the final search then reuses)."""
     ranker = make_ranker(cfg, progress)
+    in_checks = [0.0]  # seconds of k="auto"'s Stage 2 checks (part of the Stage 1 time)
     if cfg.k == "auto" and hasattr(ranker, "sizes_of"):
-        ranker.sizes_of = lambda r: critical_sizes(pn, r, cfg, epsilons)
+        def sizes_of(r):
+            t = time.perf_counter()
+            try:
+                return critical_sizes(pn, r, cfg, epsilons)
+            finally:
+                in_checks[0] += time.perf_counter() - t
+        ranker.sizes_of = sizes_of
     t0 = time.perf_counter()
     ranking = ranker.rank(model, targets, ids)
     ranking.info = {"timings": {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0},
                     "stats": dict(getattr(ranker, "stats", {}))}
+    if cfg.k == "auto":
+        ranking.info["stats"]["auto_k_checks_s"] = in_checks[0]
     return ranking
 
 
