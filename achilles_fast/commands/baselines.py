@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, load, read_text, write_json
+from . import add_model_args, check_output, load, print_paths, read_text, save_output, write_json
 
 
 def register(sub) -> None:
@@ -31,8 +31,11 @@ def run(args) -> int:
     bad = [m for m in methods if m not in ("sensitivity",) + METHODS]
     if bad:
         raise ValueError(f"unknown ranker(s) {bad}: expected sensitivity or one of {', '.join(METHODS)}")
+    check_output(args.out, "--out")
+    check_output(args.plot, "--plot", folder=True)
+    text = read_text(args)
     model, tok, name = load(args)
-    results = compare_rankers(model, tok, read_text(args), methods, config=cfg)
+    results = compare_rankers(model, tok, text, methods, config=cfg)
     print(f"model {name}  (epsilon {cfg.epsilon}, max {cfg.max_neurons} neurons)")
     print(f"{'ranker':<12} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
     for m, r in results.items():
@@ -40,12 +43,12 @@ def run(args) -> int:
         n = str(len(r.neurons)) if r.converged else f">{cfg.max_neurons}"
         lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
         print(f"{m:<12} {n:>8}  {lr:>11}  {len(r.curve):>16}")
+    ok = True
     if args.out:
-        write_json({m: r.to_dict() for m, r in results.items()}, args.out)
-        print(f"saved {args.out}", file=sys.stderr)
+        ok &= save_output(args.out, "--out", lambda p: write_json({m: r.to_dict() for m, r in results.items()}, p))
     if args.plot:
         from ..studies.plots import curves_figure, save
-        for p in save(curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers"), args.plot,
-                      "baselines_curves"):
-            print(f"plot {p}")
-    return 0
+        fig = curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers")
+        ok &= save_output(args.plot, "--plot", lambda d: print_paths(save(fig, d, "baselines_curves"), sys.stdout),
+                          folder=True)
+    return 0 if ok else 2

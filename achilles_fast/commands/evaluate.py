@@ -1,7 +1,7 @@
 """``achilles-fast evaluate MODEL --neurons result.json --corpus FILE``: windowed corpus PPL with/without the mask."""
 from __future__ import annotations
 
-from . import add_model_args, load, print_report
+from . import add_model_args, check_output, load, print_report, read_text_file
 from .mask import read_neurons
 
 
@@ -19,15 +19,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..method.api import evaluate_corpus
+    check_output(args.out, "--out")
     names, _ = read_neurons(args.neurons)
-    with open(args.corpus, encoding="utf-8") as f:
-        corpus = f.read()
+    if not names:
+        raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
+    corpus = read_text_file(args.corpus, "--corpus")
     model, tok, name = load(args)
     r = evaluate_corpus(model, tok, names, corpus, window=args.window, max_windows=args.max_windows,
                         bos=not args.no_bos)
-    r.update(model=name, corpus=args.corpus, neurons=names)
-    print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
-                  ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
-                  ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"), ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")],
-                 r, args.out)
-    return 0
+    r.update(model=name, corpus=args.corpus)
+    ok = print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
+                       ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
+                       ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"),
+                       ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")], r, args.out)
+    return 0 if ok else 2

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..models.devices import check_device
+from ..models.loading import model_source
 from ..models.registry import discover_targets
 from ..utils import eval_mode
 from .config import FindConfig
@@ -19,7 +21,7 @@ from .ranking import Ranking, make_ranker
 from .result import CriticalResult
 from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
-from .text import corpus_windows, tokenize
+from .text import corpus_windows, model_context, tokenize
 
 
 def _resolve_model(model, tokenizer, device, dtype):
@@ -31,16 +33,17 @@ def _resolve_model(model, tokenizer, device, dtype):
     else:
         if dtype is not None or device is not None:
             from ..models.loading import parse_dtype
-            model.to(device=device, dtype=parse_dtype(dtype))
+            model.to(device=None if device is None else check_device(device), dtype=parse_dtype(dtype))
         if tokenizer is None:
             cfg = getattr(model, "config", None)
             path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
             if not path:
                 raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            from ..models.loading import load_tokenizer
+            tokenizer = load_tokenizer(path)
     if name is None:
-        name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        name = (model_source(model).get("name") or getattr(getattr(model, "config", None), "_name_or_path", None)
+                or type(model).__name__)
     return model, tokenizer, name
 
 
@@ -61,9 +64,16 @@ def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
     cfg = FindConfig.make(config, **params)
     model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
-    ids = tokenize(tokenizer, text, cfg.max_tokens, "text")
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text")
+    ctx = model_context(model)
+    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
     return cfg, epsilons or [cfg.epsilon], model, name, targets, ids, eval_ids
+
+
+def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor]) -> None:
+    """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run."""
+    for what, x in [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)]):
+        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
@@ -98,6 +108,7 @@ def rank_neurons(model: Union[nn.Module, str], tokenizer=None, text: Optional[st
     cfg, epsilons, model, _, targets, ids, eval_ids = _prepare(model, tokenizer, text, eval_text, config, device,
                                                                dtype, params)
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
+        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
         return _rank(model, targets, ids, cfg, epsilons, PrefixNLL(model, eval_ids, cfg.max_batch_tokens), progress)
 
 
@@ -130,6 +141,7 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
                                       eval_text="same" if eval_text is None else "separate")
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
+        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
         pn = PrefixNLL(model, eval_ids, cfg.max_batch_tokens)
         ranking = ranked
         if ranking is None:
@@ -163,16 +175,17 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
                   ids: Optional[torch.Tensor] = None, discover: bool = False,
                   max_batch_tokens: int = 8192) -> Dict[str, float]:
     """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
-    place (weights restored after)."""
+    place (weights restored after). Duplicate names count once: ``n_neurons`` and ``neurons`` are the distinct
+    neurons masked. A loss that is not finite raises ``NonFiniteError``."""
     if ids is None:
-        ids = tokenize(tokenizer, text, max_tokens, "text")
+        ids = tokenize(tokenizer, text, max_tokens, "text", model_context(model), warn_short=False)
     with eval_mode(model), torch.no_grad():
         ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
         clean = ev.nll()
         with masked(model, neurons, discover=discover) as resolved:
-            nll = ev.nll()
+            nll = ev.nll(masked=f"{len(resolved)} neuron(s)")
     return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
-            "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}
+            "n_tokens": int(ids.numel()), "n_neurons": len(resolved), "neurons": [n.name for n in resolved]}
 
 
 def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: int = 256,
@@ -180,7 +193,7 @@ def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: in
                     max_batch_tokens: int = 8192) -> Dict[str, Any]:
     """WikiText-style windowed perplexity: mean NLL / log10 PPL of the windows, clean and with ``neurons`` masked
     (weights restored bit-exact)."""
-    ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
+    ids = corpus_windows(tokenizer, corpus, window, max_windows, bos, model_context(model))
     r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens)
     r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
              n_tokens=int(ids.shape[0] * window), log10_clean_ppl=log10_ppl(r["clean_nll"]),

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import embedding_device, offloaded
+from .finite import NonFiniteError, nonfinite_error
 from .masking import BatchedMask
 
 LN10 = math.log(10.0)
@@ -41,13 +42,16 @@ def ppl_or_none(nll: float) -> Optional[float]:
 class NLLEvaluator:
     """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
 
-    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches).
+    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
+    is not finite raises ``NonFiniteError`` (never returned): ``what`` names the text in that message.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None):
+    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None,
+                 what: str = "the text"):
         self.model = model
+        self.what = what
         ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
         self.ids = ids  # [W, T]
         self.W, self.T = ids.shape
@@ -106,9 +110,15 @@ class NLLEvaluator:
 
     # -- public -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def nll(self) -> float:
-        """Mean NLL of the unmasked model over all windows."""
-        return self.nll_prefixes(None, [0])[0]
+    def nll(self, masked: str = "") -> float:
+        """Mean NLL over all windows of the model as it is (``masked``: what is masked in place, for the message
+        when the loss is not finite; empty: the clean model, and the message names the first non-finite module)."""
+        v = self.nll_prefixes(None, [0])[0]
+        if not math.isfinite(v):
+            if not masked:
+                raise nonfinite_error(self.model, self.ids, v, self.what)
+            raise NonFiniteError(f"the model's loss on {self.what} with {masked} masked is {v} (not finite)")
+        return v
 
     @torch.no_grad()
     def nll_prefixes(self, bmask: Optional[BatchedMask], ns: Sequence[int]) -> List[float]:
@@ -129,4 +139,9 @@ class NLLEvaluator:
             row = nll.double().mean(1).tolist()
             for (b, _), v in zip(chunk, row):
                 sums[b] += v
-        return [s / self.W for s in sums]
+        means = [s / self.W for s in sums]
+        for n, v in zip(ns, means):
+            if bmask is not None and n > 0 and not math.isfinite(v):
+                raise NonFiniteError(f"the model's loss on {self.what} with the first {n} ranked channel(s) masked is "
+                                     f"{v} (not finite)")
+        return means

@@ -178,7 +178,7 @@ class PrefixNLL:
         k = self.key(ranking, n)
         if k not in self._verified:
             with WeightMask(ranking).apply(n):
-                self._verified[k] = self.ev.nll()
+                self._verified[k] = self.ev.nll(masked=f"the {n} critical neuron(s)")
         return log10_ratio(self._verified[k], self.clean)
 
 
