@@ -91,6 +91,7 @@ setup(
     extras_require={
         "triton": ["triton"],
         "ray": ["ray"],
+        "tables": ["pandas", "pyarrow"],  # report --format parquet, rows_dataframe
         "test": ["pytest", "pytest-timeout", "psutil"],
         "eval": ["lm_eval>=0.4.5"],
     },

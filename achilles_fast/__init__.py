@@ -6,13 +6,13 @@ reports, sweeps), ``commands`` + ``cli`` (the ``achilles-fast`` command), ``benc
 """
 __version__ = "0.1.0"
 
-from .method.api import evaluate_corpus, evaluate_mask, find_critical  # noqa: E402
+from .method.api import evaluate_corpus, evaluate_mask, find_critical, rank_neurons  # noqa: E402
 from .method.config import FindConfig  # noqa: E402
 from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
 from .method.ranking import Ranker, Ranking, register_ranker  # noqa: E402
 from .method.result import CriticalResult  # noqa: E402
-from .method.stage2 import search_ranking  # noqa: E402
+from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .models.neurons import Neuron  # noqa: E402
 from .models.registry import FamilySpec, register_family  # noqa: E402
@@ -31,4 +31,4 @@ def plot_result(result, out_dir, stem: str = "result", formats=("png", "svg")):
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "__version__"]

@@ -29,6 +29,9 @@ def run(args) -> int:
     if args.quiet:
         quiet_loading()
     model, tok, name = load(args)
+    if (args.device or "cpu") == "cpu":
+        from ..threads import cpu_load_warning
+        cpu_load_warning()
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)

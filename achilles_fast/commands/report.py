@@ -14,14 +14,24 @@ def register(sub) -> None:
     p.add_argument("--plot", default=None, metavar="DIR", help="write plots (PNG and SVG) into DIR")
     p.add_argument("--no-run-plots", action="store_true", help="with --plot: only the per-checkpoint plot")
     p.add_argument("--runs", action="store_true", help="also print one line per run")
+    p.add_argument("--format", default=None, choices=("csv", "json", "parquet"),
+                   help="write one flat row per run in this format to --out (parquet needs pyarrow)")
+    p.add_argument("--out", default=None, help="with --format: the file (default: stdout for csv and json)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..studies.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
-                          write_csv, write_json)
+                          write_csv, write_json, write_table)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
+    if args.format == "parquet" and not args.out:
+        raise ValueError("--format parquet needs --out FILE")
+    if args.out and not args.format:
+        raise ValueError("--out goes with --format csv|json|parquet")
+    if args.format == "parquet":
+        from ..studies.report import _require
+        _require("pyarrow", "--format parquet", "pyarrow")  # before any work
     rows = load_rows(args.db)
     for e in open_errors(args.db):
         print(f"failed, no row yet: {e['checkpoint']} / {e['text']}: {e['error']} (re-run the sweep to retry)",
@@ -31,6 +41,9 @@ def run(args) -> int:
         return 1
     summary = summarize(rows)
     flat = [flat_row(r) for r in rows]
+    if args.format and not args.out:  # the table itself on stdout, nothing else
+        write_table(flat, "-", args.format)
+        return 0
     print(table_text(summary, SUMMARY_COLUMNS, title=f"{len(rows)} run(s) in {args.db}"))
     if args.runs:
         print()
@@ -44,6 +57,9 @@ def run(args) -> int:
     if args.json:
         write_json(rows, args.json)
         print(f"saved {args.json}", file=sys.stderr)
+    if args.format:
+        write_table(flat, args.out, args.format)
+        print(f"saved {args.out}", file=sys.stderr)
     if args.plot:
         from ..studies.plots import plot_sweep
         for p in plot_sweep(rows, args.plot, per_row=not args.no_run_plots):

@@ -27,31 +27,51 @@ def register(sub) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray task (default: spec, else 0)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs per Ray task (default: spec, else 1)")
     p.add_argument("--retries", type=int, default=None, help="resubmissions of a crashed Ray task (default 2)")
-    p.add_argument("--dry-run", action="store_true", help="list the jobs and what is already done, run nothing")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes splitting the jobs (default 1: this process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads per worker (default: cores // workers)")
+    p.add_argument("--no-prefetch", action="store_true", help="do not load the next checkpoint in the background")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the jobs, their Stage 1 units and what is already done; run nothing, create nothing")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..studies.sweep import SweepDB, SweepSpec, run_sweep
+    import os
+
+    from ..studies.sweep import SweepDB, SweepSpec, plan_sweep, run_sweep
+    from ..studies.sweep.db import check_db_path, validate_db
+    from ..threads import worker_threads
     spec = SweepSpec.load(args.spec)
     db = args.db or spec.db
     if not db:
         raise ValueError("no database: pass --db FILE or set 'db' in the spec")
+    worker_threads(args.workers, args.threads)  # bad counts: one line before anything starts
+    if args.ray is not None and args.workers != 1:
+        raise ValueError("choose one: --ray (Ray tasks) or --workers (local processes)")
     if args.dry_run:
-        jobs = spec.jobs()
-        with SweepDB(db) as store:
-            done = store.done_keys([j.key for j in jobs])
-        for j in jobs:
-            print(f"{'done   ' if j.key in done else 'pending'} {j.key} {j.checkpoint} / {j.text} / "
-                  f"{ {k: v for k, v in j.params.items() if k in spec.grid} }")
-        print(f"{len(done)}/{len(jobs)} done")
+        units, jobs = plan_sweep(spec)
+        done = set()
+        if os.path.exists(db):  # read-only: a dry run never creates or changes the database
+            with SweepDB(db, readonly=True) as store:
+                done = store.done_keys([j.key for j in jobs])
+        for u in units:
+            for j in u.jobs:
+                print(f"{'done   ' if j.key in done else 'pending'} {j.key} {j.checkpoint} / {j.text} / "
+                      f"{ {k: v for k, v in j.params.items() if k in spec.grid} } [unit {u.key[:8]}]")
+        print(f"{len(done)}/{len(jobs)} done; {len(units)} Stage 1 unit(s)")
         return 0
+    check_db_path(db)  # a folder, not writable: one line before any model loads
+    validate_db(db)  # not SQLite, another program's, a newer schema: the same
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
     rep = run_sweep(spec, db=db, ray_address=args.ray, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
-                    retries=args.retries, log=log)
-    print(f"sweep: {rep.written} written, {rep.skipped} already done, {rep.failed} failed, "
-          f"{rep.total} total -> {db}")
+                    retries=args.retries, log=log, workers=args.workers, threads=args.threads,
+                    prefetch=not args.no_prefetch)
+    print(f"sweep: {rep.written} written, {rep.skipped} already done, "
+          + (f"{rep.others} by other workers, " if rep.others else "")
+          + f"{rep.failed} failed, {rep.total} total -> {db}")
     return 0 if rep.complete else 1

@@ -1,9 +1,10 @@
-"""The method end to end: ``find_critical`` (rank, then search), ``evaluate_mask`` and ``evaluate_corpus``."""
+"""The method end to end: ``find_critical`` (rank, then search), ``rank_neurons`` (Stage 1 alone), ``evaluate_mask``
+and ``evaluate_corpus``."""
 from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -16,10 +17,10 @@ from ..utils import eval_mode
 from .config import FindConfig
 from .masking import masked
 from .perplexity import NLLEvaluator, log10_ppl, log10_ratio
-from .ranking import make_ranker
+from .ranking import Ranking, make_ranker
 from .result import CriticalResult
 from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
-from .stage2 import search_ranking
+from .stage2 import PrefixNLL, critical_sizes, search_epsilons
 from .text import corpus_windows, model_context, tokenize
 
 
@@ -46,9 +47,75 @@ def _resolve_model(model, tokenizer, device, dtype):
     return model, tokenizer, name
 
 
+def _split_epsilons(config: Optional[FindConfig], params: Dict[str, Any]):
+    """``epsilon=[...]`` -> (validated list, params with the largest); a single epsilon -> (None, params)."""
+    eps = params.get("epsilon")
+    if not isinstance(eps, (list, tuple)):
+        return None, params
+    if not eps:
+        raise ValueError("epsilon: the list is empty; give one value > 0 or a list of them")
+    vals = [FindConfig.make(config, epsilon=e).epsilon for e in eps]  # each validated like a single epsilon
+    return vals, dict(params, epsilon=max(vals))
+
+
+def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
+    """Validated parameters, the model, its targets and the token ids, before any long work."""
+    epsilons, params = _split_epsilons(config, params)
+    cfg = FindConfig.make(config, **params)
+    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
+    targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
+    ctx = model_context(model)
+    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
+    return cfg, epsilons or [cfg.epsilon], model, name, targets, ids, eval_ids
+
+
+def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor]) -> None:
+    """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run."""
+    for what, x in [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)]):
+        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
+
+
+def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
+    """Run the configured ranker; ``ranking.info`` gets its timings and stats. k="auto" stops on Stage 2's sets
+    for ``epsilons``, evaluated through ``pn`` (which the final search then reuses)."""
+    ranker = make_ranker(cfg, progress)
+    in_checks = [0.0]  # seconds of k="auto"'s Stage 2 checks (part of the Stage 1 time)
+    if cfg.k == "auto" and hasattr(ranker, "sizes_of"):
+        def sizes_of(r):
+            t = time.perf_counter()
+            try:
+                return critical_sizes(pn, r, cfg, epsilons)
+            finally:
+                in_checks[0] += time.perf_counter() - t
+        ranker.sizes_of = sizes_of
+    t0 = time.perf_counter()
+    ranking = ranker.rank(model, targets, ids)
+    ranking.info = {"timings": {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0},
+                    "stats": dict(getattr(ranker, "stats", {}))}
+    if cfg.k == "auto":
+        ranking.info["stats"]["auto_k_checks_s"] = in_checks[0]
+    return ranking
+
+
+def rank_neurons(model: Union[nn.Module, str], tokenizer=None, text: Optional[str] = None, *,
+                 eval_text: Optional[str] = None, config: Optional[FindConfig] = None, device: Optional[str] = None,
+                 dtype: Optional[str] = None, progress: bool = True, **params) -> Ranking:
+    """Stage 1 alone: the ``Ranking`` that ``find_critical(..., ranked=...)`` (or ``search_ranking``) searches, so
+    one ranking can serve many searches (other epsilons, steps, strategies, texts to evaluate on).
+    ``ranking.info`` holds the ranker's timings and stats. Parameters as ``find_critical``; with ``k="auto"`` the
+    ranking depends on Stage 2 too (``eval_text``, ``epsilon``, ``step``, ...)."""
+    cfg, epsilons, model, _, targets, ids, eval_ids = _prepare(model, tokenizer, text, eval_text, config, device,
+                                                               dtype, params)
+    with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
+        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
+        return _rank(model, targets, ids, cfg, epsilons, PrefixNLL(model, eval_ids, cfg.max_batch_tokens), progress)
+
+
 def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[str] = None, *,
-                  eval_text: Optional[str] = None, config: Optional[FindConfig] = None, device: Optional[str] = None,
-                  dtype: Optional[str] = None, progress: bool = True, **params) -> CriticalResult:
+                  eval_text: Optional[str] = None, ranked: Optional[Ranking] = None,
+                  config: Optional[FindConfig] = None, device: Optional[str] = None, dtype: Optional[str] = None,
+                  progress: bool = True, **params) -> Union[CriticalResult, List[CriticalResult]]:
     """Find the critical neurons of a causal LM (arXiv 2510.10238).
 
     The ranker (``ranker="sensitivity"``: Stage 1, mean |f(x) - f(x + alpha*eps)| over ``k`` noisy copies of the
@@ -59,28 +126,43 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
     text: scoring text (default: a public-domain passage shipped with the package), first ``max_tokens`` tokens.
     config / params: a ``FindConfig`` and/or its fields as keyword arguments (k, alpha, seed, epsilon, step,
     max_neurons, scope, ranking, strategy, ...; see ``FindConfig``), validated before the model is touched.
-    Returns a ``CriticalResult``; the model's weights are unchanged afterwards (bit-exact), whatever happens.
+    ``epsilon=[0.5, 1, 2]``: one Stage 1 and one search curve for all of them; returns a list, one result per
+    epsilon (in the order given), each verified. ``k="auto"``: K chosen by the data (see ``max_k``; the K used is
+    ``result.stats["k_used"]``). ``ranked``: a Ranking of this model from ``rank_neurons`` to search instead of
+    ranking again (its Stage 1 parameters are the caller's business; ``max_neurons`` truncates it).
+    Returns a ``CriticalResult`` (a list for an epsilon list); the model's weights are unchanged afterwards
+    (bit-exact), whatever happens.
     """
-    cfg = FindConfig.make(config, **params)
-    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
-    targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
-    ctx = model_context(model)
-    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
+    cfg, epsilons, model, name, targets, ids, eval_ids = _prepare(model, tokenizer, text, eval_text, config, device,
+                                                                  dtype, params)
+    if ranked is not None:
+        _check_ranking(ranked, targets)
     run_params: Dict[str, Any] = dict(cfg.params(), n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
                                       eval_text="same" if eval_text is None else "separate")
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
-    ranker = make_ranker(cfg, progress)
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
-        # one clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run
-        for what, x in [("the text", ids)] + ([] if eval_text is None else [("the eval_text", eval_ids)]):
-            NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
-        t0 = time.perf_counter()
-        ranking = ranker.rank(model, targets, ids)
-        timings = {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0}
-        stats.update(getattr(ranker, "stats", {}))
-        return search_ranking(model, ranking, eval_ids, cfg, model_name=name, params=run_params, timings=timings,
-                              stats=stats, progress=progress)
+        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
+        pn = PrefixNLL(model, eval_ids, cfg.max_batch_tokens)
+        ranking = ranked
+        if ranking is None:
+            ranking = _rank(model, targets, ids, cfg, epsilons, pn, progress)
+        else:
+            stats["ranking_given"] = True
+        stats.update(ranking.info.get("stats", {}))
+        results = search_epsilons(model, ranking.head(cfg.max_neurons), eval_ids, cfg, epsilons, params=run_params,
+                                  prefix_nll=pn, model_name=name, timings=ranking.info.get("timings"), stats=stats,
+                                  progress=progress)
+    return results if isinstance(params.get("epsilon"), (list, tuple)) else results[0]
+
+
+def _check_ranking(ranking: Ranking, targets) -> None:
+    """A given ranking must hold this model's targets (the same modules), else masks would go elsewhere."""
+    same = len(ranking.targets) == len(targets) and all(
+        a.name == b.name and a.module is b.module and a.num_channels == b.num_channels
+        for a, b in zip(ranking.targets, targets))
+    if not same:
+        raise ValueError("ranked: made on another model or scope (its targets are not this model's modules); "
+                         "rank this model with rank_neurons(model, ...) and the same scope")
 
 
 # find_critical's signature as users see it (help(), IDEs): the FindConfig fields as keyword-only parameters

@@ -18,12 +18,15 @@ from .ranking import RANKINGS, ranker_names
 
 STRATEGIES = ("linear", "bisect")
 STAGE1_DTYPES = ("bfloat16", "float16")
+AUTO_MIN_K = 8  # k="auto": the smallest max_k that allows two doublings of K (2, 4, 8)
 
 
-def _field(default, help: str, *, choices: Optional[Tuple] = None, group: str = "method", flag: Optional[str] = None):
-    """A FindConfig field: ``help`` is the CLI help; ``group`` orders the flags (text, stage1, stage2, run)."""
+def _field(default, help: str, *, choices: Optional[Tuple] = None, group: str = "method", flag: Optional[str] = None,
+           auto: bool = False):
+    """A FindConfig field: ``help`` is the CLI help; ``group`` orders the flags (text, stage1, stage2, run);
+    ``auto``: the string "auto" is accepted besides the field's type."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
-                                                         "flag": flag})
+                                                         "flag": flag, "auto": auto})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +37,10 @@ class FindConfig:
     ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
                          "ranker (random, activation, gradient, taylor, superweight)", choices=ranker_names,
                          group="stage1")
-    k: int = _field(100, "noisy samples K", group="stage1")
+    k: int = _field(100, "noisy samples K, or auto: sample in doubling chunks until the critical set is stable "
+                    "(see max_k)", group="stage1", auto=True)
+    max_k: int = _field(100, "with k=auto: at most this many noisy samples (the default equals K's, so auto "
+                        "never samples more than a default run)", group="stage1")
     alpha: float = _field(5.0, "absolute noise scale added to the token embeddings", group="stage1")
     seed: int = _field(0, "noise (and random-baseline) seed", group="stage1")
     scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer) or all "
@@ -66,7 +72,11 @@ class FindConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
-        _positive_int(self, "k", "number of noisy samples")
+        if self.k != "auto":
+            _positive_int(self, "k", "number of noisy samples")
+        _positive_int(self, "max_k")
+        if self.k == "auto" and self.max_k < AUTO_MIN_K:
+            raise ValueError(f"k='auto' needs max_k >= {AUTO_MIN_K} (samples 2, 4, 8: two doublings), got {self.max_k}")
         _positive_finite(self, "alpha", "noise scale")
         _positive_finite(self, "epsilon", "log10 PPL ratio threshold")
         _positive_int(self, "step")
@@ -136,8 +146,8 @@ class FindConfig:
                 continue
             default = "auto" if f.default is None else f.default
             hlp = md["help"] if "(default:" in md["help"] else f"{md['help']} (default: {default})"  # said once
-            g.add_argument(flag, dest=f.name, type=_cli_type(base), default=f.default, choices=_choices(f),
-                           metavar=None if _choices(f) else f.name.upper(), help=hlp)
+            g.add_argument(flag, dest=f.name, type=_cli_type(base, md.get("auto")), default=f.default,
+                           choices=_choices(f), metavar=None if _choices(f) else f.name.upper(), help=hlp)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "FindConfig":
@@ -163,13 +173,22 @@ def _base_type(f: dataclasses.Field):
     return t, False
 
 
-def _cli_type(base):
-    return {int: int, float: float, str: str}[base]
+def _cli_type(base, auto: bool = False):
+    conv = {int: int, float: float, str: str}[base]
+    if not auto:
+        return conv
+
+    def auto_or(v: str):
+        return "auto" if v == "auto" else conv(v)
+    auto_or.__name__ = f"{conv.__name__} or auto"  # argparse names the type in its error message
+    return auto_or
 
 
 def _coerce(f: dataclasses.Field, v):
     """Check a value's type (ints accepted for floats); bools are never ints here."""
     base, optional = _base_type(f)
+    if f.metadata.get("auto") and v == "auto":
+        return v
     if v is None:
         if optional:
             return None

@@ -21,7 +21,7 @@ order from [T, C] scores and from their ``PositionMax``, ties included.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -153,6 +153,7 @@ class Ranking:
     channels: torch.Tensor  # [n] long, flat channel ids, best first, distinct
     scores: torch.Tensor  # [n] float32, the ranker's score of each (higher = masked first)
     _ranks: Optional[List[torch.Tensor]] = dataclasses.field(default=None, repr=False)
+    info: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the ranker's timings and stats
 
     def __post_init__(self):
         self.channels = self.channels.detach().to("cpu", torch.long).reshape(-1)
@@ -170,6 +171,13 @@ class Ranking:
         seen: Dict[int, None] = dict.fromkeys(flat)
         ids = torch.tensor(list(seen), dtype=torch.long)
         return cls(list(targets), ids, torch.zeros(ids.numel()))
+
+    def head(self, n: int) -> "Ranking":
+        """The first ``n`` ranked channels (self when it has no more): a ranking made with ``top=n`` from the same
+        scores is exactly this prefix (ties are broken by a total order)."""
+        if n >= len(self):
+            return self
+        return Ranking(self.targets, self.channels[:n], self.scores[:n], info=self.info)
 
     def rank_tensors(self) -> List[torch.Tensor]:
         """Per target [C_m] long on the target's device: the channel's position in the ranking, ``len(self)`` when

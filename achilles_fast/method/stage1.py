@@ -58,6 +58,7 @@ class _Capture:
         self.mode = "clean"
         self.clean: List[Optional[torch.Tensor]] = [None] * len(self.targets)
         self.acc: List[Optional[torch.Tensor]] = [None] * len(self.targets)
+        self.acc2: List[Optional[torch.Tensor]] = [None] * len(self.targets)  # sums of squares (adaptive K only)
         self.fired = 0
         self.batch = 1
         self.handles = []
@@ -75,19 +76,38 @@ class _Capture:
 
     def _hook(self, i: int, t: Target):
         def hook(module, args, out):
+            if self.mode == "off":  # other forwards while the hooks stay registered (adaptive K's Stage 2 checks)
+                return None
             y = t.output(out)  # [B, T, C], or [B*T, C] for modules fed flattened tokens (MoE experts, OPT fc2)
             if y.dim() == 2:
                 y = y.reshape(self.batch, -1, y.shape[-1])
             if self.mode == "clean":
                 self.clean[i] = y[0].detach().clone()  # [T, C]
             else:
-                ops.absdiff_accum_(self.acc[i], self.clean[i], y.reshape(-1, *self.clean[i].shape))
+                noisy = y.reshape(-1, *self.clean[i].shape)  # [n, T, C]
+                ops.absdiff_accum_(self.acc[i], self.clean[i], noisy)
+                if self.acc2[i] is not None:  # running variance: sum_k d^2 of what acc sums
+                    d = (noisy.float() - self.clean[i].float()).abs()  # [n, T, C]
+                    self.acc2[i].add_((d if self.acc2[i].dim() == 2 else d.sum(1)).square().sum(0))
             self.fired += 1
             if self.stop_early and self.fired == len(self.targets):
                 raise _StopForward
             return None
 
         return hook
+
+    def start(self, model: nn.Module, embeds: torch.Tensor, per_position: bool, squares: bool = False) -> None:
+        """The clean forward of embeds [T, H]: stores each target's clean output and makes its float32 accumulator
+        ([T, C], or [C] when not per_position; ``squares``: a second one for the running variance)."""
+        self.run(model, embeds.unsqueeze(0))
+        for i, t in enumerate(self.targets):
+            if self.clean[i] is None:
+                raise RuntimeError(f"target {t.name} did not run during the forward pass")
+            shape = self.clean[i].shape if per_position else self.clean[i].shape[-1:]
+            self.acc[i] = torch.zeros(shape, dtype=torch.float32, device=self.clean[i].device)
+            if squares:
+                self.acc2[i] = torch.zeros_like(self.acc[i])
+        self.mode = "noisy"
 
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
@@ -123,7 +143,7 @@ def auto_score_bytes(device: torch.device) -> int:
 
 
 def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,
-                 budget_bytes: int) -> List[List[int]]:
+                 budget_bytes: int, accumulators: int = 1) -> List[List[int]]:
     """Split target indices (scan order) into groups whose clean outputs [T, C] (``elem_bytes`` each) and float32
     accumulators ([T, C] or [C]) fit ``budget_bytes``; Stage 1 runs once per group. A target larger than the
     budget gets a group of its own."""
@@ -131,7 +151,7 @@ def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, e
     cur: List[int] = []
     used = 0
     for i, t in enumerate(targets):
-        need = t.num_channels * (n_tokens * elem_bytes + (n_tokens if per_position else 1) * 4)
+        need = t.num_channels * (n_tokens * elem_bytes + (n_tokens if per_position else 1) * 4 * accumulators)
         if cur and used + need > budget_bytes:
             groups.append(cur)
             cur, used = [], 0
@@ -143,10 +163,11 @@ def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, e
 
 
 def plan_groups(model: nn.Module, targets: Sequence[Target], n_tokens: int, per_position: bool = True,
-                max_score_mb: Optional[float] = None) -> List[List[int]]:
+                max_score_mb: Optional[float] = None, accumulators: int = 1) -> List[List[int]]:
     """Target groups for a score budget of ``max_score_mb`` (default: ``auto_score_bytes``)."""
     budget = int(max_score_mb * 2**20) if max_score_mb is not None else auto_score_bytes(embedding_device(model))
-    return score_groups(targets, n_tokens, per_position, model.get_input_embeddings().weight.element_size(), budget)
+    return score_groups(targets, n_tokens, per_position, model.get_input_embeddings().weight.element_size(), budget,
+                        accumulators)
 
 
 def sensitivity_scores(
@@ -184,14 +205,8 @@ def sensitivity_scores(
     forwards = 0
     for group in groups:
         with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
-            cap.run(model, embeds.unsqueeze(0))
+            cap.start(model, embeds, per_position)
             forwards += 1
-            for i, t in enumerate(cap.targets):
-                if cap.clean[i] is None:
-                    raise RuntimeError(f"target {t.name} did not run during the forward pass")
-                shape = cap.clean[i].shape if per_position else cap.clean[i].shape[-1:]
-                cap.acc[i] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[i].device)
-            cap.mode = "noisy"
             for k0 in range(0, k, kb):
                 n = min(kb, k - k0)
                 x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
@@ -210,6 +225,112 @@ def sensitivity_scores(
     return scores
 
 
+AUTO_START_K = 2  # k="auto": samples at the first check (then 4, 8, 16, ...)
+AUTO_Z = 3.0  # k="auto": the set's scores must exceed the next candidates' by this many combined standard errors
+
+
+def _flat_stats(mean: Sequence[torch.Tensor], var: Sequence[torch.Tensor], k: int, mode: str, n_tokens: int):
+    """Per target mean/variance of the score entries -> (scores as ``rank_channels`` takes them, flat value [N],
+    flat standard error [N] of each channel's ranked score)."""
+    scores, vals, ses = [], [], []
+    for m, v in zip(mean, var):
+        se = (v / k).sqrt()
+        if m.dim() == 2:  # per_token / max: a channel's score is its entry at its first max position
+            pm = PositionMax.of(m)
+            scores.append(pm)
+            vals.append(pm.values)
+            ses.append(se.gather(0, pm.pos.clamp(max=m.shape[0] - 1)[None])[0])
+        else:  # mean: per-sample sums over positions
+            scores.append(m / n_tokens)
+            vals.append(m / n_tokens)
+            ses.append(se / n_tokens)
+    return scores, torch.cat([x.float().cpu() for x in vals]), torch.cat([x.float().cpu() for x in ses])
+
+
+def separated(ranking: Ranking, n: int, values: torch.Tensor, se: torch.Tensor, z: float = AUTO_Z) -> bool:
+    """The first ``n`` channels of ``ranking`` score above each of the next max(n, 8) candidates by more than ``z``
+    combined standard errors (``values``/``se`` [N] indexed by flat channel id)."""
+    head, nxt = ranking.channels[:n], ranking.channels[n:n + max(n, 8)]
+    if head.numel() == 0 or nxt.numel() == 0:
+        return True
+    gap = values[head][:, None] - values[nxt][None, :]  # [n, m]
+    bound = z * (se[head][:, None] ** 2 + se[nxt][None, :] ** 2).sqrt()
+    return bool((gap > bound).all())
+
+
+def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, sizes_of, *, alpha: float,
+                     seed: int, mode: str, top: int, max_k: int, max_batch_tokens: Optional[int] = None,
+                     max_score_mb: Optional[float] = None, stage1_dtype: Optional[str] = None,
+                     z: Optional[float] = None,
+                     progress: Optional[Callable[[int], None]] = None, stats: Optional[dict] = None) -> Ranking:
+    """Stage 1 with K chosen by the data (``k="auto"``): sample K = 2, 4, 8, ... (up to ``max_k``) noisy copies,
+    rank after each doubling, and stop when the critical sets (``sizes_of(ranking)`` -> the set size per epsilon,
+    from Stage 2) are unchanged over two successive doublings and each set's scores are separated from the next
+    candidates by more than ``z`` (default ``AUTO_Z``) standard errors (running variance of the entries). The noise is deterministic per
+    sample index, so the scores at K are exactly the mean of a fixed K run's first K samples, and a run that
+    never stops early ends with the ranking of a fixed ``max_k`` run. A check runs Stage 2 only when it is free (the
+    heads of the last sets unchanged) or the last sets are still separated (else it cannot stop there), so unstable
+    rankings cost few searches. ``stats`` gets
+    ``k_used`` and the checks made ([K, set sizes or None when not searched, separated])."""
+    z = AUTO_Z if z is None else z
+    T = int(ids.numel())
+    per_position = mode != "mean"
+    if len(plan_groups(model, targets, T, per_position, max_score_mb, accumulators=2)) > 1:
+        raise ValueError("k='auto' keeps every target's Stage 1 scores and their variances in memory, and they do not "
+                         "fit the score budget (max_score_mb): raise max_score_mb or use a fixed k")
+    embeds = input_embeddings(model, ids)  # [T, H]
+    kb = max(1, (max_batch_tokens or auto_batch_tokens(embeds.device)) // T)
+    history: List[Optional[tuple]] = []  # per check: the sets (one per epsilon), None when not searched
+    checks = []
+    sizes: Optional[List[int]] = None
+    last = torch.empty(0, dtype=torch.long)  # the ranking last searched
+    forwards, k, want, stable = 0, 0, min(AUTO_START_K, max_k), False
+    with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
+        with _autocast(model, stage1_dtype):
+            cap.start(model, embeds, per_position, squares=True)
+        forwards += 1
+        while True:
+            cap.mode = "noisy"
+            for k0 in range(k, want, kb):
+                n = min(kb, want - k0)
+                with _autocast(model, stage1_dtype):
+                    cap.run(model, ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n))  # [n, T, H]
+                forwards += 1
+                if progress is not None:
+                    progress(n)
+            cap.mode = "off"  # the Stage 2 checks below run plain forwards
+            k = want
+            mean = [a / k for a in cap.acc]
+            var = [(a2 / k - m.square()).clamp_min(0) * (k / max(k - 1, 1)) for a2, m in zip(cap.acc2, mean)]
+            scores, values, se = _flat_stats(mean, var, k, mode, T)
+            wide = ranking_from_scores(targets, scores, mode, 2 * top + 8)  # the candidates after a set of top
+            ranking = wide.head(top)
+            if k >= max_k:
+                break
+            # Stage 2 when it is free (the heads of the sets found last are unchanged, in order: every prefix is
+            # answered from memory) or when those sets are still separated here; otherwise K cannot stop now (the
+            # sets changed, or they are not separated), so the check counts as a change and costs no search
+            if sizes is None or all(torch.equal(ranking.channels[:n], last[:n]) for n in sizes) \
+                    or all([separated(wide, n, values, se, z) for n in sizes]):
+                last = ranking.channels
+                sizes = list(sizes_of(ranking))
+                history.append(tuple(frozenset(ranking.channels[:n].tolist()) for n in sizes))
+                apart = all([separated(wide, n, values, se, z) for n in sizes])
+                checks.append([k, sizes, apart])
+            else:
+                history.append(None)
+                apart = False
+                checks.append([k, None, False])
+            stable = apart and len(history) >= 3 and history[-1] == history[-2] == history[-3]
+            if stable:
+                break
+            want = min(2 * k, max_k)
+    if stats is not None:
+        stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=forwards - 1, stage1_groups=1,
+                     k_used=k, auto_k={"checks": checks, "stable": stable, "z": z, "max_k": max_k})
+    return ranking
+
+
 def _autocast(model: nn.Module, dtype: Optional[str]):
     """Autocast context for the Stage 1 forwards (no-op when dtype is None)."""
     if dtype is None:
@@ -220,7 +341,8 @@ def _autocast(model: nn.Module, dtype: Optional[str]):
 
 class SensitivityRanker:
     """The paper's Stage 1 as a Ranker: mean |f(x) - f(x + alpha eps)| over K noisy copies, ranked by
-    ``config.ranking``. ``stats`` receives forward counts and chunk sizes of the last ``rank`` call."""
+    ``config.ranking``. ``stats`` receives forward counts and chunk sizes of the last ``rank`` call. With
+    ``k="auto"`` (``adaptive_ranking``) ``sizes_of`` must be set: the Stage 2 oracle that K stops on."""
 
     name = "sensitivity"
 
@@ -228,9 +350,12 @@ class SensitivityRanker:
         self.config = config
         self.progress = progress
         self.stats: dict = {}
+        self.sizes_of = None  # k="auto": ranking -> critical-set size per epsilon (Stage 2), set by the caller
 
     def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
         cfg = self.config
+        if cfg.k == "auto":
+            return self._rank_auto(model, targets, ids)
         per_position = cfg.ranking != "mean"
         groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
         with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
@@ -242,6 +367,18 @@ class SensitivityRanker:
         if cfg.ranking == "mean":  # [C] sums over positions -> means
             scores = [sc / ids.numel() for sc in scores]
         return ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
+
+    def _rank_auto(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
+        cfg = self.config
+        if self.sizes_of is None:
+            raise ValueError("k='auto' stops on the Stage 2 sets: set the ranker's sizes_of (find_critical and "
+                             "achilles_fast.rank do)")
+        with progress_bar(cfg.max_k, "Stage 1: noisy samples (K auto)", "sample", self.progress) as bar:
+            return adaptive_ranking(model, targets, ids, self.sizes_of, alpha=cfg.alpha, seed=cfg.seed,
+                                    mode=cfg.ranking, top=cfg.max_neurons, max_k=cfg.max_k,
+                                    max_batch_tokens=cfg.max_batch_tokens, max_score_mb=cfg.max_score_mb,
+                                    stage1_dtype=cfg.stage1_dtype, progress=bar.update if bar is not None else None,
+                                    stats=self.stats)
 
 
 register_ranker("sensitivity", SensitivityRanker)

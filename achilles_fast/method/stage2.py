@@ -124,12 +124,86 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
                          verified=verified)
 
 
+class PrefixNLL:
+    """Mean NLL of ranking prefixes on one evaluation text, each distinct prefix evaluated once.
+
+    Entries are keyed by the prefix's channel set, so the searches for several epsilons on one ranking, and the
+    searches of adaptive K on successive rankings that share a head, reuse every evaluation; the clean NLL is
+    computed once. With one candidate per forward (the CPU default) every value is bit-identical to a search of
+    its own; with batched candidates a value may come from a batch of another composition (float rounding).
+    The evaluator and the clean NLL are made at first use (inside the first search's timing).
+    """
+
+    def __init__(self, model: nn.Module, eval_ids: torch.Tensor, max_batch_tokens: Optional[int] = None):
+        self._make = lambda: NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
+        self._ev: Optional[NLLEvaluator] = None
+        self._clean: Optional[float] = None
+        self._nll: Dict[bytes, float] = {}
+        self._verified: Dict[bytes, float] = {}
+        self.reused = 0  # evaluations answered from memory
+
+    @property
+    def ev(self) -> NLLEvaluator:
+        """The evaluator (made at first use)."""
+        if self._ev is None:
+            self._ev = self._make()
+        return self._ev
+
+    @property
+    def clean(self) -> float:
+        """Mean NLL of the unmasked model (computed at first use)."""
+        if self._clean is None:
+            self._clean = self.ev.nll()
+        return self._clean
+
+    @staticmethod
+    def key(ranking: Ranking, n: int) -> bytes:
+        return ranking.channels[:n].sort().values.numpy().tobytes()
+
+    def nll_prefixes(self, bm: BatchedMask, ranking: Ranking, ns: Sequence[int]) -> List[float]:
+        """Mean NLL with the first ``ns[i]`` channels of ``ranking`` masked (``bm``: that ranking's BatchedMask)."""
+        keys = [self.key(ranking, n) for n in ns]
+        new: Dict[bytes, int] = {}
+        for n, k in zip(ns, keys):
+            if k not in self._nll:
+                new.setdefault(k, n)
+        if new:
+            for k, v in zip(new, self.ev.nll_prefixes(bm, list(new.values()))):
+                self._nll[k] = v
+        self.reused += len(ns) - len(new)
+        return [self._nll[k] for k in keys]
+
+    def verify(self, ranking: Ranking, n: int) -> float:
+        """log10 ratio with the first ``n`` channels masked in place on the weights (restored bit-exact)."""
+        k = self.key(ranking, n)
+        if k not in self._verified:
+            with WeightMask(ranking).apply(n):
+                self._verified[k] = self.ev.nll(masked=f"the {n} critical neuron(s)")
+        return log10_ratio(self._verified[k], self.clean)
+
+
+def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float, batch_size: int,
+            progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
+    return greedy_search(lambda ns: pn.nll_prefixes(bm, ranking, ns), pn.clean, len(ranking), epsilon=epsilon,
+                         step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=batch_size,
+                         progress=progress)
+
+
+def critical_sizes(pn: PrefixNLL, ranking: Ranking, config: FindConfig, epsilons: Sequence[float]) -> List[int]:
+    """Size of the critical set of ``ranking`` for each epsilon (0: not converged), searched as ``search_ranking``
+    searches, without verification; every evaluation goes through ``pn``."""
+    bsz = config.batch_size or default_batch(pn.ev.device)
+    with BatchedMask(ranking, config.max_neurons) as bm:
+        return [_search(pn, bm, ranking, config, e, bsz).n for e in epsilons]
+
+
 def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,
                    model_name: str = "", params: Optional[Dict[str, Any]] = None,
                    timings: Optional[Dict[str, float]] = None, stats: Optional[Dict[str, Any]] = None,
-                   progress: bool = False) -> CriticalResult:
+                   progress: bool = False, prefix_nll: Optional[PrefixNLL] = None) -> CriticalResult:
     """Find the first prefix of ``ranking`` crossing ``config.epsilon`` on ``eval_ids`` [T] and build the result
-    (weights untouched; bit-exact after the in-place verification)."""
+    (weights untouched; bit-exact after the in-place verification). ``prefix_nll``: evaluations to share with other
+    searches on the same text (``search_epsilons``)."""
     cfg = config
     timings = dict(timings or {})
     stats = dict(stats or {})
@@ -137,28 +211,27 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     stats.setdefault("n_channels", ranking.index.total)
     t1 = time.perf_counter()
     with eval_mode(model), torch.no_grad():
-        ev = NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens or 8192)
-        clean = ev.nll()
+        pn = prefix_nll or PrefixNLL(model, eval_ids, cfg.max_batch_tokens)
+        ev, clean = pn.ev, pn.clean
         bsz = cfg.batch_size or default_batch(ev.device)
-        f0 = ev.forwards
+        f0, r0 = ev.forwards, pn.reused
         with progress_bar(min(cfg.max_neurons, len(ranking)), "Stage 2: greedy", "eval", progress) as bar, \
                 BatchedMask(ranking, cfg.max_neurons) as bm:
             def on_eval(n, lr):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
-            out = greedy_search(lambda ns: ev.nll_prefixes(bm, ns), clean, len(ranking), epsilon=cfg.epsilon,
-                                step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=bsz,
-                                progress=on_eval)
+            out = _search(pn, bm, ranking, cfg, cfg.epsilon, bsz, progress=on_eval)
         forwards = ev.forwards - f0
         n_final = out.n if out.converged else max(out.curve, default=0)
         if cfg.verify and out.converged:
-            with WeightMask(ranking).apply(n_final):
-                stats["verify_log10_ratio"] = log10_ratio(ev.nll(masked=f"the {n_final} critical neuron(s)"), clean)
+            stats["verify_log10_ratio"] = pn.verify(ranking, n_final)
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,
                  stage2_verified_prev=out.verified, fused_nll=ev.fused)
+    if pn.reused > r0:
+        stats["stage2_reused"] = pn.reused - r0
     final = out.nll.get(n_final)
     scores = ranking.scores.tolist()
 
@@ -172,3 +245,21 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
         log10_ratio=None if final is None else log10_ratio(final, clean),
         curve=[[n, v] for n, v in out.curve.items()], params=dict(params or {}), timings=timings, stats=stats,
         versions=versions(), top_ranked=entries(cfg.top_report), source=model_source(model))
+
+
+def search_epsilons(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig,
+                    epsilons: Sequence[float], *, params: Optional[Dict[str, Any]] = None,
+                    prefix_nll: Optional[PrefixNLL] = None, **kw) -> List[CriticalResult]:
+    """``search_ranking`` for each of ``epsilons`` on one ranking and text -> one result per epsilon, in order.
+
+    The largest epsilon is searched first; the smaller ones are mostly answered from the curve it evaluated (every
+    prefix is evaluated once, ``PrefixNLL``), and each result is verified in place as ``search_ranking`` verifies.
+    """
+    with eval_mode(model), torch.no_grad():
+        pn = prefix_nll or PrefixNLL(model, eval_ids, config.max_batch_tokens)
+        out: List[Optional[CriticalResult]] = [None] * len(epsilons)
+        for i in sorted(range(len(epsilons)), key=lambda j: -epsilons[j]):
+            cfg = config.replace(epsilon=epsilons[i])
+            out[i] = search_ranking(model, ranking, eval_ids, cfg, params=dict(params or {}, epsilon=cfg.epsilon),
+                                    prefix_nll=pn, **kw)
+    return out

@@ -1,10 +1,13 @@
-"""Sweep reports: flat per-run tables, per-checkpoint summaries, CSV/JSON export."""
+"""Sweep reports: flat per-run tables, per-checkpoint summaries, CSV/JSON/Parquet export (pandas and pyarrow are
+optional: ``write_table(..., "parquet")`` needs pyarrow, ``rows_dataframe`` needs pandas)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import statistics
+import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -15,14 +18,17 @@ PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scop
 LN10 = math.log(10.0)
 
 
+TABLE_FORMATS = ("csv", "json", "parquet")
+
+
 def load_rows(db: str) -> List[Dict[str, Any]]:
-    with SweepDB(db) as store:
+    with SweepDB(db, readonly=True) as store:
         return store.rows()
 
 
 def open_errors(db: str) -> List[Dict[str, Any]]:
     """Failures whose job has no row yet (latest error per key)."""
-    with SweepDB(db) as store:
+    with SweepDB(db, readonly=True) as store:
         done = store.done_keys()
         latest = {e["key"]: e for e in store.errors()}
     return [e for k, e in latest.items() if k not in done]
@@ -49,6 +55,7 @@ def flat_row(row: Mapping[str, Any]) -> Dict[str, Any]:
         "log10_final_ppl": None if final is None else final / LN10,
         "layers": _where(neurons, "layer"), "kinds": _where(neurons, "kind"),
         "neurons": ";".join(n["name"] for n in neurons),
+        "k_used": (res.get("stats") or {}).get("k_used"),
         "seconds": row.get("seconds"), "device": row.get("device"), "finished_at": row.get("finished_at"),
         "achilles_fast": (row.get("versions") or {}).get("achilles_fast"),
         "torch": (row.get("versions") or {}).get("torch"),
@@ -85,11 +92,22 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+@contextlib.contextmanager
+def _text_out(path: str):
+    """A text file for writing, or stdout for "-"."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        yield f
+
+
 def write_csv(records: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Flat records as CSV at ``path`` ("-": stdout)."""
     cols: List[str] = []
     for r in records:
         cols += [c for c in r if c not in cols]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with _text_out(path) as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in records:
@@ -101,6 +119,58 @@ def write_json(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"summary": summarize(rows), "runs": list(rows)}, f, indent=2, allow_nan=False)
         f.write("\n")
+
+
+def _column(values: List[Any]) -> List[Any]:
+    """One table column with one type: numbers mixed with ints become floats, anything mixed with text becomes text
+    (e.g. k = 100 and "auto")."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int, float} and float in kinds:
+        return [None if v is None else float(v) for v in values]
+    if str in kinds and len(kinds) > 1:
+        return [None if v is None else str(v) for v in values]
+    return values
+
+
+def _require(module: str, what: str, pip: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what} needs {pip.split()[0]}: pip install {pip} (or pip install 'achilles_fast[tables]')"
+                          ) from None
+
+
+def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> None:
+    """Flat records as a table file: ``csv``, ``json`` (a list of records) or ``parquet`` (needs pyarrow); ``path``
+"-" is stdout (csv, json)."""
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}: expected one of {', '.join(TABLE_FORMATS)}")
+    if fmt == "csv":
+        return write_csv(records, path)
+    if fmt == "json":
+        with _text_out(path) as f:
+            json.dump(list(records), f, indent=1, allow_nan=False)
+            f.write("\n")
+        return None
+    pa = _require("pyarrow", "--format parquet", "pyarrow")
+    import pyarrow.parquet as pq
+    cols: List[str] = []
+    for r in records:
+        cols += [c for c in r if c not in cols]
+    table = pa.table({c: _column([r.get(c) for r in records]) for c in cols})
+    pq.write_table(table, path)
+    return None
+
+
+def rows_dataframe(rows: Sequence[Mapping[str, Any]]):
+    """Sweep rows as a pandas DataFrame of flat rows (one per run; needs pandas)."""
+    pd = _require("pandas", "rows_dataframe", "pandas")
+    flat = [flat_row(r) for r in rows]
+    cols: List[str] = []
+    for r in flat:
+        cols += [c for c in r if c not in cols]
+    return pd.DataFrame({c: _column([r.get(c) for r in flat]) for c in cols})
 
 
 def _fmt(v: Any) -> str:

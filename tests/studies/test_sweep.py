@@ -175,6 +175,7 @@ def _wait_rows(db: Path, n: int, proc=None, timeout: float = 120.0) -> int:
     raise AssertionError(f"timed out waiting for {n} rows in {db}")
 
 
+@pytest.mark.integration
 def test_kill9_local_sweep_then_resume(ckpts, tmp_path):
     db = tmp_path / "k.db"
     spec_path = tmp_path / "spec.yaml"
@@ -286,6 +287,7 @@ class _Killer(threading.Thread):
             time.sleep(0.01)
 
 
+@pytest.mark.integration
 def test_ray_worker_killed_mid_task_then_resumed(ckpts, tmp_path, ray_local):
     db = tmp_path / "ray.db"
     spec = spec_dict(ckpts, db, epsilons=(0.01, 0.02, 0.05, 0.1), rankers=("sensitivity",))
@@ -308,6 +310,7 @@ def test_ray_worker_killed_mid_task_then_resumed(ckpts, tmp_path, ray_local):
     assert len(keys) == total == len(set(keys))
 
 
+@pytest.mark.integration
 def test_ray_crash_is_retried_automatically(ckpts, tmp_path, ray_local):
     db = tmp_path / "ray2.db"
     spec = spec_dict(ckpts[:2], db, epsilons=(0.01, 0.02, 0.05, 0.1), rankers=("sensitivity",))
@@ -324,6 +327,7 @@ def test_ray_crash_is_retried_automatically(ckpts, tmp_path, ray_local):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_three_checkpoint_sweep_with_smollm2_survives_kill(ckpts, tmp_path):
     """The issue's acceptance run: stories260K, SmolLM2-135M (GGUF) and a tiny random model; kill -9, resume."""
     from conftest import smollm2_available

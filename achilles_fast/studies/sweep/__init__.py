@@ -1,47 +1,66 @@
 """Sweeps: checkpoints x texts x parameter grids, streamed into a SQLite database, locally or on Ray.
 
-``spec`` (the YAML spec and job keys), ``jobs`` (running one checkpoint's jobs), ``db`` (the SQLite store), ``ray``
-(one Ray task per checkpoint); ``run_sweep`` here drives them.
+``spec`` (the YAML spec and job keys), ``plan`` (units of jobs sharing one Stage 1, stored rankings), ``jobs``
+(running units), ``worker`` (the lease loop: several workers split one database), ``prefetch`` (the next checkpoint
+loads in the background), ``db`` (the SQLite store), ``ray`` (Ray backend); ``run_sweep`` here drives them.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Union
+import json
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from ...threads import load_warning, set_threads, thread_env, worker_threads
 from .db import SweepDB
 from .jobs import run_checkpoint
+from .plan import Unit, plan_units
 from .spec import Job, SweepSpec, _now
+from .worker import run_worker
 
-__all__ = ["SweepSpec", "SweepDB", "SweepReport", "run_sweep", "run_checkpoint"]
+__all__ = ["SweepSpec", "SweepDB", "SweepReport", "run_sweep", "run_checkpoint", "plan_sweep"]
 
 
 @dataclasses.dataclass
 class SweepReport:
     total: int
     skipped: int  # already in the database when the run started
-    written: int
+    written: int  # by this run
     failed: int
     retries: int = 0
+    others: int = 0  # written meanwhile by other workers on the same database
 
     @property
     def complete(self) -> bool:
-        return self.skipped + self.written == self.total
+        return self.skipped + self.written + self.others >= self.total
 
 
 class _Sink:
-    """Writes what run_checkpoint yields to the database and reports progress."""
+    """Writes what the units yield to the database (rows, errors, rankings) and reports progress."""
 
     def __init__(self, db: SweepDB, total: int, done: int, log: Callable[[str], None]):
         self.db, self.total, self.done, self.log = db, total, done, log
-        self.written = self.failed = 0
+        self.written = self.failed = self.rankings = 0
 
     def __call__(self, item: Dict[str, Any]) -> None:
+        if "ranking_key" in item:
+            self.db.put_ranking(item)
+            self.rankings += 1
+            return
+        if "error" not in item:
+            try:
+                inserted = self.db.insert(item)
+            except (ValueError, TypeError) as e:  # e.g. NaN in the result: an error row, the sweep goes on
+                item = {**item, "error": f"{type(e).__name__}: cannot store the result: {e}"}
         if "error" in item:
             self.failed += 1
-            self.db.record_error(item["key"], item["checkpoint"], item["text"], item["params"], item["error"], _now())
+            self.db.record_error(item["key"], item["checkpoint"], item["text"], item["params"], item["error"],
+                                 _now(precise=True))
             self.log(f"FAILED {item['checkpoint']} / {item['text']}: {item['error']}")
             return
-        if self.db.insert(item):
+        if inserted:
             self.written += 1
             self.done += 1
         lr = item["log10_ratio"]
@@ -56,55 +75,111 @@ def _short_params(p: Dict[str, Any]) -> str:
     return " ".join(f"{k}={p[k]}" for k in keys if k in p)
 
 
-def _by_checkpoint(spec: SweepSpec, pending: List[Job]):
-    out = []
-    for c in spec.checkpoints:
-        js = [dataclasses.asdict(j) for j in pending if j.checkpoint == c.name]
-        if js:
-            out.append((dataclasses.asdict(c), js))
-    return out
-
-
-def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = None, ray_address: Optional[str] = None,
-              num_gpus: Optional[float] = None, num_cpus: Optional[float] = None, retries: Optional[int] = None,
-              log: Optional[Callable[[str], None]] = print) -> SweepReport:
-    """Run (or resume) a sweep; rows go to the SQLite file ``db`` (default: the spec's ``db``).
-
-    ray_address: None runs locally in this process; "auto"/"ray://..."/an address connects to a Ray cluster,
-    "local" starts one here (an already initialised Ray is reused). One Ray task per checkpoint.
-    """
+def _as_spec(spec: Union[SweepSpec, Dict[str, Any], str]) -> SweepSpec:
     if isinstance(spec, str):
-        spec = SweepSpec.load(spec)
-    elif isinstance(spec, dict):
-        spec = SweepSpec.from_dict(spec)
-    db = db or spec.db
-    if not db:
-        raise ValueError("no database: pass db= (CLI --db) or set 'db' in the spec")
-    log = log or (lambda s: None)
+        return SweepSpec.load(spec)
+    if isinstance(spec, dict):
+        return SweepSpec.from_dict(spec)
+    return spec
+
+
+def plan_sweep(spec: SweepSpec) -> Tuple[List[Unit], List[Job]]:
+    """The spec's jobs (checked: distinct keys) and their units, checkpoint by checkpoint."""
     jobs = spec.jobs()
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("sweep spec: two jobs have the same key (duplicate texts or grid values?)")
+    return plan_units(jobs, [c.name for c in spec.checkpoints]), jobs
+
+
+def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = None, ray_address: Optional[str] = None,
+              num_gpus: Optional[float] = None, num_cpus: Optional[float] = None, retries: Optional[int] = None,
+              log: Optional[Callable[[str], None]] = print, workers: int = 1, threads: Optional[int] = None,
+              prefetch: bool = True) -> SweepReport:
+    """Run (or resume) a sweep; rows go to the SQLite file ``db`` (default: the spec's ``db``).
+
+    Jobs sharing a Stage 1 run it once (stored in the database, reused by later runs), and jobs differing only in
+    epsilon share one search. Workers claim units by lease, so several ``run_sweep`` calls (processes, hosts) on one
+    database split the work; each returns when the database is complete or nothing is left it can do.
+    ray_address: None runs locally; "auto"/"ray://..."/an address connects to a Ray cluster, "local" starts one
+    here (an already initialised Ray is reused); one Ray task per checkpoint, with ``num_cpus`` intra-op threads.
+    workers: local worker processes (each with ``threads`` intra-op threads, default cores // workers); 1 runs in
+    this process (``threads`` then sets this process's count).
+    """
+    spec = _as_spec(spec)
+    db = db or spec.db
+    if not db:
+        raise ValueError("no database: pass db= (CLI --db) or set 'db' in the spec")
+    if ray_address is not None and workers != 1:
+        raise ValueError("choose one: Ray tasks (ray_address) or local worker processes (workers)")
+    n_threads = worker_threads(workers, threads)
+    log = log or (lambda s: None)
+    units, jobs = plan_sweep(spec)
+    keys = [j.key for j in jobs]
     with SweepDB(db) as store:
+        if store.migrated_from:
+            log(f"sweep: {db} migrated from schema {store.migrated_from} to {store.version} (rows kept)")
         done = store.done_keys(keys)
-        pending = [j for j in jobs if j.key not in done]
-        log(f"sweep: {len(jobs)} job(s), {len(done)} already in {db}, {len(pending)} to run"
-            f"{'' if ray_address is None else f' on Ray ({ray_address})'}")
+        n_units = sum(1 for u in units if any(k not in done for k in u.keys))
+        log(f"sweep: {len(jobs)} job(s), {len(done)} already in {db}, {len(jobs) - len(done)} to run in {n_units} "
+            f"Stage 1 unit(s)" + ("" if ray_address is None else f" on Ray ({ray_address})")
+            + ("" if workers == 1 else f" by {workers} workers x {n_threads} thread(s)"))
+        if ray_address is None:
+            warn = load_warning(n_threads * workers)
+            if warn:
+                log(warn)
         sink = _Sink(store, len(jobs), len(done), log)
-        groups = _by_checkpoint(spec, pending)
         rcfg = dict(spec.ray)
         retries = int(rcfg.get("retries", 2) if retries is None else retries)
         n_retries = 0
-        if ray_address is None:
-            for ck, js in groups:
-                for item in run_checkpoint(ck, js):
-                    sink(item)
-        else:
+        if ray_address is not None:
             from .ray import run_on_ray  # Ray is optional: imported only for --ray
-            n_retries = run_on_ray(groups, sink, store, ray_address,
+            n_retries = run_on_ray(units, {c.name: c for c in spec.checkpoints}, sink, store, ray_address,
                                    num_gpus=float(rcfg.get("num_gpus", 0) if num_gpus is None else num_gpus),
                                    num_cpus=float(rcfg.get("num_cpus", 1) if num_cpus is None else num_cpus),
                                    retries=retries, log=log)
-        return SweepReport(total=len(jobs), skipped=len(done), written=sink.written, failed=sink.failed,
-                           retries=n_retries)
+        elif workers == 1:
+            if threads is not None:
+                set_threads(n_threads)
+            run_worker(units, {c.name: c for c in spec.checkpoints}, db, sink, log=log, prefetch=prefetch)
+        else:
+            got = _run_processes(spec, db, workers, n_threads, prefetch, log)
+            sink.written, sink.failed = got["written"], got["failed"]
+        end = len(store.done_keys(keys))
+    return SweepReport(total=len(jobs), skipped=len(done), written=sink.written, failed=sink.failed,
+                       retries=n_retries, others=max(0, end - len(done) - sink.written))
+
+
+def _run_processes(spec: SweepSpec, db: str, workers: int, threads: int, prefetch: bool,
+                   log: Callable[[str], None]) -> Dict[str, int]:
+    """``workers`` worker processes, each sized to ``threads`` before torch starts; -> summed counts."""
+    env = thread_env(threads)
+    payload = json.dumps(spec.to_dict())
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "achilles_fast.studies.sweep.worker", "--db", db, "--threads", str(threads),
+               "--name", f"w{i + 1}"] + ([] if prefetch else ["--no-prefetch"])
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
+        p.stdin.write(payload)
+        p.stdin.close()
+        procs.append(p)
+    total = {"written": 0, "failed": 0}
+    try:
+        while any(p.poll() is None for p in procs):  # polling reaps a dead worker at once (its leases free up)
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, p in enumerate(procs):
+        out = p.stdout.read().strip().splitlines()
+        try:
+            got = json.loads(out[-1])
+        except (IndexError, ValueError):
+            log(f"worker w{i + 1} exited with code {p.returncode} without a report")
+            continue
+        total["written"] += got["written"]
+        total["failed"] += got["failed"]
+    return total
 

@@ -3,15 +3,31 @@
 Rows are committed one at a time, and ``key`` is UNIQUE with ``INSERT OR IGNORE``, so a run killed at any point
 (even mid-write) and resumed ends with every job exactly once. Failed jobs go to ``errors`` and are retried by the
 next run.
+
+Schema 2 adds ``rankings`` (Stage 1 results, content-addressed: a re-run with new Stage 2 parameters reuses them)
+and ``leases`` (a worker claims a unit of jobs with a row holding its id and a heartbeat; a stale lease, whose
+heartbeat is older than the TTL or whose process on this host is gone, is taken over), so several workers,
+local or on Ray, split one database's work. ``PRAGMA user_version`` holds the schema version: a database of the
+previous schema (1: no version, runs + errors) is migrated in place (its rows are valid as they are); one of a
+newer version, an SQLite file of another program, or a file that is not SQLite is refused with one line and left
+unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import sqlite3
+import time
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
+from urllib.parse import quote
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+SCHEMA_VERSION = 2
+
+TABLES = {
+    "runs": """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
     checkpoint TEXT NOT NULL,
@@ -34,8 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT,
     versions TEXT,
     result TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS errors (
+)""",
+    "errors": """CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
     checkpoint TEXT,
@@ -43,23 +59,159 @@ CREATE TABLE IF NOT EXISTS errors (
     params TEXT,
     error TEXT,
     at TEXT
-);
-"""
+)""",
+    "rankings": """CREATE TABLE IF NOT EXISTS rankings (
+    key TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    checkpoint TEXT,
+    n INTEGER NOT NULL,
+    targets TEXT NOT NULL,
+    channels BLOB NOT NULL,
+    scores BLOB NOT NULL,
+    info TEXT,
+    created_at TEXT
+)""",
+    "leases": """CREATE TABLE IF NOT EXISTS leases (
+    unit TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    host TEXT,
+    pid INTEGER,
+    heartbeat REAL NOT NULL,
+    claimed_at REAL NOT NULL
+)""",
+}
+INDEXES = ("CREATE INDEX IF NOT EXISTS rankings_unit ON rankings (unit)",
+           "CREATE INDEX IF NOT EXISTS errors_key ON errors (key)")
 
 ROW_COLUMNS = ("key", "checkpoint", "checkpoint_path", "model", "text", "text_sha", "params", "n_critical",
                "converged", "log10_ratio", "clean_nll", "epsilon", "seconds", "load_seconds", "started_at",
                "finished_at", "host", "pid", "device", "versions", "result")
+RANKING_COLUMNS = ("key", "unit", "checkpoint", "n", "targets", "channels", "scores", "info", "created_at")
+LEASE_TTL = 120.0  # seconds without a heartbeat after which another worker takes a lease over
+
+
+class SweepDBError(ValueError):
+    """A --db that cannot be used: not SQLite, not a sweep database, a newer schema, not writable (exit 2)."""
+
+
+def check_db_path(path: str, write: bool = True) -> bool:
+    """Refuse, in one line, a path that cannot be a sweep database; True when the file exists.
+
+    Never opens the file itself (SQLite does: ``SweepDB``): closing any descriptor of a database file drops every
+    POSIX lock this process holds on it, including those of its open SQLite connections."""
+    p = Path(path)
+    if p.is_dir():
+        raise SweepDBError(f"{path} is a folder, not a sweep database file")
+    if p.exists():
+        if not os.access(p, os.R_OK):
+            raise SweepDBError(f"{path} is not readable")
+        if write and not os.access(p, os.W_OK):
+            raise SweepDBError(f"{path} is not writable")
+    elif not write:
+        raise FileNotFoundError(f"{path}: no such sweep database")
+    parent = p.parent if str(p.parent) else Path(".")
+    if write and not parent.is_dir():
+        raise SweepDBError(f"{path}: folder {parent} does not exist")
+    if write and not os.access(parent, os.W_OK):
+        raise SweepDBError(f"{path}: folder {parent} is not writable (SQLite writes its journal beside the database)")
+    return p.exists()
+
+
+def validate_db(path: str) -> None:
+    """Check an existing file is a sweep database this version can use (read-only; changes nothing)."""
+    if Path(path).exists():
+        SweepDB(path, readonly=True).close()
+
+
+def _one(conn: sqlite3.Connection, sql: str, args: tuple = ()) -> Optional[tuple]:
+    """The first row of a query, the statement finished: an unfinished one (``fetchone``) keeps its transaction
+    open, so in autocommit mode every later write would stay uncommitted until it is reset."""
+    rows = conn.execute(sql, args).fetchall()
+    return rows[0] if rows else None
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> Set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version (0: empty); refuses other programs' databases and newer schemas."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables.discard("sqlite_sequence")
+    version = int(_one(conn, "PRAGMA user_version")[0])
+    if version > SCHEMA_VERSION:
+        raise SweepDBError(f"{path} was written by a newer achilles_fast (sweep schema {version}; this version "
+                           f"reads up to {SCHEMA_VERSION}): upgrade achilles_fast or use another --db")
+    if not tables:
+        return 0
+    if "runs" not in tables or not set(ROW_COLUMNS) <= _columns(conn, "runs"):
+        raise SweepDBError(f"{path} is an SQLite database but not a sweep database (tables: "
+                           f"{', '.join(sorted(tables))})")
+    return max(version, 1)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 class SweepDB:
-    """Thin wrapper over the sweep's SQLite file (safe to open from several processes on one host)."""
+    """Thin wrapper over the sweep's SQLite file (safe to open from several processes on one host).
 
-    def __init__(self, path: str, timeout: float = 60.0):
+    ``readonly``: open without creating, migrating or writing anything (reports, dry runs)."""
+
+    def __init__(self, path: str, timeout: float = 60.0, readonly: bool = False):
         self.path = str(path)
-        self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.readonly = readonly
+        self.migrated_from: Optional[int] = None
+        check_db_path(self.path, write=not readonly)
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=ro", uri=True,
+                                        timeout=timeout, isolation_level=None)
+        else:
+            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        try:
+            self.version = _check_schema(self.conn, self.path)
+            if not readonly:
+                self._create_or_migrate()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if "not a database" in str(e):
+                raise SweepDBError(f"{self.path} is not an SQLite database (a sweep database is the SQLite file that "
+                                   f"`achilles-fast sweep` writes)") from None
+            raise SweepDBError(f"{self.path}: {e}") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _create_or_migrate(self) -> None:
+        _one(self.conn, "PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+        with self.transaction():
+            version = _check_schema(self.conn, self.path)  # again, inside the write lock
+            if version < SCHEMA_VERSION:
+                for ddl in list(TABLES.values()) + list(INDEXES):
+                    self.conn.execute(ddl)
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if version:
+                    self.migrated_from = version
+        self.version = SCHEMA_VERSION
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time across processes."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -70,6 +222,9 @@ class SweepDB:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    def _has(self, table: str) -> bool:
+        return _one(self.conn, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)) is not None
 
     # -- writes -------------------------------------------------------------------------------------
     def insert(self, row: Dict[str, Any]) -> bool:
@@ -85,10 +240,66 @@ class SweepDB:
         self.conn.execute("INSERT INTO errors (key, checkpoint, text, params, error, at) VALUES (?, ?, ?, ?, ?, ?)",
                           (key, checkpoint, text, json.dumps(params, sort_keys=True), error, at))
 
+    def put_ranking(self, rec: Dict[str, Any]) -> None:
+        """Store a ranking record (see ``plan.ranking_record``); a longer one replaces a shorter one."""
+        vals = [_sql(rec.get(c)) if c not in ("channels", "scores") else rec[c] for c in RANKING_COLUMNS]
+        self.conn.execute(
+            f"INSERT INTO rankings ({', '.join(RANKING_COLUMNS)}) VALUES ({', '.join('?' * len(RANKING_COLUMNS))}) "
+            f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in RANKING_COLUMNS[1:])} "
+            f"WHERE excluded.n > rankings.n", vals)
+
+    # -- leases -------------------------------------------------------------------------------------
+    def claim(self, unit: str, worker: str, ttl: float = LEASE_TTL) -> bool:
+        """Take the lease of ``unit`` for ``worker`` unless a live worker holds it (a stale lease is taken over)."""
+        now = time.time()
+        host = socket.gethostname()
+        with self.transaction():
+            r = _one(self.conn, "SELECT worker, host, pid, heartbeat FROM leases WHERE unit=?", (unit,))
+            if r is not None and r[0] != worker and not _stale(r, now, ttl, host):
+                return False
+            self.conn.execute("INSERT OR REPLACE INTO leases (unit, worker, host, pid, heartbeat, claimed_at) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", (unit, worker, host, os.getpid(), now, now))
+        return True
+
+    def release(self, unit: str, worker: str) -> None:
+        self.conn.execute("DELETE FROM leases WHERE unit=? AND worker=?", (unit, worker))
+
+    def release_all(self, worker: str) -> None:
+        self.conn.execute("DELETE FROM leases WHERE worker=?", (worker,))
+
+    def heartbeat(self, worker: str) -> None:
+        self.conn.execute("UPDATE leases SET heartbeat=? WHERE worker=?", (time.time(), worker))
+
+    def leases(self) -> List[Dict[str, Any]]:
+        if not self._has("leases"):
+            return []
+        cur = self.conn.execute("SELECT unit, worker, host, pid, heartbeat, claimed_at FROM leases")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur]
+
     # -- reads --------------------------------------------------------------------------------------
     def done_keys(self, keys: Optional[Iterable[str]] = None) -> Set[str]:
         got = {r[0] for r in self.conn.execute("SELECT key FROM runs")}
         return got if keys is None else got & set(keys)
+
+    def error_keys_since(self, at: str) -> Set[str]:
+        """Keys with an error recorded at or after ``at`` (ISO time, as ``record_error`` writes it)."""
+        return {r[0] for r in self.conn.execute("SELECT key FROM errors WHERE at >= ?", (at,))}
+
+    def rankings(self, units: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+        """Stored ranking records of these units, by content key."""
+        units = list(units)
+        if not units or not self._has("rankings"):
+            return {}
+        cur = self.conn.execute(f"SELECT {', '.join(RANKING_COLUMNS)} FROM rankings WHERE unit IN "
+                                f"({', '.join('?' * len(units))})", units)
+        out = {}
+        for r in cur:
+            d = dict(zip(RANKING_COLUMNS, r))
+            d["targets"] = json.loads(d["targets"])
+            d["info"] = json.loads(d["info"]) if d["info"] else {}
+            out[d["key"]] = d
+        return out
 
     def rows(self) -> List[Dict[str, Any]]:
         """All finished rows, in insertion order, with params/versions/result parsed from JSON."""
@@ -109,7 +320,16 @@ class SweepDB:
         return [dict(zip(names, r)) for r in cur]
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        return int(_one(self.conn, "SELECT COUNT(*) FROM runs")[0])
+
+
+def _stale(lease, now: float, ttl: float, host: str) -> bool:
+    """A lease (worker, host, pid, heartbeat) is stale when its heartbeat is older than ``ttl`` or its process, on
+    this host, is gone."""
+    _, lhost, pid, beat = lease
+    if now - float(beat) > ttl:
+        return True
+    return lhost == host and pid is not None and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 def _sql(v):

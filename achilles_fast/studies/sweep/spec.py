@@ -35,8 +35,9 @@ from typing import Any, Dict, List, Optional, Union
 from ...method.config import FindConfig
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _now(precise: bool = False) -> str:
+    """UTC time, ISO 8601 (``precise``: microseconds, for ordering errors against a worker's start)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 @dataclasses.dataclass
@@ -134,6 +135,9 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], base: Optional[Path] = None) -> "SweepSpec":
+        if not isinstance(d, dict):
+            raise ValueError(f"sweep spec: expected a mapping (checkpoints, texts, params, grid, ...), got "
+                             f"{type(d).__name__}")
         unknown = set(d) - {"checkpoints", "texts", "params", "grid", "db", "ray"}
         if unknown:
             raise ValueError(f"sweep spec: unknown top-level keys {sorted(unknown)}")
@@ -146,6 +150,10 @@ class SweepSpec:
             raise ValueError(f"sweep spec: duplicate checkpoint names {sorted(dup)}; give each a 'name'")
         texts = [TextItem.parse(t, base) for t in (d.get("texts") or ["default"])]
         grid = {k: (v if isinstance(v, list) else [v]) for k, v in (d.get("grid") or {}).items()}
+        empty = [k for k, v in grid.items() if not v]
+        if empty:
+            raise ValueError(f"sweep spec: grid {', '.join(map(repr, empty))} lists no values (the sweep would be "
+                             f"empty)")
         db = d.get("db")
         if db and base is not None and not Path(db).is_absolute():
             db = str(base / db)
@@ -157,9 +165,28 @@ class SweepSpec:
     def load(cls, path: str) -> "SweepSpec":
         import yaml
         p = Path(path)
-        with open(p, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
+        if p.is_dir():
+            raise ValueError(f"sweep spec {path} is a folder, not a YAML file")
+        try:
+            with open(p, encoding="utf-8") as f:
+                d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"sweep spec {path}: YAML syntax error{where}: {what}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"sweep spec {path}: not UTF-8 text") from None
+        except PermissionError:
+            raise ValueError(f"sweep spec {path}: cannot read it (permission denied)") from None
         return cls.from_dict(d, base=p.resolve().parent)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A dict that ``from_dict`` turns back into this spec (paths resolved, texts inline): what worker
+        processes receive."""
+        texts = ["default" if t.text is None else {"name": t.name, "text": t.text} for t in self.texts]
+        return {"checkpoints": [dataclasses.asdict(c) for c in self.checkpoints], "texts": texts,
+                "params": dict(self.params), "grid": dict(self.grid), "db": self.db, "ray": dict(self.ray)}
 
     def param_sets(self) -> List[Dict[str, Any]]:
         defaults = self.defaults()

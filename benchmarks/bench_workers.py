@@ -1,0 +1,80 @@
+"""Local sweep workers sized to the cores (issue 14): jobs/hour of one SmolLM2 sweep run as
+1 worker x 2 threads, 2 workers x 1 thread (sized: cores // workers), 2 workers x 2 threads (unsized: each with
+torch's default, which oversubscribes the cores).
+
+Each configuration is `achilles-fast sweep SPEC --workers W --threads T` in a fresh database (one Stage 1 unit
+per text, so workers can split the jobs), timed end to end, the load average printed beside it. Targets: two sized
+workers >= 1.1x faster than one worker, and >= 2x faster than two unsized workers.
+
+    python benchmarks/bench_workers.py                                     # SmolLM2, 4 texts, K=100
+    python benchmarks/bench_workers.py --model ../shared/models/stories260K --texts 4 --k 20   # small check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _throughput_common import load_avg, texts  # noqa: E402
+
+CONFIGS = ((1, 2), (2, 1), (2, 2))  # (workers, threads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--texts", type=int, default=4)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--configs", default=",".join(f"{w}x{t}" for w, t in CONFIGS),
+                    help="WORKERSxTHREADS,... (default: 1x2,2x1,2x2)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    import yaml
+    configs = [tuple(int(x) for x in c.split("x")) for c in a.configs.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        spec = {"checkpoints": [{"name": "m", "path": a.model}],
+                "texts": [{"name": n, "text": t} if t is not None else "default" for n, t in texts(a.texts)],
+                "params": {"k": a.k, "max_tokens": a.max_tokens}, "grid": {"epsilon": [1.0]}}
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+        n_jobs = a.texts
+        # warm-up: convert/cache the model and fill the page cache
+        subprocess.run([sys.executable, "-c", f"import achilles_fast as af; af.load_model({a.model!r})"], check=True)
+        print(f"# bench_workers: {a.model}, {n_jobs} jobs (one per text), K={a.k}, {os.cpu_count()} cores")
+        print("| workers x threads | seconds | jobs/hour | vs 1 worker | load before (1, 5, 15 min) |")
+        print("|---|---|---|---|---|")
+        base = None
+        for i, (w, t) in enumerate(configs):
+            db = tmp / f"w{i}.db"
+            la = load_avg()
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "achilles_fast.cli", "sweep", str(tmp / "spec.yaml"),
+                                  "--db", str(db), "--workers", str(w), "--threads", str(t), "--no-prefetch"],
+                                 capture_output=True, text=True)
+            secs = time.perf_counter() - t0
+            if out.returncode != 0:
+                print(out.stderr[-3000:])
+                raise SystemExit(f"sweep {w}x{t} failed ({out.returncode})")
+            base = base or secs
+            results.append({"workers": w, "threads": t, "seconds": secs, "jobs_per_hour": 3600 * n_jobs / secs,
+                            "load_before": la})
+            print(f"| {w} x {t} | {secs:.1f} | {3600 * n_jobs / secs:.0f} | {base / secs:.2f} | {la} |", flush=True)
+    by = {(r["workers"], r["threads"]): r["seconds"] for r in results}
+    if (1, 2) in by and (2, 1) in by:
+        print(f"sized 2x1 vs one worker 1x2: {by[(1, 2)] / by[(2, 1)]:.2f}x (target >= 1.1)")
+    if (2, 2) in by and (2, 1) in by:
+        print(f"sized 2x1 vs unsized 2x2: {by[(2, 2)] / by[(2, 1)]:.2f}x (target >= 2)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

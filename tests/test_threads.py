@@ -1,0 +1,45 @@
+"""Threads sized to cores: per-worker counts, the environment of worker processes, the load warning."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from achilles_fast import threads
+
+
+def test_worker_threads():
+    n = threads.cores()
+    assert threads.worker_threads(1) == n and threads.worker_threads(2) == max(1, n // 2)
+    assert threads.worker_threads(10 * n) == 1 and threads.worker_threads(2, 3) == 3
+    for bad in (dict(workers=0), dict(workers=2, threads=0)):
+        with pytest.raises(ValueError):
+            threads.worker_threads(**bad)
+
+
+def test_thread_env_reaches_a_fresh_process():
+    env = threads.thread_env(1, base={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert all(env[v] == "1" for v in threads.THREAD_VARS)
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    try:
+        threads.set_threads(1)
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_load_warning():
+    assert threads.load_warning(2, load=0.2, n_cores=2) is None
+    assert threads.load_warning(1, load=1.0, n_cores=2) is None
+    w = threads.load_warning(2, load=1.3, n_cores=2)
+    assert w and "\n" not in w and "load average 1.3 on 2 core(s)" in w and "2 torch thread(s)" in w
+    assert threads.load_warning(4, load=0.0, n_cores=2)  # more threads than cores
