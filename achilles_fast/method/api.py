@@ -18,7 +18,7 @@ from .ranking import make_ranker
 from .result import CriticalResult
 from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
 from .stage2 import search_ranking
-from .text import corpus_windows, tokenize
+from .text import corpus_windows, sample_ids, tokenize
 
 
 def _resolve_model(model, tokenizer, device, dtype):
@@ -98,14 +98,30 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
             "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}
 
 
-def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: int = 256,
-                    max_windows: Optional[int] = None, bos: bool = True,
-                    max_batch_tokens: int = 8192) -> Dict[str, Any]:
-    """WikiText-style windowed perplexity: mean NLL / log10 PPL of the windows, clean and with ``neurons`` masked
-    (weights restored bit-exact)."""
-    ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
-    r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens)
-    r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
-             n_tokens=int(ids.shape[0] * window), log10_clean_ppl=log10_ppl(r["clean_nll"]),
-             log10_masked_ppl=log10_ppl(r["masked_nll"]))
+def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequence[str]], window: int = 256,
+                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: int = 8192,
+                    max_tokens: int = 512, discover: bool = False) -> Dict[str, Any]:
+    """Corpus perplexity, clean and with ``neurons`` masked (weights restored bit-exact).
+
+    corpus a string: WikiText-style, the whole text cut into non-overlapping windows of ``window`` tokens.
+    corpus a sequence of strings (samples, e.g. ``read_jsonl_texts``): the paper's C4 evaluator, each sample on its
+    own truncated to its first ``max_tokens`` tokens (samples under 2 tokens skipped), NLL weighted by tokens.
+    """
+    if isinstance(corpus, str):
+        ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
+        r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens, discover=discover)
+        r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
+                 n_tokens=int(ids.shape[0] * window))
+    else:
+        samples, skipped = sample_ids(tokenizer, list(corpus), max_tokens)
+        with eval_mode(model), torch.no_grad():
+            ev = NLLEvaluator(model, samples[0], max_batch_tokens=max_batch_tokens)
+            clean, n_pred = ev.nll_samples(samples)
+            with masked(model, neurons, discover=discover) as resolved:
+                nll, _ = ev.nll_samples(samples)
+        r = {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
+             "n_neurons": len(resolved), "samples": len(samples), "skipped_samples": skipped,
+             "max_tokens": max_tokens, "n_tokens": int(sum(s.numel() for s in samples)),
+             "n_predicted_tokens": n_pred}
+    r.update(log10_clean_ppl=log10_ppl(r["clean_nll"]), log10_masked_ppl=log10_ppl(r["masked_nll"]))
     return r

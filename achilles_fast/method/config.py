@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from ..models.registry import SCOPES
 from .ranking import RANKINGS, ranker_names
 
-STRATEGIES = ("linear", "bisect")
+STRATEGIES = ("linear", "bisect", "first")
 STAGE1_DTYPES = ("bfloat16", "float16")
 
 
@@ -53,8 +53,11 @@ class FindConfig:
     epsilon: float = _field(1.0, "stop at the first n with log10(PPL_masked / PPL_clean) >= epsilon", group="stage2")
     step: int = _field(1, "candidate prefix sizes n = step, 2 step, ...", group="stage2")
     max_neurons: int = _field(1000, "give up after this many neurons", group="stage2")
-    strategy: str = _field("bisect", "Stage 2 search: bisect (batched exponential + bracketing probes) or linear "
-                           "(the paper's n = step, 2 step, ...)", choices=STRATEGIES, group="stage2")
+    strategy: str = _field("first", "Stage 2 search: first (the paper's answer, the first n crossing epsilon: "
+                           "exponential probes, then every smaller n evaluated in batches; costs about what linear "
+                           "costs), linear (the paper's n = step, 2 step, ...) or bisect (exponential + bracketing "
+                           "probes, ~log2(n) evaluations; on a non-monotone curve it may return a later crossing)",
+                           choices=STRATEGIES, group="stage2")
     batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: 1 on CPU, 16 on CUDA)",
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
