@@ -252,7 +252,10 @@ def test_activation_signed_equals_literal_per_entry_reference(tiny, scope):
     got, scores = rank_neurons(model, targets, ids, "activation_signed", top=400)
     ref = _literal_signed_ranking(outs, targets, 1e-6, 400)
     assert [n.name for n in got] == ref
-    assert scores == sorted(scores, reverse=True) and min(scores) < 0 < max(scores)  # signed, not |.|
+    assert scores == sorted(scores, reverse=True)
+    for n, sc in zip(got, scores):  # a channel's score is its largest signed entry, not its largest |entry|
+        assert sc == outs[n.module][:, n.channel].float().max().item()
+    assert any(outs[n.module][:, n.channel].abs().max() > sc for n, sc in zip(got, scores))
 
 
 def test_gradient_signed_equals_literal_per_entry_reference(tiny):
