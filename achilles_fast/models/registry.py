@@ -198,15 +198,17 @@ def _layer_of(name: str) -> Tuple[Optional[int], Optional[str]]:
     return int(m.group("idx")), m.group("rest")
 
 
-def _num_out_channels(module: nn.Module, layout: str) -> int:
+def _num_out_channels(module: nn.Module, layout: str, side: str = "out") -> int:
+    """Output width of a module from its weight layout (side="in": the input width of a Linear-like module)."""
     w = getattr(module, "weight", None)
+    d = 0 if side == "out" else 1  # weight dim of that side, nn.Linear layout [out, in]
     if layout == "conv1d":
-        return int(w.shape[1])
-    if hasattr(module, "out_features"):
-        return int(module.out_features)
+        return int(w.shape[1 - d])
+    if hasattr(module, f"{side}_features"):
+        return int(getattr(module, f"{side}_features"))
     if w is not None:
-        return int(w.shape[0])
-    raise UnsupportedModelError(f"cannot infer the output width of {type(module).__name__}")
+        return int(w.shape[d])
+    raise UnsupportedModelError(f"cannot infer the {side}put width of {type(module).__name__}")
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -269,16 +271,6 @@ def _text_only(name: str) -> bool:
     return NON_TEXT_PARTS.isdisjoint(name.split("."))
 
 
-def _in_width(module: nn.Module, layout: str) -> int:
-    """Input width of a Linear-like module (the width of an activation it consumes)."""
-    w = getattr(module, "weight", None)
-    if layout == "conv1d":
-        return int(w.shape[0])
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
-    return int(w.shape[1])
-
-
 def _act_kind(path: str) -> str:
     return "moe.shared_expert.act_fn" if "shared_expert" in path else "mlp.act_fn"
 
@@ -292,7 +284,7 @@ def _act_target(spec: FamilySpec, mods: Dict[str, nn.Module], name: str, module:
     if cm is None or not isinstance(getattr(cm, "weight", None), torch.Tensor):
         return None
     return Target(name=name, module=module, layer=layer, kind=_act_kind(rest),
-                  num_channels=_in_width(cm, spec.layouts.get(consumer, "linear")), layout="hook")
+                  num_channels=_num_out_channels(cm, spec.layouts.get(consumer, "linear"), "in"), layout="hook")
 
 
 def _head_norm_io(order: str):

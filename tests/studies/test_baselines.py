@@ -248,7 +248,7 @@ def test_activation_signed_equals_literal_per_entry_reference(tiny, scope):
     model, tok = tiny
     ids = _ids(tok, 24)
     targets = discover_targets(model, scope)
-    outs = _record_targets(model, targets, ids)
+    outs = {n: y[0] for n, y in _record(model, targets, ids, lambda a, o: o).items()}  # [T, C]
     got, scores = rank_neurons(model, targets, ids, "activation_signed", top=400)
     ref = _literal_signed_ranking(outs, targets, 1e-6, 400)
     assert [n.name for n in got] == ref
@@ -266,20 +266,6 @@ def test_gradient_signed_equals_literal_per_entry_reference(tiny):
     got, _ = rank_neurons(model, targets, ids, "gradient_signed", top=300)
     ref = _literal_signed_ranking(grads, targets, 1e-8, 300)
     assert [n.name for n in got] == ref
-
-
-def _record_targets(model, targets, ids):
-    """{target name: its output [T, C]} from hooks on the targets (act_fn and other hook targets included)."""
-    seen = {}
-    hs = [t.register_forward_hook(lambda m, a, o, t=t: seen.__setitem__(t.name, t.output(o).detach()[0]))
-          for t in targets]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids[None])
-    finally:
-        for h in hs:
-            h.remove()
-    return seen
 
 
 def test_signed_floor_drops_small_entries():
