@@ -32,13 +32,15 @@ class FindConfig:
     max_tokens: int = _field(512, "use the first N tokens of the text (scoring and evaluation)", group="text")
     # -- Stage 1: ranking -----------------------------------------------------------------------------------------
     ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
-                         "ranker (random, activation, gradient, taylor, superweight)", choices=ranker_names,
+                         "ranker (random, activation, gradient, taylor, superweight; the paper's activation_signed, "
+                         "gradient_signed)", choices=ranker_names,
                          group="stage1")
     k: int = _field(100, "noisy samples K", group="stage1")
     alpha: float = _field(5.0, "absolute noise scale added to the token embeddings", group="stage1")
     seed: int = _field(0, "noise (and random-baseline) seed", group="stage1")
-    scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer) or all "
-                        "(every Linear/norm output of attention and MLP blocks)", choices=SCOPES, group="stage1")
+    scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer), all "
+                        "(every Linear/norm output of attention and MLP blocks) or paper (exactly the modules the "
+                        "authors' code scans, MLP activations included)", choices=SCOPES, group="stage1")
     ranking: str = _field("per_token", "per_token (paper: every (module, position, channel) entry ranked), max or "
                           "mean over positions", choices=RANKINGS, group="stage1")
     stage1_dtype: Optional[str] = _field(None, "run the Stage 1 forwards under autocast in this dtype (faster, "
