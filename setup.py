@@ -86,11 +86,13 @@ setup(
         "pyyaml",
         "gguf>=0.10",
         "accelerate>=0.26",
+        "huggingface_hub",
     ],
     extras_require={
         "triton": ["triton"],
         "ray": ["ray"],
         "test": ["pytest", "pytest-timeout", "psutil"],
+        "eval": ["lm_eval>=0.4.5"],
     },
     entry_points={"console_scripts": ["achilles-fast=achilles_fast.cli:main"]},
     ext_modules=ext_modules,

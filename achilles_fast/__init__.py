@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .method.api import evaluate_corpus, evaluate_mask, find_critical  # noqa: E402
 from .method.config import FindConfig  # noqa: E402
+from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
 from .method.ranking import Ranker, Ranking, register_ranker  # noqa: E402
 from .method.result import CriticalResult  # noqa: E402
@@ -30,4 +31,4 @@ def plot_result(result, out_dir, stem: str = "result", formats=("png", "svg")):
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "__version__"]
+           "plot_result", "save_masked", "__version__"]

@@ -39,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (model weights restored)", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    except (ValueError, KeyError, OSError, ImportError) as e:  # OSError: FileNotFoundError, PermissionError, ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"achilles-fast {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -100,3 +100,83 @@ def assert_bit_identical(model, snap: dict) -> None:
     assert set(now) == set(snap)
     for k, v in snap.items():
         assert torch.equal(now[k].detach(), v), f"{k} changed"
+
+
+def assert_bits_identical(model, snap: dict) -> None:
+    """assert_bit_identical comparing raw bytes, so weights holding NaN compare equal to themselves."""
+    now = dict(list(model.named_parameters()) + list(model.named_buffers()))
+    assert set(now) == set(snap)
+    for k, v in snap.items():
+        a, b = now[k].detach().reshape(-1), v.reshape(-1)
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), \
+            f"{k} changed"
+
+
+def fake_hub_repo(cache: Path, repo_id: str, snapshots) -> list:
+    """A genuine huggingface_hub cache layout for ``repo_id`` under ``cache`` (what HF_HUB_CACHE points at):
+    ``models--org--name/blobs/<hash>`` (weights named by their sha256, as LFS objects are; other files by their git
+    blob sha1), ``snapshots/<commit>/<file>`` relative symlinks into blobs/, and ``refs/<ref>`` holding the commit.
+
+    snapshots: [(refs, {path in repo: source file Path or bytes}), ...]; returns the commit shas in that order.
+    """
+    import hashlib
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    commits = []
+    for refs, files in snapshots:
+        digests = {}
+        for rel, src in sorted(files.items()):
+            data = src if isinstance(src, bytes) else None
+            if rel.endswith((".safetensors", ".gguf", ".bin")):
+                h = hashlib.sha256()
+                with (open(src, "rb") if data is None else __import__("io").BytesIO(data)) as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                digest = h.hexdigest()
+            else:
+                data = data if data is not None else Path(src).read_bytes()
+                digest = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            blob = repo / "blobs" / digest
+            if not blob.exists():
+                if data is None and Path(src).stat().st_size > 50_000_000:  # big file: link, don't copy
+                    blob.symlink_to(Path(src).resolve())
+                else:
+                    blob.write_bytes(data if data is not None else Path(src).read_bytes())
+            digests[rel] = digest
+        commit = hashlib.sha1(repr(sorted(digests.items())).encode()).hexdigest()
+        for rel, digest in digests.items():
+            link = repo / "snapshots" / commit / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(repo / "blobs" / digest, link.parent))
+        for ref in refs:
+            (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / ref).write_text(commit)
+        commits.append(commit)
+    return commits
+
+
+def stories_hub_cache(cache: Path, repo_id: str = "tiny-org/stories260K") -> list:
+    """stories260K as a hub repo with two revisions: ``main`` (the real weights) and tag ``v0`` (every MLP down
+    projection scaled by 0.9: another checkpoint of the same model). Returns [main commit, v0 commit]."""
+    from safetensors.torch import load_file, save
+    files = {p.name: p for p in STORIES.iterdir() if p.is_file() and p.name != "SOURCE.txt"}
+    other = {k: (v * 0.9 if "down_proj" in k else v).contiguous()
+             for k, v in load_file(str(STORIES / "model.safetensors")).items()}
+    return fake_hub_repo(cache, repo_id, [(("main",), files),
+                                          (("v0",), {**files, "model.safetensors": save(other, {"format": "pt"})})])
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline hub cache (HF_HUB_CACHE, HF_HUB_OFFLINE=1, here and in subprocesses) holding stories260K as
+    ``tiny-org/stories260K`` (revisions main and v0); yields (cache, [main commit, v0 commit])."""
+    _need_shared(STORIES)
+    import huggingface_hub.constants as hc
+    cache = tmp_path / "hf-cache"
+    commits = stories_hub_cache(cache)
+    for key, value in (("HF_HUB_CACHE", str(cache)), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    yield cache, commits

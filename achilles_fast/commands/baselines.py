@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, load, read_text, write_json
+from . import add_model_args, check_output, load, print_paths, read_text, save_output, write_json
 
 
 def register(sub) -> None:
@@ -67,8 +67,10 @@ def run(args) -> int:
             raise ValueError(f"--runs must be >= 1, got {args.runs}")
         levels = _levels(args.levels)
         methods.remove("random")
-    model, tok, name = load(args)
+    check_output(args.out, "--out")
+    check_output(args.plot, "--plot", folder=True)
     text = read_text(args)
+    model, tok, name = load(args)
     results = compare_rankers(model, tok, text, methods, config=cfg)
     rnd = None
     if paper_random:
@@ -87,15 +89,15 @@ def run(args) -> int:
               f"{rnd['runs']} runs per level): log10 PPL ratio mean +- std")
         for lv, mu, sd in zip(rnd["levels"], rnd["log10_ratio_mean"], rnd["log10_ratio_std"]):
             print(f"  {lv:>6}  {mu:.4f} +- {sd:.4f}")
+    ok = True
     if args.out:
         out = {m: r.to_dict() for m, r in results.items()}
         if rnd is not None:
             out["random"] = dict(rnd, model=name)
-        write_json(out, args.out)
-        print(f"saved {args.out}", file=sys.stderr)
+        ok &= save_output(args.out, "--out", lambda p: write_json(out, p))
     if args.plot:
         from ..studies.plots import curves_figure, save
-        for p in save(curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers", random=rnd), args.plot,
-                      "baselines_curves"):
-            print(f"plot {p}")
-    return 0
+        fig = curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers", random=rnd)
+        ok &= save_output(args.plot, "--plot", lambda d: print_paths(save(fig, d, "baselines_curves"), sys.stdout),
+                          folder=True)
+    return 0 if ok else 2

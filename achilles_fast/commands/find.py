@@ -1,9 +1,8 @@
 """``achilles-fast find MODEL``: run both stages, print the critical set, save JSON."""
 from __future__ import annotations
 
-import sys
-
-from . import add_model_args, add_text_args, load, read_text
+from . import (add_model_args, add_text_args, check_output, load, print_paths, quiet_loading, read_text,
+               read_text_file, save_output)
 
 
 def register(sub) -> None:
@@ -23,22 +22,24 @@ def run(args) -> int:
     from ..method.api import find_critical
     from ..method.config import FindConfig
     cfg = FindConfig.from_args(args)  # fail before loading anything
+    check_output(args.out, "--out")
+    check_output(args.plot, "--plot", folder=True)
     text = read_text(args)
-    eval_text = None
-    if args.eval_text_file:
-        with open(args.eval_text_file, encoding="utf-8") as f:
-            eval_text = f.read()
+    eval_text = read_text_file(args.eval_text_file, "--eval-text-file") if args.eval_text_file else None
+    if args.quiet:
+        quiet_loading()
     model, tok, name = load(args)
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
+    ok = True
     if args.out:
-        res.to_json(args.out)
-        print(f"saved {args.out}", file=sys.stderr)
+        ok &= save_output(args.out, "--out", res.to_json)
     if args.plot:
         from ..studies.plots import plot_result
-        for path in plot_result(res, args.plot, "find"):
-            print(f"plot {path}", file=sys.stderr)
+        ok &= save_output(args.plot, "--plot", lambda d: print_paths(plot_result(res, d, "find")), folder=True)
+    if not ok:
+        return 2
     return 0 if res.converged else 1
 
 

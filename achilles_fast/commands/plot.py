@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+from . import check_output, print_paths, read_text_file, save_output
 
 
 def register(sub) -> None:
@@ -14,8 +17,10 @@ def register(sub) -> None:
 
 def _load(path: str):
     """A result file -> {label: result dict} (one result, or a {method: result} mapping from `baselines`)."""
-    with open(path) as f:
-        d = json.load(f)
+    try:
+        d = json.loads(read_text_file(path, "result"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
     if isinstance(d, dict) and "curve" in d:
         return {Path(path).stem: d}
     if isinstance(d, dict) and d and all(isinstance(v, dict) and "curve" in v for v in d.values()):
@@ -25,13 +30,15 @@ def _load(path: str):
 
 def run(args) -> int:
     from ..studies.plots import curves_figure, plot_result, save
-    for path in args.results:
-        results = _load(path)
-        for label, res in results.items():
-            stem = Path(path).stem if len(results) == 1 else f"{Path(path).stem}_{label}"
-            for p in plot_result(res, args.out, stem):
-                print(f"plot {p}")
-        if len(results) > 1:
-            for p in save(curves_figure(results), args.out, f"{Path(path).stem}_curves"):
-                print(f"plot {p}")
-    return 0
+    check_output(args.out, "--out", folder=True)
+    loaded = [(path, _load(path)) for path in args.results]  # every input checked before anything is drawn
+
+    def draw(out_dir: str) -> None:
+        for path, results in loaded:
+            for label, res in results.items():
+                stem = Path(path).stem if len(results) == 1 else f"{Path(path).stem}_{label}"
+                print_paths(plot_result(res, out_dir, stem), sys.stdout)
+            if len(results) > 1:
+                print_paths(save(curves_figure(results), out_dir, f"{Path(path).stem}_curves"), sys.stdout)
+
+    return 0 if save_output(args.out, "--out", draw, folder=True) else 2

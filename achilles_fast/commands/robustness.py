@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, load, write_json
+from . import add_model_args, check_output, load, print_paths, save_output, write_json
 
 
 def register(sub) -> None:
@@ -22,6 +22,8 @@ def run(args) -> int:
     from ..method.config import FindConfig
     from ..studies.robustness import format_overlap, read_texts, robustness
     cfg = FindConfig.from_args(args)
+    check_output(args.out, "--out")
+    check_output(args.plot, "--plot", folder=True)
     texts = read_texts(args.texts, args.pattern)
     model, tok, name = load(args)
     rep = robustness(model, tok, texts, config=cfg)
@@ -30,11 +32,11 @@ def run(args) -> int:
     for n, ok, size in zip(rep["names"], rep["converged"], rep["sizes"]):
         print(f"  {n}: {size} neuron(s){'' if ok else ' (NOT converged)'}")
     print("\n".join(format_overlap(rep)))
+    ok = True
     if args.out:
-        write_json(rep, args.out)
-        print(f"saved {args.out}", file=sys.stderr)
+        ok &= save_output(args.out, "--out", lambda p: write_json(rep, p))
     if args.plot:
         from ..studies.plots import jaccard_figure, save
-        for p in save(jaccard_figure(rep["names"], rep["jaccard"]), args.plot, "robustness_jaccard"):
-            print(f"plot {p}")
-    return 0
+        ok &= save_output(args.plot, "--plot", lambda d: print_paths(
+            save(jaccard_figure(rep["names"], rep["jaccard"]), d, "robustness_jaccard"), sys.stdout), folder=True)
+    return 0 if ok else 2

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..models.devices import check_device
+from ..models.loading import model_source
 from ..models.registry import discover_targets
 from ..utils import eval_mode
 from .config import FindConfig
@@ -18,7 +20,7 @@ from .ranking import make_ranker
 from .result import CriticalResult
 from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
 from .stage2 import search_ranking
-from .text import corpus_windows, sample_ids, tokenize
+from .text import corpus_windows, model_context, sample_ids, tokenize
 
 
 def _resolve_model(model, tokenizer, device, dtype):
@@ -30,16 +32,17 @@ def _resolve_model(model, tokenizer, device, dtype):
     else:
         if dtype is not None or device is not None:
             from ..models.loading import parse_dtype
-            model.to(device=device, dtype=parse_dtype(dtype))
+            model.to(device=None if device is None else check_device(device), dtype=parse_dtype(dtype))
         if tokenizer is None:
             cfg = getattr(model, "config", None)
             path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
             if not path:
                 raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            from ..models.loading import load_tokenizer
+            tokenizer = load_tokenizer(path)
     if name is None:
-        name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        name = (model_source(model).get("name") or getattr(getattr(model, "config", None), "_name_or_path", None)
+                or type(model).__name__)
     return model, tokenizer, name
 
 
@@ -61,13 +64,17 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
     cfg = FindConfig.make(config, **params)
     model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
-    ids = tokenize(tokenizer, text, cfg.max_tokens, "text")
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text")
+    ctx = model_context(model)
+    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
     run_params: Dict[str, Any] = dict(cfg.params(), n_tokens=int(ids.numel()), n_eval_tokens=int(eval_ids.numel()),
                                       eval_text="same" if eval_text is None else "separate")
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
     ranker = make_ranker(cfg, progress)
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
+        # one clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run
+        for what, x in [("the text", ids)] + ([] if eval_text is None else [("the eval_text", eval_ids)]):
+            NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
         t0 = time.perf_counter()
         ranking = ranker.rank(model, targets, ids)
         timings = {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0}
@@ -86,16 +93,17 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
                   ids: Optional[torch.Tensor] = None, discover: bool = False,
                   max_batch_tokens: int = 8192) -> Dict[str, float]:
     """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
-    place (weights restored after)."""
+    place (weights restored after). Duplicate names count once: ``n_neurons`` and ``neurons`` are the distinct
+    neurons masked. A loss that is not finite raises ``NonFiniteError``."""
     if ids is None:
-        ids = tokenize(tokenizer, text, max_tokens, "text")
+        ids = tokenize(tokenizer, text, max_tokens, "text", model_context(model), warn_short=False)
     with eval_mode(model), torch.no_grad():
         ev = NLLEvaluator(model, ids, max_batch_tokens=max_batch_tokens)
         clean = ev.nll()
         with masked(model, neurons, discover=discover) as resolved:
-            nll = ev.nll()
+            nll = ev.nll(masked=f"{len(resolved)} neuron(s)")
     return {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
-            "n_tokens": int(ids.numel()), "n_neurons": len(resolved)}
+            "n_tokens": int(ids.numel()), "n_neurons": len(resolved), "neurons": [n.name for n in resolved]}
 
 
 def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequence[str]], window: int = 256,
@@ -105,22 +113,25 @@ def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequ
 
     corpus a string: WikiText-style, the whole text cut into non-overlapping windows of ``window`` tokens.
     corpus a sequence of strings (samples, e.g. ``read_jsonl_texts``): the paper's C4 evaluator, each sample on its
-    own truncated to its first ``max_tokens`` tokens (samples under 2 tokens skipped), NLL weighted by tokens.
+    own truncated to its first ``max_tokens`` tokens (and to the model's context), samples under 2 tokens skipped,
+    NLL weighted by tokens.
     """
+    ctx = model_context(model)
     if isinstance(corpus, str):
-        ids = corpus_windows(tokenizer, corpus, window, max_windows, bos)
+        ids = corpus_windows(tokenizer, corpus, window, max_windows, bos, ctx)
         r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens, discover=discover)
         r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
                  n_tokens=int(ids.shape[0] * window))
     else:
-        samples, skipped = sample_ids(tokenizer, list(corpus), max_tokens)
+        samples, skipped = sample_ids(tokenizer, list(corpus), max_tokens if ctx is None else min(max_tokens, ctx))
         with eval_mode(model), torch.no_grad():
-            ev = NLLEvaluator(model, samples[0], max_batch_tokens=max_batch_tokens)
+            ev = NLLEvaluator(model, samples[0], max_batch_tokens=max_batch_tokens, what="the corpus")
             clean, n_pred = ev.nll_samples(samples)
             with masked(model, neurons, discover=discover) as resolved:
-                nll, _ = ev.nll_samples(samples)
+                nll, _ = ev.nll_samples(samples, masked=f"{len(resolved)} neuron(s)")
         r = {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
-             "n_neurons": len(resolved), "samples": len(samples), "skipped_samples": skipped,
+             "n_neurons": len(resolved), "neurons": [n.name for n in resolved], "samples": len(samples),
+             "skipped_samples": skipped,
              "max_tokens": max_tokens, "n_tokens": int(sum(s.numel() for s in samples)),
              "n_predicted_tokens": n_pred}
     r.update(log10_clean_ppl=log10_ppl(r["clean_nll"]), log10_masked_ppl=log10_ppl(r["masked_nll"]))

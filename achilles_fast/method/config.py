@@ -140,8 +140,9 @@ class FindConfig:
                     g.add_argument(flag, dest=f.name, action="store_true", default=False, help=md["help"])
                 continue
             default = "auto" if f.default is None else f.default
+            hlp = md["help"] if "(default:" in md["help"] else f"{md['help']} (default: {default})"  # said once
             g.add_argument(flag, dest=f.name, type=_cli_type(base), default=f.default, choices=_choices(f),
-                           metavar=None if _choices(f) else f.name.upper(), help=f"{md['help']} (default: {default})")
+                           metavar=None if _choices(f) else f.name.upper(), help=hlp)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "FindConfig":

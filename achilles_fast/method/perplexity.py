@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import embedding_device, offloaded
+from .finite import NonFiniteError, nonfinite_error
 from .masking import BatchedMask
 
 LN10 = math.log(10.0)
@@ -41,13 +42,16 @@ def ppl_or_none(nll: float) -> Optional[float]:
 class NLLEvaluator:
     """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
 
-    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches).
+    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
+    is not finite raises ``NonFiniteError`` (never returned): ``what`` names the text in that message.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None):
+    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None,
+                 what: str = "the text"):
         self.model = model
+        self.what = what
         ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
         self.ids = ids  # [W, T]
         self.W, self.T = ids.shape
@@ -106,9 +110,15 @@ class NLLEvaluator:
 
     # -- public -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def nll(self) -> float:
-        """Mean NLL of the unmasked model over all windows."""
-        return self.nll_prefixes(None, [0])[0]
+    def nll(self, masked: str = "") -> float:
+        """Mean NLL over all windows of the model as it is (``masked``: what is masked in place, for the message
+        when the loss is not finite; empty: the clean model, and the message names the first non-finite module)."""
+        v = self.nll_prefixes(None, [0])[0]
+        if not math.isfinite(v):
+            if not masked:
+                raise nonfinite_error(self.model, self.ids, v, self.what)
+            raise NonFiniteError(f"the model's loss on {self.what} with {masked} masked is {v} (not finite)")
+        return v
 
     @torch.no_grad()
     def nll_prefixes(self, bmask: Optional[BatchedMask], ns: Sequence[int]) -> List[float]:
@@ -129,14 +139,20 @@ class NLLEvaluator:
             row = nll.double().mean(1).tolist()
             for (b, _), v in zip(chunk, row):
                 sums[b] += v
-        return [s / self.W for s in sums]
+        means = [s / self.W for s in sums]
+        for n, v in zip(ns, means):
+            if bmask is not None and n > 0 and not math.isfinite(v):
+                raise NonFiniteError(f"the model's loss on {self.what} with the first {n} ranked channel(s) masked is "
+                                     f"{v} (not finite)")
+        return means
 
     @torch.no_grad()
-    def nll_samples(self, samples: Sequence[torch.Tensor]) -> Tuple[float, int]:
+    def nll_samples(self, samples: Sequence[torch.Tensor], masked: str = "") -> Tuple[float, int]:
         """Token-weighted mean NLL of variable-length samples (ids [T_i], T_i >= 2) under the model as it is:
         the sum of every predicted token's NLL over the number of predicted tokens. Samples are sorted by length,
         right-padded and batched under ``max_batch_tokens``; a causal LM never lets padding reach earlier positions,
-        and padded positions are not counted. -> (mean NLL, predicted tokens)."""
+        and padded positions are not counted. -> (mean NLL, predicted tokens). A loss that is not finite raises
+        ``NonFiniteError`` (``masked``: what is masked in place, for the message)."""
         order = sorted(range(len(samples)), key=lambda i: -samples[i].numel())
         total, count, i = 0.0, 0, 0
         while i < len(order):
@@ -151,4 +167,8 @@ class NLLEvaluator:
             nll = self._token_nll(ids)  # [B, T-1]
             total += float(nll.double()[valid.to(nll.device)].sum())
             count += int(valid.sum())
-        return total / count, count
+        v = total / count
+        if not math.isfinite(v):
+            raise NonFiniteError(f"the model's loss on {self.what}{f' with {masked} masked' if masked else ''} is "
+                                 f"{v} (not finite)")
+        return v, count

@@ -105,6 +105,30 @@ class CriticalResult:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
+    def to_dataframe(self, table: str = "neurons"):
+        """A pandas DataFrame (pandas is optional: ImportError naming it when absent).
+
+        table: ``neurons`` (the critical set: name, module, channel, layer, kind, rank, score), ``top_ranked`` (the
+        head of the ranking, same columns) or ``curve`` (n, log10_ratio). ``df.attrs`` holds the model, epsilon,
+        log10_ratio, converged and source.
+        """
+        tables = ("neurons", "top_ranked", "curve")
+        if table not in tables:
+            raise ValueError(f"unknown table {table!r}: expected one of {', '.join(tables)}")
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("CriticalResult.to_dataframe needs pandas: pip install pandas") from None
+        if table == "curve":
+            df = pd.DataFrame([(int(n), float(r)) for n, r in self.curve], columns=["n", "log10_ratio"])
+        else:
+            cols = [f.name for f in dataclasses.fields(CriticalNeuron)]
+            df = pd.DataFrame([dataclasses.astuple(n) for n in getattr(self, table)], columns=cols)
+            df["layer"] = df["layer"].astype("Int64")  # None outside the layer stack
+        df.attrs.update(model=self.model, epsilon=self.epsilon, log10_ratio=self.log10_ratio,
+                        converged=self.converged, source=dict(self.source))
+        return df
+
     # -- display ------------------------------------------------------------------------------------
     def summary(self) -> str:
         lines = [

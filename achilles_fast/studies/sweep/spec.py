@@ -68,7 +68,11 @@ def _default_name(path: str) -> str:
     """Label of a checkpoint without a 'name': the folder/file name of a path, else the spec (named models).
 
     It does not depend on whether the path exists, so a job's key is the same before and after it appears.
+    A hub id (``org/name[@revision][/file.gguf]`` that is not a local path, as load_model decides) is its own label.
     """
+    from ...models.hub import looks_like_hub_id
+    if looks_like_hub_id(path) and not Path(path).expanduser().exists():
+        return path
     looks_like_path = "/" in path or os.sep in path or path.endswith(".gguf") or Path(path).expanduser().exists()
     return Path(path.rstrip("/")).name if looks_like_path else path
 
