@@ -61,13 +61,14 @@ class FamilySpec:
     expand: Optional[Callable[[str, nn.Module, Optional[int], str], List[Target]]] = None
     # Optional custom discovery: (model, scope) -> extra targets appended after the others
     extra_targets: Optional[Callable[[nn.Module, str], List[Target]]] = None
-    # MLP activations (GeLU/SiLU output before the down projection), masked by hooks: path inside a layer -> path of
-    # the module that consumes it (its input width is the activation's width). Maskable always; scanned by "paper".
-    acts: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # MLP activations (GeLU/SiLU output before the down projection; f(0) = 0): path inside a layer -> (path of the
+    # module producing its input, whose output channel c is zeroed to mask it in place, and path of the module
+    # consuming it, whose input width is its width). Maskable always; scanned by scope "paper".
+    acts: Dict[str, Tuple[str, str]] = dataclasses.field(default_factory=dict)
     # scope "paper" only: more Linear components the authors' rule matches (kind -> path inside a layer)
     paper_components: Dict[str, str] = dataclasses.field(default_factory=dict)
     # scope "paper" only: identity modules in eval mode (dropouts) the rule matches -> the path whose output they
-    # repeat (hook targets; masking one equals masking that output)
+    # repeat (masking one equals masking that output, in place through its weights)
     copies: Dict[str, str] = dataclasses.field(default_factory=dict)
     # scope "paper" only: per-head q/k norms -> (the projection they normalise, axis order of their 4-D output:
     # "bthd" [B, T, heads, head_dim] or "bhtd" [B, heads, T, head_dim]); channel = head * head_dim + dim
@@ -99,7 +100,7 @@ _ATTN = {f"attn.{p}": f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "
 _GLU = {f"mlp.{p}": f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}
 _LLAMA_COMPONENTS = {**_ATTN, **_GLU, **_NORMS}
 
-_ACT = {"mlp.act_fn": "mlp.down_proj"}
+_ACT = {"mlp.act_fn": ("mlp.gate_proj", "mlp.down_proj")}
 _QK_NORMS = {"self_attn.q_norm": ("self_attn.q_proj", "bthd"), "self_attn.k_norm": ("self_attn.k_proj", "bthd")}
 
 # Llama-style decoders: RMSNorm computes w * x, so zeroing w[c] zeroes norm output channel c in place.
@@ -128,7 +129,8 @@ register_family(FamilySpec(
     down_proj="mlp.down_proj",
     components={"attn.qkv_proj": "self_attn.qkv_proj", "attn.o_proj": "self_attn.o_proj",
                 "mlp.gate_up_proj": "mlp.gate_up_proj", "mlp.down_proj": "mlp.down_proj", **_NORMS},
-    acts={"mlp.activation_fn": "mlp.down_proj"}, copies={"resid_mlp_dropout": "mlp.down_proj"},
+    acts={"mlp.activation_fn": ("mlp.gate_up_proj", "mlp.down_proj")},  # the gate is the first half of gate_up
+    copies={"resid_mlp_dropout": "mlp.down_proj"},
 ))
 
 # GPT-2: Conv1D weights are [in, out].
@@ -139,7 +141,7 @@ register_family(FamilySpec(
     down_proj="mlp.c_proj",
     components=_GPT2,
     layouts={p: "conv1d" for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")},
-    acts={"mlp.act": "mlp.c_proj"}, copies={"mlp.dropout": "mlp.c_proj"},
+    acts={"mlp.act": ("mlp.c_fc", "mlp.c_proj")}, copies={"mlp.dropout": "mlp.c_proj"},
 ))
 
 # GPT-NeoX / Pythia.
@@ -148,7 +150,7 @@ register_family(FamilySpec(
     down_proj="mlp.dense_4h_to_h",
     components={"attn.query_key_value": "attention.query_key_value", "attn.dense": "attention.dense",
                 "mlp.dense_h_to_4h": "mlp.dense_h_to_4h", "mlp.down_proj": "mlp.dense_4h_to_h", **_NORMS},
-    acts={"mlp.act": "mlp.dense_4h_to_h"},
+    acts={"mlp.act": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")},
     copies={"post_attention_dropout": "attention.dense", "post_mlp_dropout": "mlp.dense_4h_to_h"},
 ))
 
@@ -159,7 +161,7 @@ register_family(FamilySpec(
     components={**{f"attn.{p}": f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")},
                 "mlp.fc1": "fc1", "mlp.down_proj": "fc2", "norm.self_attn": "self_attn_layer_norm",
                 "norm.final": "final_layer_norm"},
-    acts={"activation_fn": "fc2"},
+    acts={"activation_fn": ("fc1", "fc2")},
 ))
 
 
@@ -189,7 +191,8 @@ register_family(FamilySpec(
     paper_components={"moe.shared_expert.gate_proj": "mlp.shared_expert.gate_proj",
                       "moe.shared_expert.up_proj": "mlp.shared_expert.up_proj",
                       "moe.shared_expert_gate": "mlp.shared_expert_gate"},
-    **dict(_MOE, acts={**_ACT, "mlp.shared_expert.act_fn": "mlp.shared_expert.down_proj"})))
+    **dict(_MOE, acts={**_ACT, "mlp.shared_expert.act_fn": ("mlp.shared_expert.gate_proj",
+                                                            "mlp.shared_expert.down_proj")})))
 register_family(FamilySpec(model_types=("qwen3_moe",), components={**_ATTN, **_NORMS, **_GLU},
                            head_norms=dict(_QK_NORMS), **_MOE))
 
@@ -278,16 +281,29 @@ def _act_kind(path: str) -> str:
     return "moe.shared_expert.act_fn" if "shared_expert" in path else "mlp.act_fn"
 
 
+def _producer_params(module: nn.Module, layout: str):
+    """params callable of a ``producer`` target: (weight, bias or None, channel dim) of the module ``module``."""
+    dim = 1 if layout == "conv1d" else 0
+
+    def params():
+        b = getattr(module, "bias", None)
+        return module.weight, b if isinstance(b, torch.Tensor) else None, dim
+
+    return params
+
+
 def _act_target(spec: FamilySpec, mods: Dict[str, nn.Module], name: str, module: nn.Module, layer: Optional[int],
                 rest: str) -> Optional[Target]:
-    """The activation at ``name`` (in-layer path ``rest``, a key of ``spec.acts``) as a hook target, or None when
-    its layer has no consumer module (e.g. a sparse layer)."""
-    consumer = spec.acts[rest]
-    cm = mods.get(name[:len(name) - len(rest)] + consumer)
-    if cm is None or not isinstance(getattr(cm, "weight", None), torch.Tensor):
+    """The activation at ``name`` (in-layer path ``rest``, a key of ``spec.acts``) as a ``producer`` target, or None
+    when its layer has no such modules (e.g. a sparse MoE layer)."""
+    base = name[:len(name) - len(rest)]
+    producer, consumer = (mods.get(base + p) for p in spec.acts[rest])
+    if not all(isinstance(getattr(m, "weight", None), torch.Tensor) for m in (producer, consumer)):
         return None
+    pl, cl = (spec.layouts.get(p, "linear") for p in spec.acts[rest])
     return Target(name=name, module=module, layer=layer, kind=_act_kind(rest),
-                  num_channels=_num_out_channels(cm, spec.layouts.get(consumer, "linear"), "in"), layout="hook")
+                  num_channels=_num_out_channels(consumer, cl, "in"), layout="producer",
+                  params=_producer_params(producer, pl))
 
 
 def _head_norm_io(order: str):
@@ -328,7 +344,8 @@ def _paper_target(spec: FamilySpec, mods: Dict[str, nn.Module], comps: Dict[str,
         width = _num_out_channels(mods[base + src], spec.layouts.get(src, "linear"))
         if order is None:  # an identity (eval-mode dropout) of ``src``'s output
             return Target(name=name, module=module, layer=layer, kind="copy." + comps.get(src, src),
-                          num_channels=width, layout="hook")
+                          num_channels=width, layout="producer",
+                          params=_producer_params(mods[base + src], spec.layouts.get(src, "linear")))
         select, replace = _head_norm_io(order)
         return Target(name=name, module=module, layer=layer, kind="attn." + rest.rsplit(".", 1)[-1],
                       num_channels=width, layout="hook", select=select, replace=replace)

@@ -16,7 +16,7 @@ from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_sna
 
 SAMPLES = ["The fox sang to the owls at night, and the owls sang back until morning came over the hills.",
            "A short one.", "x",  # 1 token: skipped (no next-token loss)
-           "Rain fell on the roof of the little house by the river " * 6]
+           "Rain fell on the roof of the little house by the river " * 6]  # 336 tokens: over the tiny context
 
 
 def _independent(model, tok, texts, max_tokens, zero=None):
@@ -46,14 +46,15 @@ def test_samples_match_an_independent_computation(max_tokens):
     neurons = ["model.layers.1.mlp.down_proj:3", "model.layers.2.mlp.down_proj:7"]
     r = evaluate_corpus(model, tok, neurons, SAMPLES, max_tokens=max_tokens, max_batch_tokens=64)
     assert_bit_identical(model, snap)
-    clean, n = _independent(model, tok, SAMPLES, max_tokens)
+    limit = min(max_tokens, model.config.max_position_embeddings)  # 512: cut to the model's context (256)
+    clean, n = _independent(model, tok, SAMPLES, limit)
     assert r["clean_nll"] == pytest.approx(clean, abs=1e-5) and r["n_predicted_tokens"] == n
     assert r["samples"] == 3 and r["skipped_samples"] == 1
     # masking both down_proj rows in place on a copy, twice (one per module)
     m2 = copy.deepcopy(model)
     with torch.no_grad():
         m2.model.layers[1].mlp.down_proj.weight[3] = 0
-    masked_ref, _ = _independent(m2, tok, SAMPLES, max_tokens, zero=("model.layers.2.mlp.down_proj", [7]))
+    masked_ref, _ = _independent(m2, tok, SAMPLES, limit, zero=("model.layers.2.mlp.down_proj", [7]))
     assert r["masked_nll"] == pytest.approx(masked_ref, abs=1e-5)
     assert r["log10_ratio"] == pytest.approx((masked_ref - clean) / math.log(10), abs=1e-5)
     assert r["masked_nll"] != pytest.approx(r["clean_nll"], abs=1e-6)
