@@ -52,10 +52,8 @@ def run(args) -> int:
     from ..method.text import is_jsonl, read_jsonl_texts
     check_output(args.out, "--out")
     jsonl = args.field is not None or is_jsonl(args.corpus)
-    for flag in ("max_samples", "max_windows"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if not jsonl and args.max_samples is not None:

@@ -45,6 +45,7 @@ def test_evaluate_jsonl_and_text(shared_dir, tmp_path):
     ('{"text": "ok"}\n', ["--field", "content"], "line 1 has no field 'content'"),
     ("", [], "empty corpus"),
     ('{"text": "ok"}\n', ["--max-tokens", "1"], "--max-tokens must be >= 2"),
+    ('{"text": "ok"}\n', ["--max-samples", "0"], "--max-samples must be >= 1"),
 ])
 def test_evaluate_bad_jsonl(shared_dir, tmp_path, body, extra, needle):
     p = tmp_path / "bad.jsonl"
@@ -52,3 +53,10 @@ def test_evaluate_bad_jsonl(shared_dir, tmp_path, body, extra, needle):
     r = cli("evaluate", STORIES, "--neurons", NEURON, "--corpus", p, *extra)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_max_samples_needs_json_lines(shared_dir, tmp_path):
+    t = tmp_path / "t.txt"
+    t.write_text("Once upon a time. " * 50, encoding="utf-8")
+    r = cli("evaluate", STORIES, "--neurons", NEURON, "--corpus", t, "--max-samples", "3")
+    assert r.returncode == 2 and "--max-samples applies to JSON-lines corpora" in r.stderr, r.stderr
