@@ -8,7 +8,7 @@ from . import add_model_args, check_output, load, print_paths, read_text, save_o
 
 def register(sub) -> None:
     from ..method.config import FindConfig
-    from ..studies.baselines import METHODS
+    from ..studies.baselines import DEFAULT_METHODS, METHODS, PAPER_LEVELS, POOLS
     p = sub.add_parser("baselines", help="critical sets and curves of baseline rankers (random, activation, "
                        "gradient, taylor, superweight) next to the sensitivity ranking")
     add_model_args(p)
@@ -16,39 +16,88 @@ def register(sub) -> None:
     g.add_argument("--text", default=None, help="text as a string (default: built-in passage)")
     g.add_argument("--text-file", default=None, help="text from a UTF-8 file")
     FindConfig.add_arguments(p, exclude=["ranker"])
-    p.add_argument("--methods", default=",".join(("sensitivity",) + METHODS),
+    p.add_argument("--methods", default=",".join(("sensitivity",) + DEFAULT_METHODS),
                    help="comma-separated rankers: sensitivity," + ",".join(METHODS))
+    p.add_argument("--signed-per-entry", action="store_true",
+                   help="the paper's activation and gradient baselines: rank signed (module, position, channel) "
+                   "entries, descending (runs activation_signed / gradient_signed in place of activation / "
+                   "gradient; default: ours, mean |value| over positions)")
+    p.add_argument("--pool", default=None, choices=POOLS,
+                   help="random: the paper's protocol, masking random draws of each --levels size from this pool "
+                   "(all-linear: every Linear output, lm_head included, as the paper; targets: the scanned "
+                   "modules), --runs draws per level, mean +- std (default: ours, one random ranking searched by "
+                   "Stage 2)")
+    p.add_argument("--runs", type=int, default=None, help="random draws per level for the paper's protocol (the "
+                   "paper: 10; given alone, the pool is the scanned targets)")
+    p.add_argument("--levels", default=None, help="comma-separated numbers of random channels for the paper's "
+                   f"protocol (default: {','.join(map(str, PAPER_LEVELS))})")
     p.add_argument("--out", default=None, help="write {method: result} as JSON")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the curves plot (PNG and SVG)")
     p.set_defaults(func=run)
 
 
+def _levels(spec):
+    from ..studies.baselines import PAPER_LEVELS
+    if spec is None:
+        return list(PAPER_LEVELS)
+    try:
+        levels = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--levels: expected comma-separated integers, got {spec!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--levels: expected integers >= 1, got {spec!r}")
+    return levels
+
+
 def run(args) -> int:
     from ..method.config import FindConfig
-    from ..studies.baselines import METHODS, compare_rankers
+    from ..studies.baselines import METHODS, SIGNED, compare_rankers, random_levels
     cfg = FindConfig.from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("sensitivity",) + METHODS]
     if bad:
         raise ValueError(f"unknown ranker(s) {bad}: expected sensitivity or one of {', '.join(METHODS)}")
+    if args.signed_per_entry:
+        methods = list(dict.fromkeys(SIGNED.get(m, m) for m in methods))
+    paper_random = args.pool is not None or args.runs is not None or args.levels is not None
+    if paper_random:
+        if "random" not in methods:
+            raise ValueError("--pool / --runs / --levels set the random baseline's protocol: add random to --methods")
+        if args.runs is not None and args.runs < 1:
+            raise ValueError(f"--runs must be >= 1, got {args.runs}")
+        levels = _levels(args.levels)
+        methods.remove("random")
     check_output(args.out, "--out")
     check_output(args.plot, "--plot", folder=True)
     text = read_text(args)
     model, tok, name = load(args)
     results = compare_rankers(model, tok, text, methods, config=cfg)
+    rnd = None
+    if paper_random:
+        rnd = random_levels(model, tok, text, levels=levels, runs=args.runs or 10, pool=args.pool or "targets",
+                            seed=cfg.seed, scope=cfg.scope, max_tokens=cfg.max_tokens,
+                            max_batch_tokens=cfg.max_batch_tokens or 8192, discover=cfg.discover)
     print(f"model {name}  (epsilon {cfg.epsilon}, max {cfg.max_neurons} neurons)")
-    print(f"{'ranker':<12} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
+    print(f"{'ranker':<18} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
     for m, r in results.items():
         r.model = name
         n = str(len(r.neurons)) if r.converged else f">{cfg.max_neurons}"
         lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
-        print(f"{m:<12} {n:>8}  {lr:>11}  {len(r.curve):>16}")
+        print(f"{m:<18} {n:>8}  {lr:>11}  {len(r.curve):>16}")
+    if rnd is not None:
+        print(f"random ({rnd['pool']} pool: {rnd['pool_channels']} channels in {rnd['pool_modules']} modules; "
+              f"{rnd['runs']} runs per level): log10 PPL ratio mean +- std")
+        for lv, mu, sd in zip(rnd["levels"], rnd["log10_ratio_mean"], rnd["log10_ratio_std"]):
+            print(f"  {lv:>6}  {mu:.4f} +- {sd:.4f}")
     ok = True
     if args.out:
-        ok &= save_output(args.out, "--out", lambda p: write_json({m: r.to_dict() for m, r in results.items()}, p))
+        out = {m: r.to_dict() for m, r in results.items()}
+        if rnd is not None:
+            out["random"] = dict(rnd, model=name)
+        ok &= save_output(args.out, "--out", lambda p: write_json(out, p))
     if args.plot:
         from ..studies.plots import curves_figure, save
-        fig = curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers")
+        fig = curves_figure(results, title=f"{name.rsplit('/', 1)[-1]}: rankers", random=rnd)
         ok &= save_output(args.plot, "--plot", lambda d: print_paths(save(fig, d, "baselines_curves"), sys.stdout),
                           folder=True)
     return 0 if ok else 2

@@ -1,5 +1,9 @@
 """``achilles-fast evaluate MODEL --neurons result.json --corpus FILE | --tasks T1,T2``: with and without the mask,
-windowed corpus perplexity, or lm-evaluation-harness tasks side by side."""
+corpus perplexity, or lm-evaluation-harness tasks side by side.
+
+A text corpus is cut into WikiText-style windows; a JSON-lines corpus (``.jsonl``, ``.jsonl.gz``, C4's ``.json.gz``,
+or any file with ``--field``) is evaluated sample by sample like the paper's C4 evaluator.
+"""
 from __future__ import annotations
 
 from . import add_model_args, check_output, load, print_report, read_text_file, save_output, write_json
@@ -11,9 +15,15 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--neurons", required=True, help="result.json from `find`, or comma-separated neuron names")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--corpus", help="UTF-8 text file (e.g. wiki.test.raw): windowed perplexity")
+    what.add_argument("--corpus", help="UTF-8 text file (e.g. wiki.test.raw): windowed perplexity; or JSON lines "
+                      "(.jsonl, .jsonl.gz, .json.gz: one record per line, e.g. a C4 shard): per-sample perplexity")
     what.add_argument("--tasks", help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy,hellaswag); "
                                       "needs pip install 'achilles_fast[eval]'")
+    p.add_argument("--field", default=None, help="--corpus JSON lines: the record field holding the text (default: "
+                   "text; given, the corpus is read as JSON lines whatever its name)")
+    p.add_argument("--max-tokens", type=int, default=512, help="--corpus JSON lines: each sample truncated to its "
+                   "first N tokens (default: 512, the paper's C4 setting)")
+    p.add_argument("--max-samples", type=int, default=None, help="--corpus JSON lines: use the first N records")
     p.add_argument("--window", type=int, default=256, help="--corpus: tokens per window (non-overlapping)")
     p.add_argument("--max-windows", type=int, default=None, help="--corpus: use at most this many windows")
     p.add_argument("--no-bos", action="store_true", help="--corpus: do not prefix each window with BOS")
@@ -39,13 +49,29 @@ def run(args) -> int:
     if args.tasks is not None:
         return run_tasks(args, names)
     from ..method.api import evaluate_corpus
+    from ..method.text import is_jsonl, read_jsonl_texts
     check_output(args.out, "--out")
-    corpus = read_text_file(args.corpus, "--corpus")
+    jsonl = args.field is not None or is_jsonl(args.corpus)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
+    if not jsonl and args.max_samples is not None:
+        raise ValueError("--max-samples applies to JSON-lines corpora (use --max-windows for text)")
+    if jsonl:
+        corpus = read_jsonl_texts(args.corpus, args.field or "text")[:args.max_samples]
+    else:
+        corpus = read_text_file(args.corpus, "--corpus")
     model, tok, name = load(args)
     r = evaluate_corpus(model, tok, names, corpus, window=args.window, max_windows=args.max_windows,
-                        bos=not args.no_bos)
+                        bos=not args.no_bos, max_tokens=args.max_tokens)
     r.update(model=name, corpus=args.corpus)
-    ok = print_report([("model", name), ("corpus", f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"),
+    if jsonl:
+        what = (f"{args.corpus}: {r['samples']} sample(s), each <= {r['max_tokens']} tokens, {r['n_tokens']} tokens"
+                + (f" ({r['skipped_samples']} under 2 tokens skipped)" if r["skipped_samples"] else ""))
+    else:
+        what = f"{args.corpus}: {r['windows']} window(s) x {r['window']} tokens"
+    ok = print_report([("model", name), ("corpus", what),
                        ("neurons masked", r["n_neurons"]), ("clean log10 PPL", f"{r['log10_clean_ppl']:.4f}"),
                        ("masked log10 PPL", f"{r['log10_masked_ppl']:.4f}"),
                        ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")], r, args.out)

@@ -21,7 +21,7 @@ from .ranking import Ranking, make_ranker
 from .result import CriticalResult
 from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
-from .text import corpus_windows, model_context, tokenize
+from .text import corpus_windows, model_context, sample_ids, tokenize
 
 
 def _resolve_model(model, tokenizer, device, dtype):
@@ -188,14 +188,33 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
             "n_tokens": int(ids.numel()), "n_neurons": len(resolved), "neurons": [n.name for n in resolved]}
 
 
-def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: str, window: int = 256,
-                    max_windows: Optional[int] = None, bos: bool = True,
-                    max_batch_tokens: int = 8192) -> Dict[str, Any]:
-    """WikiText-style windowed perplexity: mean NLL / log10 PPL of the windows, clean and with ``neurons`` masked
-    (weights restored bit-exact)."""
-    ids = corpus_windows(tokenizer, corpus, window, max_windows, bos, model_context(model))
-    r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens)
-    r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
-             n_tokens=int(ids.shape[0] * window), log10_clean_ppl=log10_ppl(r["clean_nll"]),
-             log10_masked_ppl=log10_ppl(r["masked_nll"]))
+def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequence[str]], window: int = 256,
+                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: int = 8192,
+                    max_tokens: int = 512, discover: bool = False) -> Dict[str, Any]:
+    """Corpus perplexity, clean and with ``neurons`` masked (weights restored bit-exact).
+
+    corpus a string: WikiText-style, the whole text cut into non-overlapping windows of ``window`` tokens.
+    corpus a sequence of strings (samples, e.g. ``read_jsonl_texts``): the paper's C4 evaluator, each sample on its
+    own truncated to its first ``max_tokens`` tokens (and to the model's context), samples under 2 tokens skipped,
+    NLL weighted by tokens.
+    """
+    ctx = model_context(model)
+    if isinstance(corpus, str):
+        ids = corpus_windows(tokenizer, corpus, window, max_windows, bos, ctx)
+        r = evaluate_mask(model, tokenizer, neurons, ids=ids, max_batch_tokens=max_batch_tokens, discover=discover)
+        r.update(windows=int(ids.shape[0]), window=window, bos=ids.shape[1] > window,
+                 n_tokens=int(ids.shape[0] * window))
+    else:
+        samples, skipped = sample_ids(tokenizer, list(corpus), max_tokens if ctx is None else min(max_tokens, ctx))
+        with eval_mode(model), torch.no_grad():
+            ev = NLLEvaluator(model, samples[0], max_batch_tokens=max_batch_tokens, what="the corpus")
+            clean, n_pred = ev.nll_samples(samples)
+            with masked(model, neurons, discover=discover) as resolved:
+                nll, _ = ev.nll_samples(samples, masked=f"{len(resolved)} neuron(s)")
+        r = {"clean_nll": clean, "masked_nll": nll, "log10_ratio": log10_ratio(nll, clean),
+             "n_neurons": len(resolved), "neurons": [n.name for n in resolved], "samples": len(samples),
+             "skipped_samples": skipped,
+             "max_tokens": max_tokens, "n_tokens": int(sum(s.numel() for s in samples)),
+             "n_predicted_tokens": n_pred}
+    r.update(log10_clean_ppl=log10_ppl(r["clean_nll"]), log10_masked_ppl=log10_ppl(r["masked_nll"]))
     return r

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from ..models.registry import SCOPES
 from .ranking import RANKINGS, ranker_names
 
-STRATEGIES = ("linear", "bisect")
+STRATEGIES = ("linear", "bisect", "first")
 STAGE1_DTYPES = ("bfloat16", "float16")
 AUTO_MIN_K = 8  # k="auto": the smallest max_k that allows two doublings of K (2, 4, 8)
 
@@ -35,7 +35,8 @@ class FindConfig:
     max_tokens: int = _field(512, "use the first N tokens of the text (scoring and evaluation)", group="text")
     # -- Stage 1: ranking -----------------------------------------------------------------------------------------
     ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
-                         "ranker (random, activation, gradient, taylor, superweight)", choices=ranker_names,
+                         "ranker (random, activation, gradient, taylor, superweight; the paper's activation_signed, "
+                         "gradient_signed)", choices=ranker_names,
                          group="stage1")
     k: int = _field(100, "noisy samples K, or auto: sample in doubling chunks until the critical set is stable "
                     "(see max_k)", group="stage1", auto=True)
@@ -43,8 +44,9 @@ class FindConfig:
                         "never samples more than a default run)", group="stage1")
     alpha: float = _field(5.0, "absolute noise scale added to the token embeddings", group="stage1")
     seed: int = _field(0, "noise (and random-baseline) seed", group="stage1")
-    scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer) or all "
-                        "(every Linear/norm output of attention and MLP blocks)", choices=SCOPES, group="stage1")
+    scope: str = _field("down_proj", "modules scanned: down_proj (MLP down projection of every layer), all "
+                        "(every Linear/norm output of attention and MLP blocks) or paper (exactly the modules the "
+                        "authors' code scans, MLP activations included)", choices=SCOPES, group="stage1")
     ranking: str = _field("per_token", "per_token (paper: every (module, position, channel) entry ranked), max or "
                           "mean over positions", choices=RANKINGS, group="stage1")
     stage1_dtype: Optional[str] = _field(None, "run the Stage 1 forwards under autocast in this dtype (faster, "
@@ -59,8 +61,11 @@ class FindConfig:
     epsilon: float = _field(1.0, "stop at the first n with log10(PPL_masked / PPL_clean) >= epsilon", group="stage2")
     step: int = _field(1, "candidate prefix sizes n = step, 2 step, ...", group="stage2")
     max_neurons: int = _field(1000, "give up after this many neurons", group="stage2")
-    strategy: str = _field("bisect", "Stage 2 search: bisect (batched exponential + bracketing probes) or linear "
-                           "(the paper's n = step, 2 step, ...)", choices=STRATEGIES, group="stage2")
+    strategy: str = _field("first", "Stage 2 search: first (the paper's answer, the first n crossing epsilon: "
+                           "exponential probes, then every smaller n evaluated in batches; costs about what linear "
+                           "costs), linear (the paper's n = step, 2 step, ...) or bisect (exponential + bracketing "
+                           "probes, ~log2(n) evaluations; on a non-monotone curve it may return a later crossing)",
+                           choices=STRATEGIES, group="stage2")
     batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: 1 on CPU, 16 on CUDA)",
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")

@@ -11,7 +11,7 @@ scaling fall back to the full forward automatically).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +145,30 @@ class NLLEvaluator:
                 raise NonFiniteError(f"the model's loss on {self.what} with the first {n} ranked channel(s) masked is "
                                      f"{v} (not finite)")
         return means
+
+    @torch.no_grad()
+    def nll_samples(self, samples: Sequence[torch.Tensor], masked: str = "") -> Tuple[float, int]:
+        """Token-weighted mean NLL of variable-length samples (ids [T_i], T_i >= 2) under the model as it is:
+        the sum of every predicted token's NLL over the number of predicted tokens. Samples are sorted by length,
+        right-padded and batched under ``max_batch_tokens``; a causal LM never lets padding reach earlier positions,
+        and padded positions are not counted. -> (mean NLL, predicted tokens). A loss that is not finite raises
+        ``NonFiniteError`` (``masked``: what is masked in place, for the message)."""
+        order = sorted(range(len(samples)), key=lambda i: -samples[i].numel())
+        total, count, i = 0.0, 0, 0
+        while i < len(order):
+            T = int(samples[order[i]].numel())  # longest of this batch
+            group = [samples[j] for j in order[i:i + max(1, self.max_batch_tokens // T)]]
+            i += len(group)
+            ids = torch.zeros(len(group), T, dtype=torch.long)  # [B, T], right-padded with token 0
+            valid = torch.zeros(len(group), T - 1, dtype=torch.bool)  # [B, T-1] predicted positions
+            for b, s in enumerate(group):
+                ids[b, :s.numel()] = s
+                valid[b, :s.numel() - 1] = True
+            nll = self._token_nll(ids)  # [B, T-1]
+            total += float(nll.double()[valid.to(nll.device)].sum())
+            count += int(valid.sum())
+        v = total / count
+        if not math.isfinite(v):
+            raise NonFiniteError(f"the model's loss on {self.what}{f' with {masked} masked' if masked else ''} is "
+                                 f"{v} (not finite)")
+        return v, count

@@ -3,11 +3,17 @@
 Candidates are n = step, 2*step, ... (and max_neurons itself). Several candidates are evaluated in one batched
 forward, each batch element with its own prefix mask (``BatchedMask``: element b masks ``rank < n_b``).
 
+- ``first`` (default): the paper's answer, the first crossing, on every curve. Exponential probes (n = step * 1,
+  2, 4, ..., and the last candidate; ``batch_size`` per forward) find a crossing fast; then every candidate below
+  it that is not yet evaluated is evaluated in increasing order, ``batch_size`` per forward, which certifies that no
+  smaller n crosses (stop at the first batch holding a crossing). No search can certify a first crossing without
+  evaluating every candidate below it, so this costs what ``linear`` costs plus the probes above the answer
+  (at most log2 of the grid).
 - ``linear`` (paper): candidates in increasing order, ``batch_size`` per forward, stop at the first batch
   that contains a crossing; the answer is the first crossing. Exactly the paper's n.
-- ``bisect``: exponential probes (n = step * 1, 2, 4, ...) then a (batch_size+1)-ary search inside the first
-  bracketing interval. The answer n always has n - step evaluated as not crossing (verified), so it equals the
-  ``linear`` answer whenever the curve is monotone.
+- ``bisect``: exponential probes then a (batch_size+1)-ary search inside the first bracketing interval; about
+  log2(n) evaluations. The answer n always has n - step evaluated as not crossing (verified), so it equals the
+  ``linear`` answer whenever the curve is monotone; on a non-monotone curve it may return a later crossing.
 
 ``search_ranking`` runs the search on a model and builds the CriticalResult (shared by every ranker).
 """
@@ -56,7 +62,7 @@ def _grid(max_n: int, step: int) -> List[int]:
 
 
 def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: float, n_ranked: int,
-                  epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000, strategy: str = "bisect",
+                  epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000, strategy: str = "first",
                   batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
     """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix."""
     max_n = min(max_neurons, n_ranked)
@@ -81,17 +87,29 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
     def crosses(n: int) -> bool:
         return curve[n] >= epsilon
 
+    def first_of(part: Sequence[int]) -> Optional[int]:
+        return next((n for n in part if crosses(n)), None)
+
+    def scan(ns: Sequence[int]) -> Optional[int]:
+        """Evaluate ``ns`` (increasing) ``batch_size`` at a time; the first crossing, stopping at its batch."""
+        for i in range(0, len(ns), batch_size):
+            part = ns[i:i + batch_size]
+            run(part)
+            hit = first_of(part)
+            if hit is not None:
+                return hit
+        return None
+
+    # exponential probes over grid indices 0, 1, 3, 7, ... (n = step, 2 step, 4 step, ...) and the last
+    probes = sorted({min((1 << i) - 1, len(grid) - 1) for i in range(len(grid).bit_length() + 1)})
     found: Optional[int] = None
     if strategy == "linear":
-        for i in range(0, len(grid), batch_size):
-            part = grid[i:i + batch_size]
-            run(part)
-            found = next((n for n in part if crosses(n)), None)
-            if found is not None:
-                break
+        found = scan(grid)
+    elif strategy == "first":
+        hi = scan([grid[j] for j in probes])  # some crossing, not necessarily the first
+        scan([n for n in grid if n not in curve and (hi is None or n < hi)])  # certify: all candidates below hi
+        found = first_of(sorted(curve))  # every candidate below it is evaluated and does not cross
     else:
-        # exponential probes over grid indices 0, 1, 3, 7, ... (n = step, 2 step, 4 step, ...) and the last
-        probes = sorted({min((1 << i) - 1, len(grid) - 1) for i in range(len(grid).bit_length() + 1)})
         lo_i, hi_i = -1, None
         for i in range(0, len(probes), batch_size):
             part = probes[i:i + batch_size]

@@ -1,8 +1,10 @@
-"""Texts and tokenization: the default passage, token-count checks, evaluation windows."""
+"""Texts and tokenization: the default passage, token-count checks, evaluation windows, JSON-lines corpora."""
 from __future__ import annotations
 
+import gzip
+import json
 import warnings
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -101,3 +103,59 @@ def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optio
     ids = enc["input_ids"][0]
     bos_id = getattr(tokenizer, "bos_token_id", None) if bos else None
     return windows(ids, window, max_windows=max_windows, bos_id=bos_id)
+
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")  # one JSON object per line (C4 shards are *.json.gz)
+
+
+class CorpusFormatError(ValueError):
+    pass
+
+
+def is_jsonl(path: str) -> bool:
+    return str(path).lower().endswith(JSONL_SUFFIXES)
+
+
+def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
+    """The ``field`` string of every record of a JSON-lines file (blank lines skipped; ``.gz`` read compressed).
+
+    Raises ``CorpusFormatError`` (a ValueError) naming the line on a line that is not a JSON object, lacks
+    ``field`` or holds a non-string there, and when the file holds no record.
+    """
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    texts: List[str] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusFormatError(f"{path}: line {no} is not JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise CorpusFormatError(f"{path}: line {no} is not a JSON object")
+            if field not in rec:
+                raise CorpusFormatError(f"{path}: line {no} has no field {field!r} (fields: "
+                                        f"{', '.join(map(repr, list(rec)[:8])) or 'none'}; choose one with --field)")
+            if not isinstance(rec[field], str):
+                raise CorpusFormatError(f"{path}: line {no}: field {field!r} is {type(rec[field]).__name__}, "
+                                        "not a string")
+            texts.append(rec[field])
+    if not texts:
+        raise CorpusFormatError(f"{path}: no records (empty corpus)")
+    return texts
+
+
+def sample_ids(tokenizer, texts: Sequence[str], max_tokens: int = 512) -> Tuple[List[torch.Tensor], int]:
+    """Each text on its own (tokenizer defaults for special tokens), truncated to its first ``max_tokens`` tokens,
+    like the paper's C4 evaluator. -> (ids [T_i] of every sample with T_i >= 2, number of samples skipped)."""
+    if max_tokens < MIN_TOKENS:
+        raise ValueError(f"max_tokens must be >= {MIN_TOKENS}, got {max_tokens}")
+    out: List[torch.Tensor] = []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:max_tokens]
+        if ids.numel() >= MIN_TOKENS:
+            out.append(ids)
+    if not out:
+        raise TextTooShortError(f"no sample of the corpus has {MIN_TOKENS} tokens or more")
+    return out, len(texts) - len(out)

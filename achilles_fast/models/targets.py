@@ -10,6 +10,9 @@ how an output channel maps to parameters, so masking can be done in place on the
 - ``expert``: one expert of a fused MoE experts module (see ``moe.py``): ``params`` gives the expert's slice of
   the fused weight for in-place masking, and ``attach`` hooks the expert's own output, which is not a module
   output.
+- ``producer``: a module without weights whose output channel c is zero exactly when channel c of its input is
+  (an MLP activation f with f(0) = 0, an eval-mode dropout): masked in place by zeroing channel c of the module
+  that produces that input (``params``: its weight rows or Conv1D columns and bias), by a hook in batched masks.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-LAYOUTS = ("linear", "conv1d", "hook", "expert")
+LAYOUTS = ("linear", "conv1d", "hook", "expert", "producer")
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,9 +85,12 @@ class Target:
 
     @property
     def device(self) -> torch.device:
-        """Device of the module's (first non-meta) parameters; cpu when all are offloaded to meta."""
+        """Device of the module's (first non-meta) parameters (a module without any: that of ``params``' weight);
+        cpu when all are offloaded to meta."""
         for recurse in (False, True):
             for p in self.module.parameters(recurse=recurse):
                 if p.device.type != "meta":
                     return p.device
+        if self.params is not None and self.params()[0].device.type != "meta":
+            return self.params()[0].device
         return torch.device("cpu")

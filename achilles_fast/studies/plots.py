@@ -62,10 +62,16 @@ def curve_figure(result, title: Optional[str] = None) -> Figure:
     return fig
 
 
-def curves_figure(results: Mapping[str, object], title: str = "rankers through the same Stage 2") -> Figure:
-    """One curve per named result (e.g. sensitivity vs baselines) on shared axes."""
+def curves_figure(results: Mapping[str, object], title: str = "rankers through the same Stage 2",
+                  random: Optional[Mapping] = None) -> Figure:
+    """One curve per named result (e.g. sensitivity vs baselines) on shared axes; ``random``: the paper's random
+    baseline (``studies.baselines.random_levels``) as mean +- std error bars per level (the paper's comparison)."""
     fig, ax = _new()
     eps = None
+    if random is not None:
+        ax.errorbar(random["levels"], random["log10_ratio_mean"], yerr=random["log10_ratio_std"], fmt="s", ms=3,
+                    capsize=3, lw=1, color="tab:gray", gid="random_levels",
+                    label=f"random, {random['pool']} pool ({random['runs']} runs, mean +- std)")
     for name, res in results.items():
         r = _as_result(res)
         pts = sorted((int(n), float(v)) for n, v in r.curve)

@@ -48,11 +48,12 @@ def _build(model_type):
 def _names(model):
     """Channels of the first and last down projections and of up to two special-layout targets (hook-masked
     norms, Conv1D, MoE experts)."""
-    targets = maskable_targets(model)
+    # exportable ones: per-head q/k norms (scope "paper") are masked by hooks only
+    targets = [t for t in maskable_targets(model) if t.mask_params() is not None or t.export_fill is not None]
     chosen = [targets[0], targets[-1]] + [t for t in targets if t.layout in ("hook", "conv1d", "expert")][:2]
     names = []
     for t in dict.fromkeys(chosen):
-        names += [f"{t.name}:{c}" for c in (1, t.num_channels - 2)]
+        names += [f"{t.name}:{c}" for c in sorted({min(1, t.num_channels - 1), max(0, t.num_channels - 2)})]
     return names, {t.layout for t in chosen}
 
 

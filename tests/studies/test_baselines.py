@@ -222,3 +222,117 @@ def test_superweight_formula_for_linear_and_conv1d_layouts(family):
         col = w[:, j] if t.layout == "linear" else w[j, :]
         assert t.layout == ("conv1d" if family == "gpt2" else "linear")
         assert torch.allclose(g, col.abs() * xmax[j], rtol=1e-5)
+
+
+# ---- the paper's baselines ------------------------------------------------------------------------------------------
+def _literal_signed_ranking(values, targets, floor, top):
+    """The paper's comparison scripts, literally: one Python entry per (module, position, channel) with
+    |value| > floor, a stable descending sort, then each channel at its first entry."""
+    entries = []
+    for t in targets:
+        v = values[t.name]  # [T, C]
+        for s in range(v.shape[0]):
+            for h in range(v.shape[1]):
+                x = v[s, h].item()
+                if abs(x) > floor:
+                    entries.append((t.name, h, x))
+    entries = sorted(entries, key=lambda e: e[2], reverse=True)
+    seen = {}
+    for name, h, _ in entries:
+        seen.setdefault(f"{name}:{h}", None)
+    return list(seen)[:top]
+
+
+@pytest.mark.parametrize("scope", ["down_proj", "paper"])
+def test_activation_signed_equals_literal_per_entry_reference(tiny, scope):
+    model, tok = tiny
+    ids = _ids(tok, 24)
+    targets = discover_targets(model, scope)
+    outs = {n: y[0] for n, y in _record(model, targets, ids, lambda a, o: o).items()}  # [T, C]
+    got, scores = rank_neurons(model, targets, ids, "activation_signed", top=400)
+    ref = _literal_signed_ranking(outs, targets, 1e-6, 400)
+    assert [n.name for n in got] == ref
+    assert scores == sorted(scores, reverse=True)
+    for n, sc in zip(got, scores):  # a channel's score is its largest signed entry, not its largest |entry|
+        assert sc == outs[n.module][:, n.channel].float().max().item()
+    assert any(outs[n.module][:, n.channel].abs().max() > sc for n, sc in zip(got, scores))
+
+
+def test_gradient_signed_equals_literal_per_entry_reference(tiny):
+    model, tok = tiny
+    ids = _ids(tok, 24)
+    targets = discover_targets(model, "down_proj")
+    grads = {n: g for n, (_, g) in _reference_grads(model, targets, ids).items()}
+    got, _ = rank_neurons(model, targets, ids, "gradient_signed", top=300)
+    ref = _literal_signed_ranking(grads, targets, 1e-8, 300)
+    assert [n.name for n in got] == ref
+
+
+def test_signed_floor_drops_small_entries():
+    from achilles_fast.studies.baselines import _drop_small
+    v = torch.tensor([[1e-7, -2e-6, 3.0], [0.0, -1e-6, 1e-6]])
+    assert torch.equal(torch.isinf(_drop_small(v, 1e-6)), torch.tensor([[True, False, False], [True, True, True]]))
+
+
+def test_random_levels_paper_protocol(tiny):
+    """All-linear pool with lm_head; each run's level-L set equals masking its first L channels in place."""
+    from achilles_fast.models.registry import linear_targets
+    from achilles_fast.studies.baselines import random_levels
+    model, tok = tiny
+    snap = weights_snapshot(model)
+    r = random_levels(model, tok, DEFAULT_TEXT, levels=[5, 20, 60], runs=3, pool="all-linear", max_tokens=40)
+    assert_bit_identical(model, snap)
+    pool = linear_targets(model)
+    assert pool[-1].name == "lm_head" and r["pool_channels"] == sum(t.num_channels for t in pool)
+    assert r["levels"] == [5, 20, 60] and len(r["log10_ratio"]) == 3 and all(len(x) == 3 for x in r["log10_ratio"])
+    import statistics
+    for row, mu, sd in zip(r["log10_ratio"], r["log10_ratio_mean"], r["log10_ratio_std"]):
+        assert mu == pytest.approx(statistics.mean(row)) and sd == pytest.approx(statistics.stdev(row))
+    assert len({tuple(x) for x in zip(*r["log10_ratio"])}) == 3  # runs differ
+    # independent check of run 0: draw the same order, mask by literal output hooks, plain forward
+    total = r["pool_channels"]
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:60]
+    offs, acc = {}, 0
+    for t in pool:
+        offs[t.name], acc = acc, acc + t.num_channels
+    ids = tokenize(tok, DEFAULT_TEXT, 40)
+    with torch.no_grad():
+        clean = F.cross_entropy(model(input_ids=ids[None]).logits[0, :-1], ids[1:]).item()
+    for li, level in enumerate([5, 20, 60]):
+        chosen = order[:level].tolist()
+        hs = []
+        for t in pool:
+            ch = [c - offs[t.name] for c in chosen if offs[t.name] <= c < offs[t.name] + t.num_channels]
+            if ch:
+                def hook(m, a, o, ch=ch):
+                    o = o.clone()
+                    o[..., ch] = 0.0
+                    return o
+                hs.append(t.module.register_forward_hook(hook))
+        with torch.no_grad():
+            nll = F.cross_entropy(model(input_ids=ids[None]).logits[0, :-1], ids[1:]).item()
+        for h in hs:
+            h.remove()
+        assert r["log10_ratio"][li][0] == pytest.approx((nll - clean) / 2.302585092994046, abs=1e-5)
+    with pytest.raises(ValueError, match="exceeds"):
+        random_levels(model, tok, DEFAULT_TEXT, levels=[10 ** 7], runs=2)
+    with pytest.raises(ValueError, match="pool"):
+        random_levels(model, tok, DEFAULT_TEXT, pool="everything")
+
+
+def test_baselines_cli_paper_options(shared_dir, tmp_path, capsys):
+    from achilles_fast.cli import main
+    import json
+    model = str(shared_dir / "models" / "stories260K")
+    rc = main(["baselines", model, "--methods", "activation,gradient,random", "--signed-per-entry", "--pool",
+               "all-linear", "--runs", "3", "--levels", "10,50", "--max-tokens", "48", "--epsilon", "0.05",
+               "--max-neurons", "20", "--out", str(tmp_path / "b.json"), "--plot", str(tmp_path / "p")])
+    assert rc == 0
+    d = json.loads((tmp_path / "b.json").read_text())
+    assert set(d) == {"activation_signed", "gradient_signed", "random"}
+    assert d["random"]["levels"] == [10, 50] and d["random"]["runs"] == 3 and d["random"]["pool"] == "all-linear"
+    assert "+-" in capsys.readouterr().out
+    assert (tmp_path / "p" / "baselines_curves.svg").exists()
+    assert main(["baselines", model, "--methods", "activation", "--runs", "3"]) == 2  # no random to apply it to
+    assert main(["baselines", model, "--methods", "random", "--levels", "10,x"]) == 2
+    assert main(["baselines", model, "--methods", "random", "--runs", "0"]) == 2
