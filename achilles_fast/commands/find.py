@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the curve and layer map (PNG and SVG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--show-generation", nargs="?", const="The capital of France is", default=None, metavar="PROMPT",
+                   help="also print clean vs masked greedy continuations of PROMPT (default prompt: 'The capital "
+                        "of France is')")
     p.set_defaults(func=run)
 
 
@@ -23,6 +26,9 @@ def run(args) -> int:
     from ..method.api import find_critical
     from ..method.config import FindConfig
     cfg = FindConfig.from_args(args)  # fail before loading anything
+    if args.show_generation is not None:
+        from ..studies.generate import check_prompts
+        check_prompts([args.show_generation])
     text = read_text(args)
     eval_text = None
     if args.eval_text_file:
@@ -32,6 +38,9 @@ def run(args) -> int:
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
+    if args.show_generation is not None and res.converged:
+        from ..studies.generate import generations, side_by_side
+        print(side_by_side(generations(model, tok, res.names, [args.show_generation])))
     if args.out:
         res.to_json(args.out)
         print(f"saved {args.out}", file=sys.stderr)
