@@ -81,6 +81,10 @@ def test_default_set_is_find_critical(stories_study):
     assert [n["name"] for n in res["neurons"]] == ref.names and ref.converged
     assert res["log10_ratio"] == pytest.approx(ref.log10_ratio, abs=1e-6)
     assert ratio(model, ids, ref.names) == pytest.approx(ref.log10_ratio, abs=1e-4)
+    curve = dict((int(n), v) for n, v in secs["critical"]["data"]["curve"])
+    assert set(range(1, 2 * len(ref.names) + 1)) <= set(curve)  # dense around the set
+    for n in (1, len(ref.names) - 1, 20):
+        assert curve[n] == pytest.approx(ratio(model, ids, [x.name for x in ref.top_ranked[:n]]), abs=1e-4)
     rows = secs["critical"]["tables"][0]["rows"]
     n_layers = model.config.num_hidden_layers
     for row, n in zip(rows, ref.neurons):

@@ -101,20 +101,20 @@ def run(ctx: StudyContext) -> Dict:
     v3 = verdict("no neuron alone reaches epsilon", None if n == 1 else best_alone["log10_ratio"] < eps,
                  f"strongest single neuron {best_alone['neuron']}: log10 ratio {fmt(best_alone['log10_ratio'])}")
     top_alone = sorted(alone, key=lambda a: -a["log10_ratio"])[:20]
-    return block(NAME, TITLE, CLAIM, measured, [v1, v2, v3],
-                 tables=[table("proper subsets by size", ["size", "subsets", "mean log10 ratio", "max log10 ratio",
-                                                          "reaching epsilon"], rows),
-                         table("each neuron alone (strongest first)", ["neuron", "log10 ratio"],
-                               [[a["neuron"], fmt(a["log10_ratio"])] for a in top_alone])],
-                 figures=[{"stem": "cooperativity", "caption": "log10 PPL ratio of every evaluated proper subset "
-                           "against its size; the full set and epsilon marked."}],
+    tables = [table("proper subsets by size", ["size", "subsets", "mean log10 ratio", "max log10 ratio",
+                                               "reaching epsilon"], rows)] if rows else []
+    tables.append(table("each neuron alone (strongest first)", ["neuron", "log10 ratio"],
+                        [[a["neuron"], fmt(a["log10_ratio"])] for a in top_alone]))
+    figs = [{"stem": "cooperativity", "caption": "log10 PPL ratio of every evaluated proper subset against its size; "
+             "the full set and epsilon marked."}] if subsets else []
+    return block(NAME, TITLE, CLAIM, measured, [v1, v2, v3], tables=tables, figures=figs,
                  data={"n": n, "epsilon": eps, "full": full, "subsets": subsets, "alone": alone,
                        "exhaustive": n <= p.exhaustive_max})
 
 
 def figures(b: Dict) -> List[Tuple[str, Figure]]:
     d = b["data"]
-    if not d:
+    if not d or not d["subsets"]:
         return []
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)

@@ -7,7 +7,10 @@ from typing import Dict, List, Tuple
 
 from matplotlib.figure import Figure
 
+from ...method.masking import BatchedMask
+from ...method.perplexity import log10_ratio
 from ...method.result import CriticalResult
+from ...utils import eval_mode
 from .. import plots
 from .context import StudyContext, block, fmt, table, verdict
 
@@ -24,8 +27,27 @@ def key_params(ctx: StudyContext) -> Dict:
     return {}
 
 
+def dense_curve(ctx: StudyContext, r: CriticalResult) -> List[List[float]]:
+    """The search's curve plus every n up to about 2|S| and a 1-2-5 grid up to max_neurons (one batched
+    evaluation): the phase-transition curve drawn densely, not only where the search happened to look."""
+    ranking = ctx.ranking()
+    cap = min(len(ranking), ctx.config.max_neurons)
+    have = {int(n): v for n, v in r.curve}
+    n_set = len(r.neurons) or max(have, default=1)
+    grid = set(range(1, min(cap, 2 * n_set + 2, 12) + 1))
+    grid |= {g * 10 ** e for e in range(7) for g in (1, 2, 5) if g * 10 ** e <= cap}
+    todo = sorted(grid - set(have))
+    if todo:
+        ev = ctx.evaluator()
+        with eval_mode(ctx.model), BatchedMask(ranking, max(todo)) as bm:
+            for n, nll in zip(todo, ev.nll_prefixes(bm, todo)):
+                have[n] = log10_ratio(nll, ctx.clean_nll)
+    return [[n, have[n]] for n in sorted(have)]
+
+
 def run(ctx: StudyContext) -> Dict:
     r = ctx.default_result()
+    curve = dense_curve(ctx, r)
     total = sum(t.num_channels for t in ctx.targets)
     n = len(r.neurons)
     thirds = Counter(ctx.third(x.layer) for x in r.neurons)
@@ -42,16 +64,17 @@ def run(ctx: StudyContext) -> Dict:
     ]
     if n > MAX_ROWS:
         measured.append(f"The table lists the first {MAX_ROWS} of {n} neurons (study.json has all).")
-    verdicts = [_tiny(r, n, total), _sharp(r, ctx.config.epsilon), _outer(n, thirds, ctx.n_layers),
+    verdicts = [_tiny(r, n, total), _sharp(r, curve), _outer(n, thirds, ctx.n_layers),
                 _down_proj(ctx, n, kinds)]
     return block(NAME, TITLE, CLAIM, measured, verdicts,
                  tables=[table("critical neurons (ranking order)",
                                ["#", "neuron", "layer", "depth", "component", "score"], rows)],
                  figures=[{"stem": "critical_curve", "caption": "Phase transition: log10 PPL ratio against the "
-                           "number of masked neurons (every evaluated prefix)."},
+                           "number of masked ranking-prefix neurons (the search's points, every n up to about 2|S| "
+                           "and a 1-2-5 grid)."},
                           {"stem": "critical_layers", "caption": "Where the neurons sit: layer x component counts "
                            "of the critical set and of the top-ranked channels."}],
-                 data={"result": r.to_dict(), "n_critical": n, "n_channels": total, "n_layers": ctx.n_layers,
+                 data={"result": r.to_dict(), "curve": curve, "n_critical": n, "n_channels": total, "n_layers": ctx.n_layers,
                        "thirds": dict(thirds), "kinds": dict(kinds)})
 
 
@@ -65,12 +88,12 @@ def _tiny(r: CriticalResult, n: int, total: int) -> Dict:
                    f"{fmt(r.log10_ratio)} >= epsilon = {r.epsilon:g}")
 
 
-def _sharp(r: CriticalResult, eps: float) -> Dict:
+def _sharp(r: CriticalResult, dense: List[List[float]]) -> Dict:
     c = "sharp phase transition: the last step to the set contributes at least half of its log10 ratio"
     if not r.converged or not r.neurons:
         return verdict(c, None, "the search did not converge")
     n = len(r.neurons)
-    curve = {int(k): v for k, v in r.curve}
+    curve = {int(k): v for k, v in dense}
     prev = max((k for k in curve if k < n), default=0)
     before = curve.get(prev, 0.0)
     after = curve[n]
@@ -103,6 +126,6 @@ def _down_proj(ctx: StudyContext, n: int, kinds: Counter) -> Dict:
 
 
 def figures(b: Dict) -> List[Tuple[str, Figure]]:
-    r = b["data"]["result"]
+    r = dict(b["data"]["result"], curve=b["data"]["curve"])
     return [("critical_curve", plots.curve_figure(r)),
             ("critical_layers", plots.layer_map_figure(r, n_layers=b["data"]["n_layers"]))]

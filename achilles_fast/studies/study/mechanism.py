@@ -30,7 +30,7 @@ from ...utils import eval_mode
 from .context import StudyContext, block, fmt, table, verdict
 
 NAME = "mechanism"
-TITLE = "Mechanism: massive activations, super weights, attention sinks"
+TITLE = "Mechanism (beyond the paper)"
 CLAIM = ("Open in the paper: how the critical neurons relate to massive activations (Sun et al. 2024), super "
          "weights (Yu et al. 2024) and attention sinks, and whether their value matters or only that they are on.")
 MASSIVE_ABS, MASSIVE_RATIO = 100.0, 1000.0
@@ -263,13 +263,16 @@ def _block(ctx: StudyContext, eps: float, neurons: List[Dict], zero: float, mean
     figs = [{"stem": "mechanism_activations", "caption": "|activation| of the critical channels over positions "
              "(first 8 neurons; log scale)."}]
     if "unavailable" not in att:
-        tables.append(table("attention on the first token per layer", ["layer", "clean", "masked"],
-                            [[i, fmt(a), fmt(b)] for i, (a, b) in enumerate(zip(att["clean"], att["masked"]))]))
         figs.append({"stem": "mechanism_attention", "caption": "Attention on the first token per layer, clean and "
                      "with the critical set masked."})
     measured = [f"One clean forward on the {int(ctx.eval_ids.numel())} evaluation tokens with hooks on the "
                 f"{n} critical channel(s); super weights at each channel's peak position; attention with eager "
-                "attention for this step only; zero- and mean-ablation on the evaluation text."]
+                "attention for this step only (per-layer values in study.json); zero- and mean-ablation on the "
+                "evaluation text."]
+    if "unavailable" not in att:
+        drops = sorted(range(len(att["clean"])), key=lambda i: att["masked"][i] - att["clean"][i])[:3]
+        measured.append("Largest drops of first-token attention: " + ", ".join(
+            f"layer {i} {fmt(att['clean'][i])} -> {fmt(att['masked'][i])}" for i in drops) + ".")
     return block(NAME, TITLE, CLAIM, measured, v, tables=tables, figures=figs,
                  data={"neurons": neurons, "zero_ablation": zero, "mean_ablation": mean, "attention": att,
                        "epsilon": eps, "activations": profiles})

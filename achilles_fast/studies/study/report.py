@@ -8,7 +8,7 @@ import html
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Union
 
 from matplotlib.figure import Figure
 
@@ -25,12 +25,19 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_figure(fig: Figure, out_dir: Union[str, Path], stem: str) -> List[str]:
@@ -51,14 +58,6 @@ def figure_paths(out_dir: Union[str, Path], stem: str) -> List[Path]:
 
 
 # ---- shared -------------------------------------------------------------------------------------------------------
-def _verdict_counts(sections: Sequence[Dict]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for s in sections:
-        for v in s["verdicts"]:
-            out[v["verdict"]] = out.get(v["verdict"], 0) + 1
-    return out
-
-
 def _header_facts(doc: Dict) -> List[tuple]:
     cfg = doc["config"]
     facts = [("model", doc["model"]),

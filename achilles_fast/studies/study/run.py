@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -19,6 +20,7 @@ from ...method.api import _resolve_model
 from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
+from ...models.loading import model_source
 from ..robustness import read_texts
 from . import components, cooperativity, critical, generations, mechanism, stability
 from .context import StudyContext, digest
@@ -28,6 +30,7 @@ from .report import figure_paths, render_html, render_markdown, save_figure, ver
 
 MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations)}
 assert tuple(MODULES) == SECTIONS
+KEY_VERSION = 1  # part of every section key: bump when a section's numbers change meaning
 
 
 def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optional[str] = None,
@@ -56,14 +59,19 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     texts_d, texts_source = resolve_texts(texts, sp)
     out_dir = check_out(out)
     model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
-    for label, t in texts_d.items():
-        tokenize(tokenizer, t, cfg.max_tokens, f"text {label!r}")  # empty / too short: fail now
+    name = model_source(model).get("name") or name  # load_model's display name
+    with warnings.catch_warnings():  # truncation is reported when the text is used
+        warnings.simplefilter("ignore")
+        for label, t in texts_d.items():
+            tokenize(tokenizer, t, cfg.max_tokens, f"text {label!r}")  # empty / too short: fail now
     ctx = StudyContext(model, tokenizer, name, cfg, sp, text, eval_text, texts_d, texts_source, progress)
     previous = _load(out_dir)
     base_key = digest(ctx.base_key())
-    keys = {s: digest({"base": ctx.base_key(), "section": s, "params": MODULES[s].key_params(ctx)})
-            for s in SECTIONS}
+    keys = {s: digest({"base": ctx.base_key(), "section": s, "params": MODULES[s].key_params(ctx),
+                       "version": KEY_VERSION}) for s in SECTIONS}
     done = {s: b for s, b in previous.get("sections", {}).items() if s in keys and b.get("key") == keys[s]}
+    for s, b in done.items():  # wording from the current code
+        b.update(title=MODULES[s].TITLE, claim=MODULES[s].CLAIM)
     if previous.get("base", {}).get("key") == base_key:
         ctx.base = CriticalResult.from_dict(previous["base"]["result"])
     todo = [s for s in names if s not in done]

@@ -49,15 +49,15 @@ def key_params(ctx: StudyContext) -> Dict:
 def long_ids(ctx: StudyContext, n: int) -> Tuple[torch.Tensor, int]:
     """The scoring text's ids, extended by built-in passages to at least ``n`` tokens when shorter -> (ids [<= n],
     number of tokens that come from the scoring text)."""
-    base = ctx.text if ctx.text is not None else DEFAULT_TEXT
-    own = int(tokenize(ctx.tokenizer, base, 1 << 30).numel())
-    text = base
-    for g in EXTENSION:
-        if own >= n or int(tokenize(ctx.tokenizer, text, 1 << 30).numel()) >= n:
-            break
-        text = text + "\n\n" + GENRES[g]
+    text = ctx.text if ctx.text is not None else DEFAULT_TEXT
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        count = lambda s: int(tokenize(ctx.tokenizer, s, 1 << 30).numel())  # noqa: E731
+        own = count(text)
+        for g in EXTENSION:
+            if count(text) >= n:
+                break
+            text = text + "\n\n" + GENRES[g]
         return tokenize(ctx.tokenizer, text, n), own
 
 
@@ -163,7 +163,7 @@ def _verdict(rows: List[Dict], group: str, claim: str, applies) -> Dict:
 
 def figures(b: Dict) -> List[Tuple[str, Figure]]:
     rows = b["data"]["rows"]
-    fig = Figure(figsize=(13, 3.4), layout="constrained")
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, len(GROUPS), squeeze=False)[0]
     for ax, (group, xlabel) in zip(axes, GROUPS):
         rs = [r for r in rows if r["group"] == group and r["n"] is not None]
