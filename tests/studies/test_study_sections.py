@@ -196,7 +196,7 @@ def test_stability_length_prefix(stories_study):
 def test_mechanism_activation_and_super_weight_brute_force(stories_study):
     model, tok, doc, secs, ids, _ = stories_study
     d = secs["mechanism"]["data"]
-    for nd in d["neurons"][:3]:
+    for nd in d["neurons"]:
         module, c = nd["neuron"].rsplit(":", 1)
         c = int(c)
         x, y = module_io(model, ids, module)
@@ -208,12 +208,18 @@ def test_mechanism_activation_and_super_weight_brute_force(stories_study):
         lin = dict(model.named_modules())[module]
         base = float(lin(x[t:t + 1])[0, c])
         deltas = []
-        for j in range(x.shape[1]):  # brute force: drop input coordinate j, see how output c moves
-            xj = x[t:t + 1].clone()
-            xj[0, j] = 0
-            deltas.append(abs(base - float(lin(xj)[0, c])))
-        assert nd["super_weight"]["j"] == max(range(len(deltas)), key=deltas.__getitem__)
-        assert nd["super_weight"]["weight"] == pytest.approx(float(lin.weight[c, nd["super_weight"]["j"]]))
+        with torch.no_grad():
+            for j in range(x.shape[1]):  # brute force: drop input coordinate j, see how output c moves
+                xj = x[t:t + 1].clone()
+                xj[0, j] = 0
+                deltas.append(base - float(lin(xj)[0, c]))
+        j = max(range(len(deltas)), key=lambda i: abs(deltas[i]))
+        sw = nd["super_weight"]
+        assert sw["j"] == j
+        assert sw["weight"] == pytest.approx(float(lin.weight[c, j]))
+        assert sw["contribution"] == pytest.approx(deltas[j], rel=1e-3, abs=1e-5)
+        bias = 0.0 if lin.bias is None else float(lin.bias[c])
+        assert sw["share"] == pytest.approx(deltas[j] / (base - bias), rel=1e-3, abs=1e-5)
 
 
 def test_mechanism_attention_from_output_attentions(stories_study):
