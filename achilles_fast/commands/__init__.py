@@ -31,6 +31,14 @@ def read_text(args) -> Optional[str]:
     return getattr(args, "text", None)
 
 
+def read_eval_text(args) -> Optional[str]:
+    """The ``--eval-text-file`` contents (None when not given)."""
+    if not getattr(args, "eval_text_file", None):
+        return None
+    with open(args.eval_text_file, encoding="utf-8") as f:
+        return f.read()
+
+
 def parse_device_map(spec: Optional[str]):
     """--device-map value -> what from_pretrained takes (a strategy name or a dict)."""
     if spec is None or not spec.strip().startswith("{"):

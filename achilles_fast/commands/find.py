@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, add_text_args, load, read_text
+from . import add_model_args, add_text_args, load, read_eval_text, read_text
 
 
 def register(sub) -> None:
@@ -30,10 +30,7 @@ def run(args) -> int:
         from ..studies.generate import check_prompts
         check_prompts([args.show_generation])
     text = read_text(args)
-    eval_text = None
-    if args.eval_text_file:
-        with open(args.eval_text_file, encoding="utf-8") as f:
-            eval_text = f.read()
+    eval_text = read_eval_text(args)
     model, tok, name = load(args)
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, add_text_args, load, read_text
+from . import add_model_args, add_text_args, load, read_eval_text, read_text
 
 
 def register(sub) -> None:
@@ -48,10 +48,7 @@ def run(args) -> int:
     resolve_texts(args.texts, sp)
     check_out(args.out)
     text = read_text(args)
-    eval_text = None
-    if args.eval_text_file:
-        with open(args.eval_text_file, encoding="utf-8") as f:
-            eval_text = f.read()
+    eval_text = read_eval_text(args)
     model, tok, name = load(args)
     doc = study(model, tok, text, eval_text=eval_text, texts=args.texts, sections=args.sections, out=args.out,
                 config=cfg, study_params=sp, progress=not args.quiet)
