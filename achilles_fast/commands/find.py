@@ -35,9 +35,12 @@ def run(args) -> int:
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
-    if args.show_generation is not None and res.converged:
+    if args.show_generation is not None:
         from ..studies.generate import generations, side_by_side
-        print(side_by_side(generations(model, tok, res.names, [args.show_generation])))
+        if res.converged:
+            print(side_by_side(generations(model, tok, res.names, [args.show_generation])))
+        else:
+            print("no generation shown: the search did not converge (no critical set)", file=sys.stderr)
     if args.out:
         res.to_json(args.out)
         print(f"saved {args.out}", file=sys.stderr)

@@ -8,8 +8,10 @@ where it stopped. The report files are written last, each atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -54,7 +56,8 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     cfg = FindConfig.make(config, **find_kw)
     if cfg.ranker != "sensitivity":
         raise StudyError(f"the study examines the sensitivity ranking (ranker 'sensitivity'), got {cfg.ranker!r}")
-    sp = study_params if study_params is not None else StudyParams.make(quick, **study_kw)
+    sp = StudyParams.make(quick, **study_kw) if study_params is None else \
+        dataclasses.replace(study_params, **{k: tuple(v) if isinstance(v, list) else v for k, v in study_kw.items()})
     names = parse_sections(sections)
     texts_d, texts_source = resolve_texts(texts, sp)
     out_dir = check_out(out)
@@ -79,7 +82,9 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     with ops.use_kernels(cfg.kernels):
         if "components" in todo or "stability" in todo or (todo and ctx.base is None):
             ctx.prepare_scores(sp.ks if "stability" in todo else [], union="components" in todo)
-        for s in todo:
+        for i, s in enumerate(todo, 1):
+            if progress:
+                print(f"study: {MODULES[s].TITLE} ({i}/{len(todo)})", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             b = MODULES[s].run(ctx)
             b.update(key=keys[s], params=MODULES[s].key_params(ctx), seconds=time.perf_counter() - t0)
