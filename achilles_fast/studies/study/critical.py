@@ -42,6 +42,7 @@ def dense_curve(ctx: StudyContext, r: CriticalResult) -> List[List[float]]:
         with eval_mode(ctx.model), BatchedMask(ranking, max(todo)) as bm:
             for n, nll in zip(todo, ev.nll_prefixes(bm, todo)):
                 have[n] = log10_ratio(nll, ctx.clean_nll)
+    have.setdefault(0, 0.0)  # nothing masked: the clean model
     return [[n, have[n]] for n in sorted(have)]
 
 
@@ -127,5 +128,9 @@ def _down_proj(ctx: StudyContext, n: int, kinds: Counter) -> Dict:
 
 def figures(b: Dict) -> List[Tuple[str, Figure]]:
     r = dict(b["data"]["result"], curve=b["data"]["curve"])
-    return [("critical_curve", plots.curve_figure(r)),
-            ("critical_layers", plots.layer_map_figure(r, n_layers=b["data"]["n_layers"]))]
+    curve = plots.curve_figure(r, title="phase transition")
+    curve.axes[0].set_xscale("symlog", linthresh=1)  # n = 0 (clean) on the same axis as n = 1 .. 1000
+    curve.axes[0].set_xlim(left=0)
+    return [("critical_curve", curve),
+            ("critical_layers", plots.layer_map_figure(r, n_layers=b["data"]["n_layers"],
+                                                       title="where the neurons sit"))]
