@@ -14,6 +14,7 @@ from achilles_fast.studies.study import SECTIONS, study
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~5 min quiet; far more on a shared machine
 def test_smollm2_quick_study_key_facts(smollm2, tmp_path):
     model, tok = smollm2
     snap = weights_snapshot(model)
