@@ -28,7 +28,14 @@ def plot_result(result, out_dir, stem: str = "result", formats=("png", "svg")):
     return _plot(result, out_dir, stem, formats)
 
 
+def study(model, tokenizer=None, text=None, **kwargs):
+    """The paper's claims and open questions checked on one model, one report (``achilles_fast.studies.study``;
+    matplotlib is imported on first use). See ``achilles_fast.studies.study.study`` for the arguments."""
+    from .studies.study import study as _study
+    return _study(model, tokenizer, text, **kwargs)
+
+
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "study", "__version__"]

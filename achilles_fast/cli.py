@@ -19,6 +19,8 @@ COMMANDS = [
     "achilles_fast.commands.evaluate",
     "achilles_fast.commands.baselines",
     "achilles_fast.commands.bench",
+    "achilles_fast.commands.generate",
+    "achilles_fast.commands.study",
 ]
 
 

@@ -180,3 +180,45 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     yield cache, commits
+
+
+def hooked_nll(model, ids, zero=None, const=None) -> float:
+    """Mean token NLL of ids [T] through a plain forward, independent of achilles_fast's masking: ``zero``
+    {module name: channels} zeroed and ``const`` {module name: (channels, values)} replaced by plain forward hooks."""
+    import torch.nn.functional as F
+    mods = dict(model.named_modules())
+    handles = []
+
+    def put(name, chans, values):
+        def hook(m, a, out):
+            out = out.clone()
+            out[..., chans] = values
+            return out
+        handles.append(mods[name].register_forward_hook(hook))
+
+    for name, chans in (zero or {}).items():
+        put(name, chans, 0.0)
+    for name, (chans, vals) in (const or {}).items():
+        put(name, chans, vals)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids[None], use_cache=False).logits[0, :-1].float()
+        return F.cross_entropy(logits, ids[1:].to(logits.device)).item()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def by_module(names) -> dict:
+    """Neuron names -> {module name: [channels]}."""
+    out: dict = {}
+    for n in names:
+        m, c = n.rsplit(":", 1)
+        out.setdefault(m, []).append(int(c))
+    return out
+
+
+def hooked_log10_ratio(model, ids, names) -> float:
+    """log10(PPL with ``names`` zeroed / clean PPL) by plain forward hooks."""
+    import math
+    return (hooked_nll(model, ids, zero=by_module(names)) - hooked_nll(model, ids)) / math.log(10)

@@ -55,6 +55,12 @@ def read_text_file(path: str, flag: str) -> str:
         raise ValueError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
 
 
+def read_eval_text(args) -> Optional[str]:
+    """The ``--eval-text-file`` contents (None when not given)."""
+    path = getattr(args, "eval_text_file", None)
+    return read_text_file(path, "--eval-text-file") if path else None
+
+
 def parse_device_map(spec: Optional[str]):
     """--device-map value -> what from_pretrained takes (a strategy name or a dict)."""
     if spec is None or not spec.strip().startswith("{"):

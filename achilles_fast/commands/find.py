@@ -1,8 +1,10 @@
 """``achilles-fast find MODEL``: run both stages, print the critical set, save JSON."""
 from __future__ import annotations
 
-from . import (add_model_args, add_text_args, check_output, load, print_paths, quiet_loading, read_text,
-               read_text_file, save_output)
+import sys
+
+from . import (add_model_args, add_text_args, check_output, load, print_paths, quiet_loading, read_eval_text,
+               read_text, save_output)
 
 
 def register(sub) -> None:
@@ -15,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the curve and layer map (PNG and SVG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--show-generation", nargs="?", const="The capital of France is", default=None, metavar="PROMPT",
+                   help="also print clean vs masked greedy continuations of PROMPT (default prompt: 'The capital "
+                        "of France is')")
     p.set_defaults(func=run)
 
 
@@ -24,8 +29,11 @@ def run(args) -> int:
     cfg = FindConfig.from_args(args)  # fail before loading anything
     check_output(args.out, "--out")
     check_output(args.plot, "--plot", folder=True)
+    if args.show_generation is not None:
+        from ..studies.generate import check_prompts
+        check_prompts([args.show_generation])
     text = read_text(args)
-    eval_text = read_text_file(args.eval_text_file, "--eval-text-file") if args.eval_text_file else None
+    eval_text = read_eval_text(args)
     if args.quiet:
         quiet_loading()
     model, tok, name = load(args)
@@ -35,6 +43,12 @@ def run(args) -> int:
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
+    if args.show_generation is not None:
+        from ..studies.generate import generations, side_by_side
+        if res.converged:
+            print(side_by_side(generations(model, tok, res.names, [args.show_generation])))
+        else:
+            print("no generation shown: the search did not converge (no critical set)", file=sys.stderr)
     ok = True
     if args.out:
         ok &= save_output(args.out, "--out", res.to_json)
