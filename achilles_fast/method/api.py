@@ -24,7 +24,9 @@ from .stage2 import PrefixNLL, critical_sizes, search_epsilons
 from .text import corpus_windows, model_context, sample_ids, tokenize
 
 
-def _resolve_model(model, tokenizer, device, dtype):
+def resolve_model(model, tokenizer, device, dtype):
+    """(model object or spec, tokenizer or None) -> (model, tokenizer, display name): loads a spec (folder, .gguf,
+    hub id, named model), or moves an object to ``device``/``dtype`` and loads its tokenizer by the same rules."""
     name = None
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from ..models.loading import load_model
@@ -62,7 +64,7 @@ def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
     """Validated parameters, the model, its targets and the token ids, before any long work."""
     epsilons, params = _split_epsilons(config, params)
     cfg = FindConfig.make(config, **params)
-    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
+    model, tokenizer, name = resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
     ctx = model_context(model)
     ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -184,7 +184,8 @@ def sensitivity_scores(
     reduce_positions: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[dict] = None,
-) -> List[Scores]:
+    snapshots: Optional[Sequence[int]] = None,
+):
     """Mean |clean - noisy| per target: list of float32 [T, C] (per_position) or [C] (summed over positions).
 
     ids [T] (long); ``progress(n)`` is called with the number of samples finished after each chunk (k per target
@@ -194,35 +195,43 @@ def sensitivity_scores(
     plan already made by ``plan_groups`` (then ``max_score_mb`` is not used).
     ``reduce_positions``: return each target's ``PositionMax`` (what the per_token and max rankings need) instead of
     [T, C], made as soon as its group is done, so only the current group's [T, C] accumulators are ever held.
+    ``snapshots``: sample counts K (``k`` is then their maximum) -> {K: scores of the first K samples}, all from one
+    pass: the noise of sample k depends only on (seed, k), so the scores at K are a prefix mean (chunks are cut at
+    each K).
     """
+    ks = sorted({int(x) for x in snapshots}) if snapshots else [k]
+    k = ks[-1]
     T = int(ids.numel())
     embeds = input_embeddings(model, ids)  # [T, H]
     budget = max_batch_tokens or auto_batch_tokens(embeds.device)
     kb = max(1, min(k, budget // T))
     if groups is None:
         groups = plan_groups(model, targets, T, per_position, max_score_mb)
-    scores: List[Optional[Scores]] = [None] * len(targets)
+    scores: Dict[int, List[Optional[Scores]]] = {K: [None] * len(targets) for K in ks}
     forwards = 0
     for group in groups:
         with torch.no_grad(), _Capture([targets[i] for i in group], stop_early=True) as cap:
             cap.start(model, embeds, per_position)
             forwards += 1
-            for k0 in range(0, k, kb):
-                n = min(kb, k - k0)
-                x = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
-                cap.run(model, x)
-                forwards += 1
-                if progress is not None:
-                    progress(n)
-            for j, i in enumerate(group):
-                a = cap.acc[j].div_(k)
-                scores[i] = PositionMax.of(a) if reduce_positions and per_position else a
-                cap.acc[j] = None
+            done = 0
+            for K in ks:
+                while done < K:
+                    n = min(kb, K - done)
+                    x = ops.noisy_embeds(embeds, float(alpha), int(seed), done, n)  # [n, T, H]
+                    cap.run(model, x)
+                    forwards += 1
+                    done += n
+                    if progress is not None:
+                        progress(n)
+                for j, i in enumerate(group):
+                    a = cap.acc[j].div_(k) if K == k else cap.acc[j] / K
+                    scores[K][i] = PositionMax.of(a) if reduce_positions and per_position else a
+            cap.acc = [None] * len(cap.acc)
             cap.clean = []  # free this group's clean copies before the next group
     if stats is not None:
         stats.update(stage1_forwards=forwards, stage1_chunk=kb, stage1_chunks=math.ceil(k / kb),
                      stage1_groups=len(groups))
-    return scores
+    return scores if snapshots else scores[k]
 
 
 AUTO_START_K = 2  # k="auto": samples at the first check (then 4, 8, 16, ...)
@@ -286,14 +295,14 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     last = torch.empty(0, dtype=torch.long)  # the ranking last searched
     forwards, k, want, stable = 0, 0, min(AUTO_START_K, max_k), False
     with torch.no_grad(), _Capture(targets, stop_early=True) as cap:
-        with _autocast(model, stage1_dtype):
+        with autocast(model, stage1_dtype):
             cap.start(model, embeds, per_position, squares=True)
         forwards += 1
         while True:
             cap.mode = "noisy"
             for k0 in range(k, want, kb):
                 n = min(kb, want - k0)
-                with _autocast(model, stage1_dtype):
+                with autocast(model, stage1_dtype):
                     cap.run(model, ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n))  # [n, T, H]
                 forwards += 1
                 if progress is not None:
@@ -331,7 +340,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     return ranking
 
 
-def _autocast(model: nn.Module, dtype: Optional[str]):
+def autocast(model: nn.Module, dtype: Optional[str]):
     """Autocast context for the Stage 1 forwards (no-op when dtype is None)."""
     if dtype is None:
         return contextlib.nullcontext()
@@ -359,7 +368,7 @@ class SensitivityRanker:
         per_position = cfg.ranking != "mean"
         groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
         with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
-                _autocast(model, cfg.stage1_dtype), torch.no_grad():
+                autocast(model, cfg.stage1_dtype), torch.no_grad():
             scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
                                         per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
                                         groups=groups, reduce_positions=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ... import ops
-from ...method.api import _resolve_model
+from ...method.api import resolve_model
 from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
@@ -61,7 +61,7 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     names = parse_sections(sections)
     texts_d, texts_source = resolve_texts(texts, sp)
     out_dir = check_out(out)
-    model, tokenizer, name = _resolve_model(model, tokenizer, device, dtype)
+    model, tokenizer, name = resolve_model(model, tokenizer, device, dtype)
     name = model_source(model).get("name") or name  # load_model's display name
     with warnings.catch_warnings():  # truncation is reported when the text is used
         warnings.simplefilter("ignore")

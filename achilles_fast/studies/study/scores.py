@@ -2,9 +2,9 @@
 
 The noise of sample k depends only on (seed, k) (``ops.noisy_embeds``), and the score at K is the mean of the
 first K samples' |noisy - clean|, so one pass up to max(K) yields every K on the way: the accumulators are read
-(divided by K, reduced to ``PositionMax``) when the sample count reaches each K. The chunks are cut at those K as
-well; apart from the float32 summation order (chunking), the scores at each K are those of
-``method.stage1.sensitivity_scores(k=K)`` (``tests/studies/test_study_sections.py`` checks it).
+(divided by K, reduced to ``PositionMax``) when the sample count reaches each K (``sensitivity_scores(...,
+snapshots=ks)``). The chunks are cut at those K as well; apart from the float32 summation order (chunking), the
+scores at each K are those of ``sensitivity_scores(k=K)`` (``tests/studies/test_study_sections.py`` checks it).
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ... import ops
 from ...method.config import FindConfig
-from ...method.ranking import PositionMax, Ranking, Scores, ranking_from_scores
-from ...method.stage1 import _autocast, _Capture, auto_batch_tokens, input_embeddings, plan_groups
+from ...method.ranking import Ranking, Scores, ranking_from_scores
+from ...method.stage1 import autocast, plan_groups, sensitivity_scores
 from ...models.targets import Target
 from ...utils import progress_bar
 
@@ -25,37 +24,17 @@ def snapshot_scores(model: nn.Module, targets: Sequence[Target], ids: torch.Tens
                     config: FindConfig, progress: bool = False) -> Dict[int, List[Scores]]:
     """Stage 1 (``config``: alpha, seed, ranking, memory budgets, stage1_dtype) up to max(ks) samples on ids [T]
     -> {K: per-target scores} (``PositionMax`` for the per_token / max rankings, [C] means for ``mean``)."""
-    ks = sorted({int(k) for k in ks})
     per_position = config.ranking != "mean"
     T = int(ids.numel())
-    embeds = input_embeddings(model, ids)  # [T, H]
-    kb = max(1, min(ks[-1], (config.max_batch_tokens or auto_batch_tokens(embeds.device)) // T))
     groups = plan_groups(model, targets, T, per_position, config.max_score_mb)
-    out: Dict[int, List[Optional[Scores]]] = {k: [None] * len(targets) for k in ks}
-    with progress_bar(ks[-1] * len(groups), "Stage 1 (K grid): noisy samples", "sample", progress) as bar, \
-            _autocast(model, config.stage1_dtype), torch.no_grad():
-        for group in groups:
-            with _Capture([targets[i] for i in group], stop_early=True) as cap:
-                cap.run(model, embeds.unsqueeze(0))
-                for j, t in enumerate(cap.targets):
-                    if cap.clean[j] is None:
-                        raise RuntimeError(f"target {t.name} did not run during the forward pass")
-                    shape = cap.clean[j].shape if per_position else cap.clean[j].shape[-1:]
-                    cap.acc[j] = torch.zeros(shape, dtype=torch.float32, device=cap.clean[j].device)
-                cap.mode = "noisy"
-                done = 0
-                for k in ks:
-                    while done < k:
-                        n = min(kb, k - done)
-                        cap.run(model, ops.noisy_embeds(embeds, float(config.alpha), int(config.seed), done, n))
-                        done += n
-                        if bar is not None:
-                            bar.update(n)
-                    for j, i in enumerate(group):
-                        a = cap.acc[j] / k
-                        out[k][i] = PositionMax.of(a) if per_position else a / T
-                cap.clean = []
-    return out  # type: ignore[return-value]
+    with progress_bar(max(ks) * len(groups), "Stage 1 (K grid): noisy samples", "sample", progress) as bar, \
+            autocast(model, config.stage1_dtype), torch.no_grad():
+        out = sensitivity_scores(model, targets, ids, alpha=config.alpha, seed=config.seed, per_position=per_position,
+                                 max_batch_tokens=config.max_batch_tokens, groups=groups, reduce_positions=True,
+                                 progress=bar.update if bar is not None else None, snapshots=ks)
+    if not per_position:  # [C] sums over positions -> means, as find_critical's "mean" ranking has them
+        out = {K: [s / T for s in scores] for K, scores in out.items()}
+    return out
 
 
 def rank_subset(targets: Sequence[Target], scores: Dict[str, Scores], config: FindConfig,
