@@ -35,3 +35,18 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool):
         return contextlib.nullcontext(None)
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def available_ram() -> int:
+    """Bytes of RAM available without swapping (Linux MemAvailable, counting reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 16 << 30

@@ -72,9 +72,9 @@ def print_result(res) -> None:
     head = Table(show_header=False, box=None)
     head.add_row("model", res.model)
     head.add_row("critical set", f"{len(res.neurons)} neuron(s)" + ("" if res.converged else " (NOT converged)"))
-    from ..method.result import _fmt_ppl
-    head.add_row("clean PPL", _fmt_ppl(res.clean_nll))
-    head.add_row("masked PPL", _fmt_ppl(res.final_nll))
+    from ..method.result import fmt_ppl
+    head.add_row("clean PPL", fmt_ppl(res.clean_nll))
+    head.add_row("masked PPL", fmt_ppl(res.final_nll))
     head.add_row("log10 PPL ratio", "n/a" if res.log10_ratio is None else f"{res.log10_ratio:.4f} (epsilon {res.epsilon})")
     head.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
     con.print(head)

@@ -30,8 +30,8 @@ def run(args) -> int:
     if args.out and not args.format:
         raise ValueError("--out goes with --format csv|json|parquet")
     if args.format == "parquet":
-        from ..studies.report import _require
-        _require("pyarrow", "--format parquet", "pyarrow")  # before any work
+        from ..studies.report import require
+        require("pyarrow", "--format parquet", "pyarrow")  # before any work
     rows = load_rows(args.db)
     for e in open_errors(args.db):
         print(f"failed, no row yet: {e['checkpoint']} / {e['text']}: {e['error']} (re-run the sweep to retry)",

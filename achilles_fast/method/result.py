@@ -134,8 +134,8 @@ class CriticalResult:
         lines = [
             f"model            {self.model}",
             f"critical set     {len(self.neurons)} neuron(s){'' if self.converged else ' (NOT converged)'}",
-            f"clean PPL        {_fmt_ppl(self.clean_nll)}",
-            f"masked PPL       {_fmt_ppl(self.final_nll)}",
+            f"clean PPL        {fmt_ppl(self.clean_nll)}",
+            f"masked PPL       {fmt_ppl(self.final_nll)}",
             f"log10 PPL ratio  {_fmt(self.log10_ratio)}  (epsilon {self.epsilon})",
             "time             " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
@@ -155,7 +155,7 @@ def _fmt(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _fmt_ppl(nll: Optional[float]) -> str:
+def fmt_ppl(nll: Optional[float]) -> str:
     if nll is None:
         return "n/a"
     l10 = nll / math.log(10)

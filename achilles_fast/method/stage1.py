@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from .. import ops
 from ..models.devices import embedding_device
 from ..models.targets import Target
-from ..utils import progress_bar
+from ..utils import available_ram, progress_bar
 from .ranking import PositionMax, Ranking, Scores, ranking_from_scores, register_ranker
 
 
@@ -119,27 +118,12 @@ class _Capture:
             pass
 
 
-def _available_ram() -> int:
-    """Bytes of RAM available without swapping (Linux MemAvailable, counting reclaimable page cache)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return 16 << 30
-
-
 def auto_score_bytes(device: torch.device) -> int:
     """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free // 4)
-    return int(_available_ram() // 4)
+    return int(available_ram() // 4)
 
 
 def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,

@@ -132,7 +132,7 @@ def _column(values: List[Any]) -> List[Any]:
     return values
 
 
-def _require(module: str, what: str, pip: str):
+def require(module: str, what: str, pip: str):
     import importlib
     try:
         return importlib.import_module(module)
@@ -153,7 +153,7 @@ def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> No
             json.dump(list(records), f, indent=1, allow_nan=False)
             f.write("\n")
         return None
-    pa = _require("pyarrow", "--format parquet", "pyarrow")
+    pa = require("pyarrow", "--format parquet", "pyarrow")
     import pyarrow.parquet as pq
     cols: List[str] = []
     for r in records:
@@ -165,7 +165,7 @@ def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> No
 
 def rows_dataframe(rows: Sequence[Mapping[str, Any]]):
     """Sweep rows as a pandas DataFrame of flat rows (one per run; needs pandas)."""
-    pd = _require("pandas", "rows_dataframe", "pandas")
+    pd = require("pandas", "rows_dataframe", "pandas")
     flat = [flat_row(r) for r in rows]
     cols: List[str] = []
     for r in flat:

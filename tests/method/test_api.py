@@ -5,14 +5,12 @@ import json
 import math
 
 import pytest
-import torch
 
 from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
 
 TEXT = "The quick brown fox jumps over the lazy dog, again and again, until the sun goes down."
 
 import achilles_fast as af
-from achilles_fast.method.masking import masked  # noqa: F401
 from achilles_fast.method.result import CriticalResult
 from achilles_fast.models.registry import UnsupportedModelError, discover_targets
 

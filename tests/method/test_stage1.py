@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
+from conftest import ToyTokenizer, tiny_model
 
 TEXT = "The quick brown fox jumps over the lazy dog, again and again, until the sun goes down."
 

@@ -17,7 +17,6 @@ from achilles_fast.method.text import DEFAULT_TEXT
 from achilles_fast.models.registry import discover_targets
 from achilles_fast.studies.robustness import jaccard
 from achilles_fast.studies.study import StudyParams, study
-from achilles_fast.studies.study.context import StudyContext
 from achilles_fast.studies.study.scores import snapshot_scores
 
 LN10 = math.log(10)

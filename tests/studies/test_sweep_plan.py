@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_sweep import STORY, db_keys, make_checkpoint, spec_dict
+from test_sweep import db_keys, make_checkpoint, spec_dict
 
 from achilles_fast.cli import main
 from achilles_fast.studies.report import load_rows

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from ...method.stage1 import _available_ram
+from ...utils import available_ram
 from .spec import Checkpoint
 
 MARGIN_BYTES = 1 << 30
@@ -41,7 +41,7 @@ class Prefetcher:
     caller records it)."""
 
     def __init__(self, load: Callable[[Checkpoint], object], enabled: bool = True,
-                 available: Callable[[], int] = _available_ram):
+                 available: Callable[[], int] = available_ram):
         self.load, self.enabled, self.available = load, enabled, available
         self.name: Optional[str] = None
         self._thread: Optional[threading.Thread] = None
