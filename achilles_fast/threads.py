@@ -4,13 +4,12 @@ Workers that share cores collapse: torch's OpenMP threads wait for each other at
 core of its own makes every parallel op wait for it (elementwise ops ~1000x slower under a busy neighbour). So
 each worker of N gets ``cores // N`` intra-op threads: the OpenMP/MKL variables are set in the worker's
 environment before torch starts its pools (``thread_env``), and ``torch.set_num_threads`` in the worker itself
-(``set_threads``). Where the cores suffice (workers x threads <= cores), each worker is also pinned to its own
-cores (``core_sets``, ``pin_to``), so the single-threaded workers of a sized sweep do not migrate between cores.
+(``set_threads``).
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -32,30 +31,6 @@ def worker_threads(workers: int, threads: Optional[int] = None) -> int:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         return int(threads)
     return max(1, cores() // workers)
-
-
-def core_sets(workers: int, threads: int) -> Optional[List[List[int]]]:
-    """Disjoint CPU ids for each of ``workers`` workers of ``threads`` threads, taken in order from this process's
-    affinity mask; None when they do not fit (an oversubscribed run is not pinned) or affinity is unsupported."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-    if workers * threads > len(cpus):
-        return None
-    return [cpus[i * threads:(i + 1) * threads] for i in range(workers)]
-
-
-def pin_to(cpus: Optional[Sequence[int]]) -> Optional[Callable[[], None]]:
-    """A ``preexec_fn`` for ``subprocess.Popen`` that pins the child (and every thread it starts) to ``cpus``;
-    None when there is nothing to pin."""
-    if not cpus:
-        return None
-    cpus = set(cpus)
-
-    def _pin() -> None:
-        os.sched_setaffinity(0, cpus)
-    return _pin
 
 
 def thread_env(threads: int, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:

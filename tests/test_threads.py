@@ -28,19 +28,6 @@ def test_thread_env_reaches_a_fresh_process():
     assert out.stdout.strip() == "1", out.stderr
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
-def test_core_sets_and_pinning(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5, 7})
-    assert threads.core_sets(2, 2) == [[0, 2], [5, 7]] and threads.core_sets(4, 1) == [[0], [2], [5], [7]]
-    assert threads.core_sets(3, 2) is None and threads.core_sets(2, 3) is None  # oversubscribed: not pinned
-    monkeypatch.undo()
-    assert threads.pin_to(None) is None and threads.pin_to([]) is None
-    mine = sorted(os.sched_getaffinity(0))
-    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                         capture_output=True, text=True, timeout=60, preexec_fn=threads.pin_to(mine[-1:]))
-    assert out.stdout.strip() == str(mine[-1:]), out.stderr
-
-
 def test_set_threads():
     before = torch.get_num_threads()
     try:

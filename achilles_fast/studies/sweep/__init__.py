@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ...threads import core_sets, load_warning, pin_to, set_threads, thread_env, worker_threads
+from ...threads import load_warning, set_threads, thread_env, worker_threads
 from .db import SweepDB
 from .jobs import run_checkpoint
 from .plan import Unit, plan_units
@@ -152,17 +152,14 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
 
 def _run_processes(spec: SweepSpec, db: str, workers: int, threads: int, prefetch: bool,
                    log: Callable[[str], None]) -> Dict[str, int]:
-    """``workers`` worker processes, each sized to ``threads`` before torch starts and pinned to cores of its own
-    when they fit; -> summed counts."""
+    """``workers`` worker processes, each sized to ``threads`` before torch starts; -> summed counts."""
     env = thread_env(threads)
     payload = json.dumps(spec.to_dict())
-    pins = core_sets(workers, threads) or [None] * workers
     procs = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "achilles_fast.studies.sweep.worker", "--db", db, "--threads", str(threads),
                "--name", f"w{i + 1}"] + ([] if prefetch else ["--no-prefetch"])
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, text=True,
-                             preexec_fn=pin_to(pins[i]))
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
         p.stdin.write(payload)
         p.stdin.close()
         procs.append(p)
