@@ -111,14 +111,19 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
         found = first_of(sorted(curve))  # every candidate below it is evaluated and does not cross
     else:
         lo_i, hi_i = -1, None
-        for i in range(0, len(probes), batch_size):
-            part = probes[i:i + batch_size]
-            run([grid[j] for j in part])
-            for j in part:
+
+        def advance(idxs: List[int]) -> None:
+            """Evaluate grid[idxs] (increasing) in one batch; lo_i/hi_i move to the first crossing among them."""
+            nonlocal lo_i, hi_i
+            run([grid[j] for j in idxs])
+            for j in idxs:
                 if crosses(grid[j]):
                     hi_i = j
-                    break
+                    return
                 lo_i = j
+
+        for i in range(0, len(probes), batch_size):
+            advance(probes[i:i + batch_size])
             if hi_i is not None:
                 break
         if hi_i is not None:
@@ -126,12 +131,7 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
                 inner = list(range(lo_i + 1, hi_i))
                 if len(inner) > batch_size:  # evenly spaced picks
                     inner = sorted({inner[(len(inner) * (q + 1)) // (batch_size + 1)] for q in range(batch_size)})
-                run([grid[j] for j in inner])
-                for j in inner:
-                    if crosses(grid[j]):
-                        hi_i = j
-                        break
-                    lo_i = j
+                advance(inner)
             found = grid[hi_i]
     n = found or 0
     pos = grid.index(n) if n else -1
