@@ -117,6 +117,20 @@ class _Capture:
         except _StopForward:
             pass
 
+    def sample(self, model: nn.Module, embeds: torch.Tensor, alpha: float, seed: int, start: int, stop: int,
+               kb: int, progress: Optional[Callable[[int], None]] = None, dtype: Optional[str] = None) -> int:
+        """Noisy samples start .. stop-1 of embeds [T, H] through the hooks, kb per forward (under ``dtype``
+        autocast); -> forwards run."""
+        forwards = 0
+        for k0 in range(start, stop, kb):
+            n = min(kb, stop - k0)
+            with autocast(model, dtype):
+                self.run(model, ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n))  # [n, T, H]
+            forwards += 1
+            if progress is not None:
+                progress(n)
+        return forwards
+
 
 def auto_score_bytes(device: torch.device) -> int:
     """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
@@ -199,14 +213,8 @@ def sensitivity_scores(
             forwards += 1
             done = 0
             for K in ks:
-                while done < K:
-                    n = min(kb, K - done)
-                    x = ops.noisy_embeds(embeds, float(alpha), int(seed), done, n)  # [n, T, H]
-                    cap.run(model, x)
-                    forwards += 1
-                    done += n
-                    if progress is not None:
-                        progress(n)
+                forwards += cap.sample(model, embeds, alpha, seed, done, K, kb, progress)
+                done = K
                 for j, i in enumerate(group):
                     a = cap.acc[j].div_(k) if K == k else cap.acc[j] / K
                     scores[K][i] = PositionMax.of(a) if reduce_positions and per_position else a
@@ -284,13 +292,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
         forwards += 1
         while True:
             cap.mode = "noisy"
-            for k0 in range(k, want, kb):
-                n = min(kb, want - k0)
-                with autocast(model, stage1_dtype):
-                    cap.run(model, ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n))  # [n, T, H]
-                forwards += 1
-                if progress is not None:
-                    progress(n)
+            forwards += cap.sample(model, embeds, alpha, seed, k, want, kb, progress, stage1_dtype)
             cap.mode = "off"  # the Stage 2 checks below run plain forwards
             k = want
             mean = [a / k for a in cap.acc]
