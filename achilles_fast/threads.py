@@ -4,14 +4,19 @@ Workers that share cores collapse: torch's OpenMP threads wait for each other at
 core of its own makes every parallel op wait for it (elementwise ops ~1000x slower under a busy neighbour). So
 each worker of N gets ``cores // N`` intra-op threads: the OpenMP/MKL variables are set in the worker's
 environment before torch starts its pools (``thread_env``), and ``torch.set_num_threads`` in the worker itself
-(``set_threads``).
+(``set_threads``). When a sweep's units run out, the workers still busy take over the idle ones' cores
+(``CoreShare``): the tail of a sweep does not run on one core while the other waits.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Dict, Optional
+import time
+from pathlib import Path
+from typing import Dict, Iterator, Optional
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+SHARE_VAR = "ACHILLES_FAST_CORE_SHARE"  # the folder where the sized workers of one sweep mark themselves busy
 
 
 def cores() -> int:
@@ -76,3 +81,81 @@ def cpu_load_warning(threads: Optional[int] = None) -> Optional[str]:
     if line:
         print(line, file=sys.stderr, flush=True)
     return line
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CoreShare:
+    """The cores of one machine split among the sweep workers that are busy (``sweep --workers N``, sized).
+
+    A worker running a unit marks itself busy (a file named by its pid in ``folder``, made by the parent); between
+    forwards, ``rebalance`` gives it ``cores // busy`` threads. When the units run out, the workers still running
+    take over the idle workers' cores (a 4-unit sweep on 2 workers no longer ends on one core). Markers of dead
+    processes (kill -9) do not count.
+    """
+
+    CHECK_S = 0.5  # seconds between two looks at the folder (a listing of a few files: ~20 us)
+
+    def __init__(self, folder: str, n_cores: Optional[int] = None):
+        self.folder = Path(folder)
+        self.cores = cores() if n_cores is None else n_cores
+        self.marker = self.folder / str(os.getpid())
+        self._next = 0.0
+
+    def busy_workers(self) -> int:
+        """Workers marked busy whose process is alive (at least 1: this one asks)."""
+        pids = [int(p.name) for p in self.folder.iterdir() if p.name.isdigit()] if self.folder.is_dir() else []
+        return max(1, sum(1 for pid in pids if _alive(pid)))
+
+    def threads(self) -> int:
+        return max(1, self.cores // self.busy_workers())
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark this worker busy for the block (its threads sized to the busy workers at once)."""
+        self.marker.touch()
+        try:
+            self.rebalance(force=True)
+            yield
+        finally:
+            self.marker.unlink(missing_ok=True)
+
+    def rebalance(self, force: bool = False) -> None:
+        """Resize this process's torch threads to ``threads()`` (at most every ``CHECK_S`` seconds)."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.CHECK_S
+        import torch
+        want = self.threads()
+        if torch.get_num_threads() != want:
+            set_threads(want)
+
+
+_share: Optional[CoreShare] = None
+
+
+def join_share(folder: Optional[str]) -> Optional[CoreShare]:
+    """Make this process a member of the core share in ``folder`` (None: none) -> the share."""
+    global _share
+    _share = CoreShare(folder) if folder else None
+    return _share
+
+
+def rebalance() -> None:
+    """Between two forwards: take this worker's share of the idle cores (no-op outside a sized sweep worker)."""
+    if _share is not None:
+        _share.rebalance()
+
+
+def busy():
+    """Context of one unit of work: this worker counts as busy in its core share (no-op outside one)."""
+    return _share.busy() if _share is not None else contextlib.nullcontext()

@@ -43,3 +43,53 @@ def test_load_warning():
     w = threads.load_warning(2, load=1.3, n_cores=2)
     assert w and "\n" not in w and "load average 1.3 on 2 core(s)" in w and "2 torch thread(s)" in w
     assert threads.load_warning(4, load=0.0, n_cores=2)  # more threads than cores
+
+
+@pytest.fixture
+def torch_threads():
+    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in threads.THREAD_VARS}
+    yield
+    torch.set_num_threads(before)
+    for v, x in env.items():
+        os.environ.pop(v, None) if x is None else os.environ.__setitem__(v, x)
+    threads.join_share(None)
+
+
+def test_core_share_splits_cores_among_busy_workers(tmp_path, torch_threads):
+    share = threads.CoreShare(str(tmp_path), n_cores=4)
+    assert share.busy_workers() == 1 and share.threads() == 4  # nobody busy: this worker asks
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        (tmp_path / str(sibling.pid)).touch()  # a live sibling, busy
+        (tmp_path / str(gone.pid)).touch()  # a dead one (kill -9 leaves its marker): not counted
+        with share.busy():
+            assert share.marker.exists() and share.busy_workers() == 2
+            assert torch.get_num_threads() == 2  # resized on entry
+            (tmp_path / str(sibling.pid)).unlink()  # the sibling ran out of units
+            share.rebalance()  # within CHECK_S of the last look: unchanged
+            assert torch.get_num_threads() == 2
+            share._next = 0.0
+            share.rebalance()
+            assert torch.get_num_threads() == 4 and os.environ["OMP_NUM_THREADS"] == "4"
+        assert not share.marker.exists()
+        with pytest.raises(RuntimeError):
+            with share.busy():
+                raise RuntimeError("a unit that failed")
+        assert not share.marker.exists()  # unmarked even when the unit raised
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_rebalance_is_a_no_op_outside_a_share(tmp_path, torch_threads):
+    threads.join_share(None)
+    torch.set_num_threads(1)
+    threads.rebalance()
+    with threads.busy():
+        threads.rebalance()
+    assert torch.get_num_threads() == 1
+    share = threads.join_share(str(tmp_path))
+    with threads.busy():
+        assert (tmp_path / str(os.getpid())).exists() and torch.get_num_threads() == share.cores

@@ -373,6 +373,13 @@ def test_local_worker_processes(ckpts, tmp_path, capsys):
     assert len(rows) == total == len({r["key"] for r in rows})
     assert os.getpid() not in {r["pid"] for r in rows}
     assert main(["sweep", str(spec), "--workers", "2", "--ray", "local"]) == 2
+    # sized (no --threads): cores // 2 threads each, the busy worker takes the idle one's cores; same rows
+    d["db"] = str(tmp_path / "sized.db")
+    spec.write_text(yaml.safe_dump(d))
+    assert main(["sweep", str(spec), "--workers", "2"]) == 0
+    def outcome(rs):
+        return {r["key"]: ([n["name"] for n in (r["result"] or {}).get("neurons", [])], r["log10_ratio"]) for r in rs}
+    assert outcome(load_rows(d["db"])) == outcome(rows)
 
 
 def test_prefetcher():

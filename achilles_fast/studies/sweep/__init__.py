@@ -10,10 +10,11 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ...threads import load_warning, set_threads, thread_env, worker_threads
+from ...threads import SHARE_VAR, load_warning, set_threads, thread_env, worker_threads
 from .db import SweepDB
 from .jobs import run_checkpoint
 from .plan import Unit, plan_units
@@ -143,7 +144,7 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
                 set_threads(n_threads)
             run_worker(units, {c.name: c for c in spec.checkpoints}, db, sink, log=log, prefetch=prefetch)
         else:
-            got = _run_processes(spec, db, workers, n_threads, prefetch, log)
+            got = _run_processes(spec, db, workers, n_threads, prefetch, log, share=threads is None)
             sink.written, sink.failed = got["written"], got["failed"]
         end = len(store.done_keys(keys))
     return SweepReport(total=len(jobs), skipped=len(done), written=sink.written, failed=sink.failed,
@@ -151,27 +152,32 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
 
 
 def _run_processes(spec: SweepSpec, db: str, workers: int, threads: int, prefetch: bool,
-                   log: Callable[[str], None]) -> Dict[str, int]:
-    """``workers`` worker processes, each sized to ``threads`` before torch starts; -> summed counts."""
-    env = thread_env(threads)
+                   log: Callable[[str], None], share: bool = True) -> Dict[str, int]:
+    """``workers`` worker processes, each sized to ``threads`` before torch starts; -> summed counts.
+    ``share``: the busy workers take over the cores of those waiting or done (``threads.CoreShare``)."""
     payload = json.dumps(spec.to_dict())
     procs = []
-    for i in range(workers):
-        cmd = [sys.executable, "-m", "achilles_fast.studies.sweep.worker", "--db", db, "--threads", str(threads),
-               "--name", f"w{i + 1}"] + ([] if prefetch else ["--no-prefetch"])
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
-        p.stdin.write(payload)
-        p.stdin.close()
-        procs.append(p)
+    with tempfile.TemporaryDirectory(prefix="achilles_fast_cores_") as folder:
+        env = thread_env(threads)
+        env.pop(SHARE_VAR, None)
+        if share:
+            env[SHARE_VAR] = folder
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "achilles_fast.studies.sweep.worker", "--db", db, "--threads", str(threads),
+                   "--name", f"w{i + 1}"] + ([] if prefetch else ["--no-prefetch"])
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, text=True)
+            p.stdin.write(payload)
+            p.stdin.close()
+            procs.append(p)
+        try:
+            while any(p.poll() is None for p in procs):  # polling reaps a dead worker at once (its leases free up)
+                time.sleep(0.2)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     total = {"written": 0, "failed": 0}
-    try:
-        while any(p.poll() is None for p in procs):  # polling reaps a dead worker at once (its leases free up)
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for i, p in enumerate(procs):
         out = p.stdout.read().strip().splitlines()
         try:

@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ...threads import busy
 from .db import LEASE_TTL, SweepDB
 from .jobs import Loaded, _error, run_unit
 from .plan import Unit
@@ -110,22 +111,23 @@ def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: st
                     continue
                 pending.tried.add(unit.key)
                 try:
-                    jobs = pending.missing(unit, store.done_keys(unit.keys))
-                    if unit.checkpoint != current:
-                        loaded = None  # free the previous model before loading the next
-                        loaded = pre.take(unit.checkpoint) or _load(checkpoints[unit.checkpoint])
-                        current = unit.checkpoint
-                        nxt = next((u.checkpoint for u in cand if u.checkpoint != current), None)
-                        if nxt is not None and not isinstance(loaded, Exception):
-                            pre.start(checkpoints[nxt])
-                    if isinstance(loaded, Exception):
-                        for j in jobs:
-                            sink(_error(j, loaded))
-                    else:
-                        stored = store.rankings([unit.key])
-                        for item in run_unit(loaded, unit, jobs, stored):
-                            sink(item)
-                    counts["units"] += 1
+                    with busy():  # sized workers: the busy ones share the cores of those waiting or gone
+                        jobs = pending.missing(unit, store.done_keys(unit.keys))
+                        if unit.checkpoint != current:
+                            loaded = None  # free the previous model before loading the next
+                            loaded = pre.take(unit.checkpoint) or _load(checkpoints[unit.checkpoint])
+                            current = unit.checkpoint
+                            nxt = next((u.checkpoint for u in cand if u.checkpoint != current), None)
+                            if nxt is not None and not isinstance(loaded, Exception):
+                                pre.start(checkpoints[nxt])
+                        if isinstance(loaded, Exception):
+                            for j in jobs:
+                                sink(_error(j, loaded))
+                        else:
+                            stored = store.rankings([unit.key])
+                            for item in run_unit(loaded, unit, jobs, stored):
+                                sink(item)
+                        counts["units"] += 1
                 finally:
                     store.release(unit.key, worker)
         finally:
@@ -150,8 +152,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--name", default="worker")
     ap.add_argument("--no-prefetch", action="store_true")
     a = ap.parse_args(argv)
-    from ...threads import set_threads
+    from ...threads import SHARE_VAR, join_share, set_threads
     set_threads(a.threads)  # the environment already holds the OpenMP/MKL counts (set by the parent)
+    join_share(os.environ.get(SHARE_VAR))  # sized workers: the busy ones take the cores of the idle ones
     from . import SweepSpec, _Sink, plan_sweep
     spec = SweepSpec.from_dict(json.load(sys.stdin))
 
