@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--configs", default=CONFIGS,
                     help=f"WORKERSxTHREADS,... with THREADS a number or 'sized' (default: {CONFIGS})")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of all configurations, interleaved (medians)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import yaml
@@ -52,33 +54,38 @@ def main() -> None:
         # warm-up: convert/cache the model and fill the page cache
         subprocess.run([sys.executable, "-c", f"import achilles_fast as af; af.load_model({a.model!r})"], check=True)
         print(f"# bench_workers: {a.model}, {n_jobs} jobs (one per text), K={a.k}, {os.cpu_count()} cores")
-        print("| workers x threads | seconds | jobs/hour | vs 1 worker | load before (1, 5, 15 min) |")
-        print("|---|---|---|---|---|")
-        base = None
-        for i, (w, t) in enumerate(configs):
-            db = tmp / f"w{i}.db"
-            la = load_avg()
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "achilles_fast.cli", "sweep", str(tmp / "spec.yaml"),
-                                  "--db", str(db), "--workers", str(w), "--no-prefetch"]
-                                 + ([] if t is None else ["--threads", str(t)]), capture_output=True, text=True)
-            secs = time.perf_counter() - t0
-            if out.returncode != 0:
-                print(out.stderr[-3000:])
-                raise SystemExit(f"sweep {w}x{t} failed ({out.returncode})")
-            base = base or secs
-            t = t or f"sized ({worker_threads(w)})"
-            results.append({"workers": w, "threads": t, "seconds": secs, "jobs_per_hour": 3600 * n_jobs / secs,
-                            "load_before": la})
-            print(f"| {w} x {t} | {secs:.1f} | {3600 * n_jobs / secs:.0f} | {base / secs:.2f} | {la} |", flush=True)
-    def secs(w, t):
-        return next((r["seconds"] for r in results if r["workers"] == w and r["threads"] == t), None)
-    one, unsized = secs(1, 2), secs(2, 2)
+        print("| round | workers x threads | seconds | jobs/hour | vs 1 worker (this round) | load before (1, 5, 15 min) |")
+        print("|---|---|---|---|---|---|")
+        for rnd in range(1, a.repeats + 1):  # rounds interleave the configurations: they share the host's state
+            base = None
+            for i, (w, t) in enumerate(configs):
+                db = tmp / f"r{rnd}w{i}.db"
+                la = load_avg()
+                t0 = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", "achilles_fast.cli", "sweep", str(tmp / "spec.yaml"),
+                                      "--db", str(db), "--workers", str(w), "--no-prefetch"]
+                                     + ([] if t is None else ["--threads", str(t)]), capture_output=True, text=True)
+                secs = time.perf_counter() - t0
+                if out.returncode != 0:
+                    print(out.stderr[-3000:])
+                    raise SystemExit(f"sweep {w}x{t} failed ({out.returncode})")
+                base = base or secs
+                label = t or f"sized ({worker_threads(w)})"
+                results.append({"round": rnd, "workers": w, "threads": label, "seconds": secs,
+                                "jobs_per_hour": 3600 * n_jobs / secs, "load_before": la})
+                print(f"| {rnd} | {w} x {label} | {secs:.1f} | {3600 * n_jobs / secs:.0f} | {base / secs:.2f} | {la} |",
+                      flush=True)
+
+    def med(w, t):
+        xs = [r["seconds"] for r in results if r["workers"] == w and r["threads"] == t]
+        return statistics.median(xs) if xs else None
+    one, unsized = med(1, 2), med(2, 2)
+    print(f"medians over {a.repeats} round(s):")
     for t in dict.fromkeys(r["threads"] for r in results if r["workers"] == 2 and r["threads"] != 2):
         if one:
-            print(f"2 x {t} vs one worker 1 x 2: {one / secs(2, t):.2f}x (target >= 1.1)")
+            print(f"2 x {t} vs one worker 1 x 2: {one / med(2, t):.2f}x (target >= 1.1)")
         if unsized:
-            print(f"2 x {t} vs unsized 2 x 2: {unsized / secs(2, t):.2f}x (target >= 2)")
+            print(f"2 x {t} vs unsized 2 x 2: {unsized / med(2, t):.2f}x (target >= 2)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
