@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
+from conftest import STORIES, ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
 
 from achilles_fast.method.api import evaluate_mask
 from achilles_fast.method.config import FindConfig
@@ -179,9 +179,9 @@ def test_bad_arguments(tiny):
     assert r.params["ranker"] == "random"
 
 
-def test_baselines_cli(shared_dir, tmp_path, capsys):
+def test_baselines_cli(tmp_path, capsys):
     from achilles_fast.cli import main
-    rc = main(["baselines", str(shared_dir / "models" / "stories260K"), "--methods", "sensitivity,random,taylor",
+    rc = main(["baselines", str(STORIES), "--methods", "sensitivity,random,taylor",
                "--k", "4", "--max-tokens", "64", "--epsilon", "0.05", "--max-neurons", "20", "--out",
                str(tmp_path / "b.json"), "--plot", str(tmp_path / "p")])
     assert rc == 0
@@ -191,7 +191,7 @@ def test_baselines_cli(shared_dir, tmp_path, capsys):
     d = json.loads((tmp_path / "b.json").read_text())
     assert set(d) == {"sensitivity", "random", "taylor"}
     assert (tmp_path / "p" / "baselines_curves.png").exists() and (tmp_path / "p" / "baselines_curves.svg").exists()
-    assert main(["baselines", str(shared_dir / "models" / "stories260K"), "--methods", "nope"]) == 2
+    assert main(["baselines", str(STORIES), "--methods", "nope"]) == 2
 
 
 @pytest.mark.slow
@@ -320,10 +320,10 @@ def test_random_levels_paper_protocol(tiny):
         random_levels(model, tok, DEFAULT_TEXT, pool="everything")
 
 
-def test_baselines_cli_paper_options(shared_dir, tmp_path, capsys):
+def test_baselines_cli_paper_options(tmp_path, capsys):
     from achilles_fast.cli import main
     import json
-    model = str(shared_dir / "models" / "stories260K")
+    model = str(STORIES)
     rc = main(["baselines", model, "--methods", "activation,gradient,random", "--signed-per-entry", "--pool",
                "all-linear", "--runs", "3", "--levels", "10,50", "--max-tokens", "48", "--epsilon", "0.05",
                "--max-neurons", "20", "--out", str(tmp_path / "b.json"), "--plot", str(tmp_path / "p")])
