@@ -1,0 +1,20 @@
+"""gradient: mean |d loss / d activation|, against autograd on the real outputs."""
+from __future__ import annotations
+
+import torch
+
+from rankers_common import ids_of, reference_grads, scores, tiny
+
+from achilles_fast.models.registry import discover_targets
+
+
+def test_gradient_matches_autograd_reference():
+    model, tok = tiny()
+    ids = ids_of(tok)
+    targets = discover_targets(model, "down_proj")
+    ref = reference_grads(model, targets, ids)
+    g = scores("gradient", model, targets, ids)
+    for i, tg in enumerate(targets):
+        _, gr = ref[tg.name]
+        assert torch.allclose(g[i], gr.abs().mean(0), rtol=1e-4, atol=1e-7)
+        assert g[i].abs().sum() > 0

@@ -1,0 +1,20 @@
+"""taylor: |sum_t activation * gradient|, against autograd on the real outputs."""
+from __future__ import annotations
+
+import torch
+
+from rankers_common import ids_of, reference_grads, scores, tiny
+
+from achilles_fast.models.registry import discover_targets
+
+
+def test_taylor_matches_autograd_reference():
+    model, tok = tiny()
+    ids = ids_of(tok)
+    targets = discover_targets(model, "down_proj")
+    ref = reference_grads(model, targets, ids)
+    t = scores("taylor", model, targets, ids)
+    for i, tg in enumerate(targets):
+        y, gr = ref[tg.name]
+        assert torch.allclose(t[i], (y * gr).sum(0).abs(), rtol=1e-4, atol=1e-7)
+        assert t[i].sum() > 0
