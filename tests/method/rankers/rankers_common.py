@@ -87,3 +87,11 @@ def literal_signed_ranking(values, targets, floor, top):
     for name, h, _ in entries:
         seen.setdefault(f"{name}:{h}", None)
     return list(seen)[:top]
+
+
+def gradient_case():
+    """(model, down_proj targets, ids [T], reference_grads) for the gradient-based rankers."""
+    model, tok = tiny()
+    ids = ids_of(tok)
+    targets = discover_targets(model, "down_proj")
+    return model, targets, ids, reference_grads(model, targets, ids)

@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from rankers_common import ids_of, reference_grads, scores, tiny
-
-from achilles_fast.models.registry import discover_targets
+from rankers_common import gradient_case, scores
 
 
 def test_gradient_matches_autograd_reference():
-    model, tok = tiny()
-    ids = ids_of(tok)
-    targets = discover_targets(model, "down_proj")
-    ref = reference_grads(model, targets, ids)
+    model, targets, ids, ref = gradient_case()
     g = scores("gradient", model, targets, ids)
     for i, tg in enumerate(targets):
         _, gr = ref[tg.name]
