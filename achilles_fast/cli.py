@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from . import __version__
+from .version import __version__
 
 # Each module defines register(subparsers) and the handler it sets as the parser's ``func``.
 COMMANDS = [

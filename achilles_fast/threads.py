@@ -97,7 +97,8 @@ class CoreShare:
     """The cores of one machine split among the sweep workers that are busy (``sweep --workers N``, sized).
 
     A worker running a unit marks itself busy (a file named by its pid in ``folder``, made by the parent); between
-    forwards, ``rebalance`` gives it ``cores // busy`` threads. When the units run out, the workers still running
+    forwards (the sweep worker passes ``rebalance`` to the method as its between-forwards callback), ``rebalance``
+    gives it ``cores // busy`` threads. When the units run out, the workers still running
     take over the idle workers' cores (a 4-unit sweep on 2 workers no longer ends on one core). Markers of dead
     processes (kill -9) do not count.
     """
@@ -138,24 +139,3 @@ class CoreShare:
         want = self.threads()
         if torch.get_num_threads() != want:
             set_threads(want)
-
-
-_share: Optional[CoreShare] = None
-
-
-def join_share(folder: Optional[str]) -> Optional[CoreShare]:
-    """Make this process a member of the core share in ``folder`` (None: none) -> the share."""
-    global _share
-    _share = CoreShare(folder) if folder else None
-    return _share
-
-
-def rebalance() -> None:
-    """Between two forwards: take this worker's share of the idle cores (no-op outside a sized sweep worker)."""
-    if _share is not None:
-        _share.rebalance()
-
-
-def busy():
-    """Context of one unit of work: this worker counts as busy in its core share (no-op outside one)."""
-    return _share.busy() if _share is not None else contextlib.nullcontext()

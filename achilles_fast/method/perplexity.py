@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import embedding_device, offloaded
-from ..threads import rebalance
+from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
 from .masking import BatchedMask
 
@@ -106,7 +106,7 @@ class NLLEvaluator:
         return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
 
     def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
-        rebalance()  # a sized sweep worker: its share of idle cores
+        between_forwards()
         self.forwards += 1
         return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
 

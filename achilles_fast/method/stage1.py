@@ -22,8 +22,8 @@ from torch import nn
 from .. import ops
 from ..models.devices import embedding_device
 from ..models.targets import Target
-from ..threads import rebalance
 from ..utils import available_ram, progress_bar
+from .callbacks import between_forwards
 from .ranking import PositionMax, Ranking, Scores, ranking_from_scores, register_ranker
 
 
@@ -111,7 +111,7 @@ class _Capture:
 
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
-        rebalance()  # a sized sweep worker: its share of idle cores
+        between_forwards()
         self.fired = 0
         self.batch = embeds.shape[0]
         try:
