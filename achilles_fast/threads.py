@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
+from .utils import positive_int
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHARE_VAR = "ACHILLES_FAST_CORE_SHARE"  # the folder where the sized workers of one sweep mark themselves busy
 
@@ -29,12 +31,9 @@ def cores() -> int:
 
 def worker_threads(workers: int, threads: Optional[int] = None) -> int:
     """Intra-op threads for each of ``workers`` workers sharing this machine: ``threads``, else cores // workers."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    positive_int(workers, "workers")
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
-        return int(threads)
+        return positive_int(threads, "threads")
     return max(1, cores() // workers)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import embedding_device, offloaded
+from .budget import eval_batch_tokens
 from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
 from .masking import BatchedMask
@@ -43,13 +44,14 @@ def ppl_or_none(nll: float) -> Optional[float]:
 class NLLEvaluator:
     """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
 
-    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
+    ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
     is not finite raises ``NonFiniteError`` (never returned): ``what`` names the text in that message.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None,
+    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
+                 fused: Optional[bool] = None,
                  what: str = "the text"):
         self.model = model
         self.what = what
@@ -58,7 +60,7 @@ class NLLEvaluator:
         self.W, self.T = ids.shape
         if self.T < 2:
             raise ValueError("need at least 2 tokens per window to compute a next-token loss")
-        self.max_batch_tokens = max(self.T, int(max_batch_tokens))
+        self.max_batch_tokens = max(self.T, int(eval_batch_tokens(max_batch_tokens)))
         self.forwards = 0
         self.device = embedding_device(model)
         self._head = None
