@@ -28,7 +28,8 @@ def register(sub) -> None:
                    "(all-linear: every Linear output, lm_head included, as the paper; targets: the scanned "
                    "modules), --runs draws per level, mean +- std (default: ours, one random ranking searched by "
                    "Stage 2)")
-    p.add_argument("--runs", type=positive_int_arg, default=None, help="random draws per level for the paper's protocol (the "
+    p.add_argument("--runs", type=positive_int_arg, default=None,
+                   help="random draws per level for the paper's protocol (the "
                    "paper: 10; given alone, the pool is the scanned targets)")
     p.add_argument("--levels", default=None, help="comma-separated numbers of random channels for the paper's "
                    f"protocol (default: {','.join(map(str, PAPER_LEVELS))})")

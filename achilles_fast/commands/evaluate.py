@@ -24,7 +24,8 @@ def register(sub) -> None:
                    "text; given, the corpus is read as JSON lines whatever its name)")
     p.add_argument("--max-tokens", type=int, default=512, help="--corpus JSON lines: each sample truncated to its "
                    "first N tokens (default: 512, the paper's C4 setting)")
-    p.add_argument("--max-samples", type=positive_int_arg, default=None, help="--corpus JSON lines: use the first N records")
+    p.add_argument("--max-samples", type=positive_int_arg, default=None,
+                   help="--corpus JSON lines: use the first N records")
     p.add_argument("--window", type=int, default=256, help="--corpus: tokens per window (non-overlapping)")
     p.add_argument("--max-windows", type=int, default=None, help="--corpus: use at most this many windows")
     p.add_argument("--no-bos", action="store_true", help="--corpus: do not prefix each window with BOS")

@@ -44,15 +44,15 @@ def ppl_or_none(nll: float) -> Optional[float]:
 class NLLEvaluator:
     """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
 
-    ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
-    is not finite raises ``NonFiniteError`` (never returned): ``what`` names the text in that message.
+    ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows
+    are split into sub-batches). A loss that is not finite raises ``NonFiniteError`` (never returned): ``what`` names
+    the text in that message.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
-                 fused: Optional[bool] = None,
-                 what: str = "the text"):
+                 fused: Optional[bool] = None, what: str = "the text"):
         self.model = model
         self.what = what
         ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
