@@ -11,7 +11,7 @@ from .method.config import FindConfig  # noqa: E402
 from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
 from .method.ranking import Ranker, Ranking, register_ranker  # noqa: E402
-from .method.result import CriticalResult  # noqa: E402
+from .method.result import CriticalResult, read_neurons  # noqa: E402
 from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .models.neurons import Neuron  # noqa: E402
@@ -38,4 +38,4 @@ def study(model, tokenizer=None, text=None, **kwargs):
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "study", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "read_neurons", "search_epsilons", "study", "__version__"]

@@ -7,7 +7,6 @@ or any file with ``--field``) is evaluated sample by sample like the paper's C4 
 from __future__ import annotations
 
 from . import add_model_args, check_output, load, print_report, read_text_file, save_output, write_json
-from .mask import read_neurons
 
 
 def register(sub) -> None:
@@ -43,6 +42,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     names, _ = read_neurons(args.neurons)
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
