@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ... import ops
-from ...method.api import resolve_model
 from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
-from ...models.loading import model_source
+from ...models.loading import model_source, resolve_model
+from ...utils import atomic_write, check_writable, write_json
 from ..robustness import read_texts
 from . import components, cooperativity, critical, generations, mechanism, stability
 from .context import StudyContext, digest
 from .genres import GENRES
 from .params import SECTIONS, StudyError, StudyParams, parse_sections
-from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines, write_atomic
+from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines
 
 MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations)}
 assert tuple(MODULES) == SECTIONS
@@ -92,16 +92,16 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
             if out_dir is not None:
                 _save_figures(MODULES[s], b, out_dir)
                 doc = _document(ctx, base_key, done, todo, t_start)
-                write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
+                write_json(doc, out_dir / "study.json", indent=1)
     if out_dir is not None:
         for s in done:
             if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
                 _save_figures(MODULES[s], done[s], out_dir)
     doc = _document(ctx, base_key, done, todo, t_start, complete=True)
     if out_dir is not None:
-        write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
-        write_atomic(out_dir / "report.md", render_markdown(doc))
-        write_atomic(out_dir / "report.html", render_html(doc, out_dir))
+        write_json(doc, out_dir / "study.json", indent=1)
+        atomic_write(out_dir / "report.md", render_markdown(doc))
+        atomic_write(out_dir / "report.html", render_html(doc, out_dir))
     return doc
 
 
@@ -143,16 +143,9 @@ def resolve_texts(texts, sp: StudyParams):
 def check_out(out) -> Optional[Path]:
     if out is None:
         return None
+    check_writable(out, "--out", folder=True, error=StudyError)
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise StudyError(f"--out {p}: exists and is not a folder")
     p.mkdir(parents=True, exist_ok=True)
-    probe = p / ".write-test"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise StudyError(f"--out {p}: cannot write there ({e.strerror})") from None
     return p
 
 
