@@ -47,14 +47,15 @@ def _tuple(v):
 
 def parse_sections(spec) -> Tuple[str, ...]:
     """'cooperativity,mechanism' (or a list, or None = all) -> sections in report order; unknown names raise."""
+    every = tuple(registered())
     if spec is None:
-        return SECTIONS
+        return every
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
-    bad = [s for s in names if s not in SECTIONS]
+    bad = [s for s in names if s not in every]
     if bad or not names:
         raise StudyError(f"unknown section(s) {', '.join(bad) or '(none given)'}: expected some of "
-                         f"{', '.join(SECTIONS)}")
-    return tuple(s for s in SECTIONS if s in names)
+                         f"{', '.join(every)}")
+    return tuple(s for s in every if s in names)
 
 
 __all__ = ["StudyParams", "StudyError", "SECTIONS", "PARAMS", "parse_sections"]

@@ -26,7 +26,7 @@ from ...models.loading import model_source
 from ..robustness import read_texts
 from .context import StudyContext, digest
 from .genres import GENRES
-from .params import SECTIONS, StudyError, StudyParams, parse_sections
+from .params import StudyError, StudyParams, parse_sections
 from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines, write_atomic
 from .section import Section, registered
 
@@ -70,7 +70,7 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     base_key = digest(ctx.base_key())
     registry = registered()
     keys = {s: digest({"base": ctx.base_key(), "section": s, "params": registry[s].key_params(ctx),
-                       "version": KEY_VERSION}) for s in SECTIONS}
+                       "version": KEY_VERSION}) for s in registry}
     done = {s: b for s, b in previous.get("sections", {}).items() if s in keys and b.get("key") == keys[s]}
     for s, b in done.items():  # wording from the current code
         b.update(title=registry[s].title, claim=registry[s].claim)
@@ -114,8 +114,8 @@ def _document(ctx: StudyContext, base_key: str, done: Dict, todo: Sequence[str],
         "complete": complete, "config": ctx.config.params(), "study_params": ctx.params.to_dict(),
         "texts": ctx.texts_source, "key": ctx.base_key(),
         "base": None if ctx.base is None else {"key": base_key, "result": ctx.base.to_dict()},
-        "sections": [done[s] for s in SECTIONS if s in done],
-        "reused": [s for s in SECTIONS if s in done and s not in todo],
+        "sections": [done[s] for s in registered() if s in done],
+        "reused": [s for s in registered() if s in done and s not in todo],
         "seconds": time.perf_counter() - t_start, "timings": dict(ctx.timings), "versions": versions(),
     }
 
