@@ -7,8 +7,6 @@ import math
 import platform
 from typing import Any, Dict, List, Optional
 
-from ..models.neurons import Neuron
-
 
 def versions() -> Dict[str, str]:
     import torch
@@ -72,9 +70,6 @@ class CriticalResult:
     @property
     def log10_final_ppl(self) -> Optional[float]:
         return None if self.final_nll is None else self.final_nll / math.log(10)
-
-    def as_neurons(self) -> List[Neuron]:
-        return [Neuron(n.module, n.channel, n.layer, n.kind) for n in self.neurons]
 
     # -- I/O ----------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
