@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -22,9 +22,6 @@ from ...models.registry import discover_targets
 from ...models.targets import Target
 from ...utils import eval_mode
 from .scores import rank_subset, snapshot_scores
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .params import StudyParams
 
 
 # ---- cache keys ---------------------------------------------------------------------------------------------------
@@ -57,7 +54,7 @@ class StudyContext:
     tokenizer: Any
     name: str
     config: FindConfig
-    params: "StudyParams"
+    params: Any  # params.StudyParams (built from the sections, which import this module)
     text: Optional[str]
     eval_text: Optional[str]
     texts: Dict[str, str]  # stability across texts: {name: text}
