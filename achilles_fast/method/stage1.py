@@ -369,7 +369,7 @@ class SensitivityRanker:
         cfg = self.config
         if self.sizes_of is None:
             raise ValueError("k='auto' stops on the Stage 2 sets: set the ranker's sizes_of (find_critical and "
-                             "achilles_fast.rank do)")
+                             "rank_neurons do)")
         with progress_bar(cfg.max_k, "Stage 1: noisy samples (K auto)", "sample", self.progress) as bar:
             return adaptive_ranking(model, targets, ids, self.sizes_of, alpha=cfg.alpha, seed=cfg.seed,
                                     mode=cfg.ranking, top=cfg.max_neurons, max_k=cfg.max_k,

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .sweep.db import SweepDB
+from .db import SweepDB
 
 PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scope", "ranking", "strategy",
                  "max_tokens")
