@@ -145,10 +145,17 @@ def _checkpoints(specs: Sequence[str], order: str) -> List[Checkpoint]:
 
 
 def _check_architecture(cks: Sequence[Checkpoint]) -> None:
-    """One architecture for all (from the configs alone: nothing loads weights)."""
+    """One architecture for all (from the configs alone: nothing loads weights). A checkpoint that cannot be found
+    is left to its find, which records it as an error row."""
     from ...models.architecture import check_same_architecture, parameter_shapes
+    found = []
+    for c in cks:
+        try:
+            found.append((parameter_shapes(c.path), c.name))
+        except FileNotFoundError:
+            continue
     try:
-        check_same_architecture([parameter_shapes(c.path) for c in cks], [c.name for c in cks])
+        check_same_architecture([s for s, _ in found], [n for _, n in found])
     except ValueError as e:
         raise CompareError(str(e)) from None
 

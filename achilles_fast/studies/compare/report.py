@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import plots
-from ..study.context import block, fmt, table, verdict
+from ..study.section import block, fmt, table, verdict
 from ...utils import atomic_write, write_json
 from ..study.report import render_html, render_markdown, save_figure
 
