@@ -94,7 +94,7 @@ def finetune(out: Path, steps: int, seed: int) -> None:
         model.save_pretrained(d)
         tok.save_pretrained(d)
         print(f"saved {d}", flush=True)
-    losses = train(model, ids, steps=steps, seq=128, batch=4, lr=5e-5, seed=seed, save_at=save_at, save=save)
+    losses = train(model, ids, steps=steps, seq=64, batch=2, lr=1e-4, seed=seed, save_at=save_at, save=save)
     (out / "smollm2-code-losses.json").write_text(json.dumps(losses))
 
 
@@ -151,7 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("family", choices=("finetune", "quantize", "scratch"))
     ap.add_argument("--out", default="out/families")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (finetune 200, scratch 400)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (finetune 150, scratch 400)")
     ap.add_argument("--every", type=int, default=50, help="scratch: a checkpoint every N steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -161,7 +161,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.family == "finetune":
-        finetune(out, a.steps or 200, a.seed)
+        finetune(out, a.steps or 150, a.seed)
     elif a.family == "quantize":
         quantize(out)
     else:
