@@ -102,14 +102,14 @@ def quantize(out: Path) -> None:
     """SmolLM2 fp32 (the dequantised Q4_1 GGUF it ships as) and its round-to-nearest 8- and 4-bit round trips
     (symmetric, per output channel, every Linear of the decoder blocks), saved as HF folders."""
     from achilles_fast import load_model
-    from achilles_fast.studies.compression.quantize import rtn_round_trip_
+    from achilles_fast.studies.compression.quantize import quantized
     for bits in (8, 4):
         d = out / f"smollm2-rtn{bits}"
         if (d / "config.json").exists():
             continue
         model, tok, _ = load_model("smollm2-135m")
-        rtn_round_trip_(model, bits)
-        model.save_pretrained(d)
+        with quantized(model, bits):  # the round trip in place while the weights are written
+            model.save_pretrained(d)
         tok.save_pretrained(d)
         print(f"saved {d}", flush=True)
 
