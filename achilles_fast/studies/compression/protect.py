@@ -93,10 +93,11 @@ def _owner(view: torch.Tensor, params: Dict[int, Tuple[str, torch.Tensor]]) -> T
     return p
 
 
-def protect_list(model: nn.Module, neurons, discover: bool = False,
+def protect_list(model: nn.Module, neurons, out=None, discover: bool = False,
                  targets: Optional[Sequence[Target]] = None) -> ProtectList:
     """The protect list of ``neurons`` (names like ``model.layers.2.mlp.down_proj:62``, Neurons, or a
-    CriticalResult). Empty or unknown neurons raise before anything is built."""
+    CriticalResult); ``out``: also save it there (F.safetensors + F.json). Empty or unknown neurons raise before
+    anything is built. discover: allow guessed targets for unregistered model types."""
     names = list(getattr(neurons, "names", neurons))
     if not names:
         raise CompressionError("the neuron list is empty: nothing to protect")
@@ -124,7 +125,10 @@ def protect_list(model: nn.Module, neurons, discover: bool = False,
             weights.append(_describe(name, p, view, dim, c))
         entries.append({"neuron": n.name, "module": n.module, "channel": n.channel, "layer": n.layer,
                         "kind": n.kind, "weights": weights})
-    return ProtectList(masks, entries)
+    pl = ProtectList(masks, entries)
+    if out is not None:
+        pl.save(out)
+    return pl
 
 
 def _describe(name: str, p: torch.Tensor, view: torch.Tensor, dim: int, c: int) -> Dict:
