@@ -29,6 +29,10 @@ def register(sub) -> None:
     g.add_argument("--prompt", action="append", default=None, help="generation prompt (repeat; default: two "
                    "built-in prompts)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="tokens per generated continuation")
+    g.add_argument("--bits", default=None, help="quantization: RTN bit widths in 2..8, e.g. 8,4,3")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="quantization: inputs sharing one scale (default: one scale per output channel)")
+    g.add_argument("--sparsities", default=None, help="pruning: sparsities in (0, 1), e.g. 0.5,0.7")
     FindConfig.add_arguments(p, exclude=["ranker"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -43,7 +47,8 @@ def run(args) -> int:
     sp = StudyParams.make(args.quick, alphas=parse_grid(args.alphas, float, "--alphas"),
                           ks=parse_grid(args.ks, int, "--ks"), lengths=parse_grid(args.lengths, int, "--lengths"),
                           dtypes=parse_grid(args.dtypes, str, "--dtypes"), prompts=args.prompt,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, bits=parse_grid(args.bits, int, "--bits"),
+                          group_size=args.group_size, sparsities=parse_grid(args.sparsities, float, "--sparsities"))
     parse_sections(args.sections)
     resolve_texts(args.texts, sp)
     check_out(args.out)

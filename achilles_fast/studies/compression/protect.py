@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -49,12 +48,13 @@ class ProtectList:
     def save(self, path) -> Tuple[Path, Path]:
         """Write ``path`` (safetensors: the bool masks) and the same stem with ``.json`` (the naming), each
         atomically; returns both paths."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+        from ..study.report import write_atomic
         path = Path(path)
         jpath = json_path(path)
-        _atomic(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in self.masks.items()}, tmp,
-                                            metadata={"format": "achilles_fast.protect_list"}))
-        _atomic(jpath, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1) + "\n"))
+        write_atomic(path, save({k: v.contiguous().cpu() for k, v in self.masks.items()},
+                                metadata={"format": "achilles_fast.protect_list"}))
+        write_atomic(jpath, json.dumps(self.to_json(), indent=1) + "\n")
         return path, jpath
 
 
@@ -62,16 +62,6 @@ def json_path(path) -> Path:
     """The naming file written next to a protect list: F.safetensors -> F.json."""
     p = Path(path)
     return p.with_suffix(".json") if p.suffix == ".safetensors" else p.with_name(p.name + ".json")
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _regions(t: Target, c: int) -> List[Tuple[torch.Tensor, int, int]]:

@@ -11,9 +11,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ...method.config import FindConfig
 from ...models.loading import parse_dtype
+from ..compression.params import PRUNE_METHODS, check_bits, check_group_size, check_method, check_sparsity
 from ..generate import DEFAULT_PROMPTS, check_max_new_tokens, check_prompts
 
-SECTIONS = ("critical", "cooperativity", "components", "stability", "mechanism", "generations")
+SECTIONS = ("critical", "cooperativity", "components", "stability", "mechanism", "generations", "quantization", "pruning",
+            "bitflips")
+MIN_FLIP_TRIALS = 100  # random bit-flip control: at least this many random draws
 STABILITY_GROUPS = ("alpha", "k", "length", "texts", "dtype")
 
 
@@ -35,6 +38,13 @@ class StudyParams:
     max_singles: int = 100  # each neuron alone, for the first this many neurons of the set
     prompts: Tuple[str, ...] = DEFAULT_PROMPTS
     max_new_tokens: int = 40
+    bits: Tuple[int, ...] = (8, 4, 3)  # quantization: RTN bit widths
+    group_size: Optional[int] = None  # quantization: inputs per scale (None: one scale per output channel)
+    sparsities: Tuple[float, ...] = (0.5, 0.7)  # pruning
+    prune_methods: Tuple[str, ...] = PRUNE_METHODS
+    flip_max: int = 10  # bitflips: most flips the greedy search commits
+    flip_candidates: int = 32  # bitflips: candidates tried per greedy step
+    flip_trials: int = MIN_FLIP_TRIALS  # bitflips: random control draws
 
     def __post_init__(self):
         cfg = FindConfig()
@@ -48,13 +58,23 @@ class StudyParams:
             _check(lambda: parse_dtype(d), "dtypes")
         for n in self.component_ns:
             _check(lambda: cfg.replace(max_neurons=n), "component_ns")
-        for name in ("exhaustive_max", "subsets_per_size", "max_sizes", "max_singles"):
+        for b in self.bits:
+            _check(lambda: check_bits(b), "bits")
+        for x in self.sparsities:
+            _check(lambda: check_sparsity(x), "sparsities")
+        for m in self.prune_methods:
+            _check(lambda: check_method(m), "prune_methods")
+        _check(lambda: check_group_size(self.group_size), "group size")
+        if isinstance(self.flip_trials, int) and self.flip_trials < MIN_FLIP_TRIALS:
+            raise StudyError(f"flip_trials must be >= {MIN_FLIP_TRIALS} (random bit-flip draws), got {self.flip_trials}")
+        for name in ("exhaustive_max", "subsets_per_size", "max_sizes", "max_singles", "flip_max", "flip_candidates",
+                     "flip_trials"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise StudyError(f"{name} must be an integer >= 1, got {v!r}")
         if self.exhaustive_max > 16:
             raise StudyError(f"exhaustive_max must be <= 16 (2^n - 2 subsets), got {self.exhaustive_max}")
-        for name in ("alphas", "ks", "lengths", "dtypes"):
+        for name in ("alphas", "ks", "lengths", "dtypes", "bits", "sparsities", "prune_methods"):
             if not getattr(self, name):
                 raise StudyError(f"the {name} grid is empty")
         if self.genres is not None:
@@ -81,7 +101,8 @@ class StudyParams:
 
 # --quick: SmolLM2 within ~5 minutes on a 2-core CPU (see benchmarks/RESULTS.md)
 QUICK: Dict[str, Any] = dict(alphas=(1.0, 5.0, 10.0), ks=(10, 100), lengths=(8, 16, 64), genres=("prose", "code"),
-                             exhaustive_max=6, subsets_per_size=10, max_sizes=4, max_singles=20, max_new_tokens=20)
+                             exhaustive_max=6, subsets_per_size=10, max_sizes=4, max_singles=20, max_new_tokens=20,
+                             bits=(8, 4), sparsities=(0.5,), flip_max=4, flip_candidates=8)
 
 
 def _tuple(v):

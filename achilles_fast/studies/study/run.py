@@ -24,13 +24,14 @@ from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
 from ...models.loading import model_source
 from ..robustness import read_texts
-from . import components, cooperativity, critical, generations, mechanism, stability
+from . import bitflips, components, cooperativity, critical, generations, mechanism, pruning, quantization, stability
 from .context import StudyContext, digest
 from .genres import GENRES
 from .params import SECTIONS, StudyError, StudyParams, parse_sections
 from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines, write_atomic
 
-MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations)}
+MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations, quantization,
+                                pruning, bitflips)}
 assert tuple(MODULES) == SECTIONS
 KEY_VERSION = 1  # part of every section key: bump when a section's numbers change meaning
 
