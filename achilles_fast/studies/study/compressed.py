@@ -86,6 +86,7 @@ def protect_axes(ax, xs: Sequence, rows: List[Dict], setting: str, eps: float, x
                    if r[setting] == x and r["protect"] == m) for x in xs]
         ax.plot(range(len(xs)), ys, marker="o", color=COLORS[m], label=f"protect {m}", gid=f"protect-{m}")
     ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}")
+    ax.set_ylim(bottom=min([0.0] + finite))
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("log10(PPL compressed / PPL clean)")
