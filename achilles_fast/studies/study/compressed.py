@@ -20,8 +20,9 @@ COLORS = {"none": "tab:red", "critical": "tab:green", "random": "tab:gray"}
 
 
 def nll_now(ctx: StudyContext) -> float:
-    """Mean NLL on the evaluation text of the model as it is now; +inf when the loss is not finite."""
-    ev = ctx.evaluator()  # the clean NLL is measured on first use, before any edit
+    """Mean NLL on the evaluation text of the model as it is now; +inf when the loss is not finite. A section reads
+    ``ctx.clean_nll`` before its first edit (the evaluator measures the clean NLL on first use)."""
+    ev = ctx.evaluator()
     with eval_mode(ctx.model), torch.no_grad():
         v = ev.nll_prefixes(None, [0])[0]
     return v if math.isfinite(v) else math.inf
