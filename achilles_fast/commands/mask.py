@@ -26,6 +26,8 @@ def register(sub) -> None:
 def read_neurons(spec: str):
     """``--neurons``: a result JSON (``find --out``, or a plain JSON list of names) or comma-separated names ->
     (names, the result's params)."""
+    if not spec.strip():
+        raise ValueError("--neurons is empty")
     p = Path(spec).expanduser()
     if p.is_dir():
         raise ValueError(f"--neurons {spec} is a folder; give a result JSON file or neuron names")
