@@ -143,7 +143,7 @@ def critical_candidates(st: Int8State, protect, norms: Dict[str, torch.Tensor]) 
             continue
         pos = m.nonzero()  # [n, 2]
         inp = pos[:, 1 - bw.dim]  # input feature of each position
-        nv = norms[name][inp].tolist()
+        nv = norms[name][inp.cpu()].tolist()
         shape1 = m.shape[1]
         for (i, j), v in zip(pos.tolist(), nv):
             coords.append((-v, order, i * shape1 + j, name, (i, j)))
