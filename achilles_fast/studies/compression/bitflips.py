@@ -131,7 +131,10 @@ def replay_flips(model: nn.Module, flips: Sequence) -> Iterator[Int8State]:
         yield st
 
 
-def critical_candidates(st: Int8State, protect, norms: Dict[str, torch.Tensor]) -> List[Tuple[str, Tuple[int, ...], int]]:
+Candidate = Tuple[str, Tuple[int, ...], int]  # (tensor, index, bit)
+
+
+def critical_candidates(st: Int8State, protect, norms: Dict[str, torch.Tensor]) -> List[Candidate]:
     """The search order over the int8 values producing the protected (critical) channels: bit 7 first, then 6, ...;
     within a bit, the coordinates whose input feature has the largest activation norm first (ties: tensor order,
     then flat index). -> [(tensor, index, bit)]."""
@@ -159,7 +162,7 @@ class SearchResult:
     evaluations: int
 
 
-def greedy_flips(st: Int8State, candidates: Sequence[Tuple[str, Tuple[int, ...], int]],
+def greedy_flips(st: Int8State, candidates: Sequence[Candidate],
                  evaluate: Callable[[], float], epsilon: float, max_flips: int, per_step: int,
                  progress: Optional[Callable[[], None]] = None) -> SearchResult:
     """Greedy: each step tries the next ``per_step`` untried candidates (in ``candidates`` order) one at a time on
@@ -198,7 +201,7 @@ def greedy_flips(st: Int8State, candidates: Sequence[Tuple[str, Tuple[int, ...],
     return SearchResult(flips, ratios, current >= epsilon, evals)
 
 
-def random_positions(st: Int8State, bits: Sequence[int], rng: random.Random) -> List[Tuple[str, Tuple[int, ...], int]]:
+def random_positions(st: Int8State, bits: Sequence[int], rng: random.Random) -> List[Candidate]:
     """One random position (uniform over every stored int8 value, distinct) for each bit in ``bits``."""
     names = list(st.codes)
     sizes = [st.codes[n].numel() for n in names]

@@ -63,8 +63,8 @@ def rescue_verdicts(rows: List[Dict], setting: str, label, eps: float, focus) ->
     c1 = f"protecting the critical set rescues {label(focus)}"
     none = by[(focus, "none")]
     if none < eps:
-        v1 = verdict(c1, None, f"unprotected {label(focus)} stays below epsilon = {eps:g} (log10 ratio: {nums(focus)}): "
-                     "nothing to rescue")
+        v1 = verdict(c1, None, f"unprotected {label(focus)} stays below epsilon = {eps:g} (log10 ratio: "
+                     f"{nums(focus)}): nothing to rescue")
     else:
         v1 = verdict(c1, by[(focus, "critical")] < eps, f"log10 ratio {nums(focus)}; epsilon = {eps:g}")
     harmful = [v for v in values if by[(v, "none")] >= HARM * eps]
