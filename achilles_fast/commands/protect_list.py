@@ -19,8 +19,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     from ..studies.compression.protect import json_path, protect_list
-    from .mask import read_neurons
     check_output(args.out, "--out")
     check_output(str(json_path(args.out)), "--out (its .json naming file)")
     names, _ = read_neurons(args.neurons)

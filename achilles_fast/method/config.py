@@ -14,7 +14,10 @@ import typing
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from ..models.registry import SCOPES
-from .ranking import RANKINGS, ranker_names
+from ..utils import positive_int
+from .budget import HELP as BATCH_TOKENS_HELP
+from .rankers import ranker_help, ranker_names
+from .ranking import RANKINGS
 
 STRATEGIES = ("linear", "bisect", "first")
 STAGE1_DTYPES = ("bfloat16", "float16")
@@ -23,8 +26,9 @@ AUTO_MIN_K = 8  # k="auto": the smallest max_k that allows two doublings of K (2
 
 def _field(default, help: str, *, choices: Optional[Tuple] = None, group: str = "method", flag: Optional[str] = None,
            auto: bool = False):
-    """A FindConfig field: ``help`` is the CLI help; ``group`` orders the flags (text, stage1, stage2, run);
-    ``auto``: the string "auto" is accepted besides the field's type."""
+    """A FindConfig field: ``help`` is the CLI help; ``help`` and ``choices`` may be functions (read when used, e.g.
+    the registered rankers); ``group`` orders the flags (text, stage1, stage2, run); ``auto``: the string "auto" is
+    accepted besides the field's type."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
                                                          "flag": flag, "auto": auto})
 
@@ -34,10 +38,7 @@ class FindConfig:
     # -- text -----------------------------------------------------------------------------------------------------
     max_tokens: int = _field(512, "use the first N tokens of the text (scoring and evaluation)", group="text")
     # -- Stage 1: ranking -----------------------------------------------------------------------------------------
-    ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
-                         "ranker (random, activation, gradient, taylor, superweight; the paper's activation_signed, "
-                         "gradient_signed)", choices=ranker_names,
-                         group="stage1")
+    ranker: str = _field("sensitivity", ranker_help, choices=ranker_names, group="stage1")
     k: int = _field(100, "noisy samples K, or auto: sample in doubling chunks until the critical set is stable "
                     "(see max_k)", group="stage1", auto=True)
     max_k: int = _field(100, "with k=auto: at most this many noisy samples (the default equals K's, so auto "
@@ -70,7 +71,7 @@ class FindConfig:
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
     # -- execution ------------------------------------------------------------------------------------------------
-    max_batch_tokens: Optional[int] = _field(None, "tokens per forward, both stages (default: auto)", group="run")
+    max_batch_tokens: Optional[int] = _field(None, BATCH_TOKENS_HELP, group="run")
     kernels: bool = _field(True, "use the compiled/Triton ops (off: the pure-PyTorch references)", group="run")
     top_report: int = _field(50, "head of the ranking stored in the result", group="run")
 
@@ -78,20 +79,20 @@ class FindConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.k != "auto":
-            _positive_int(self, "k", "number of noisy samples")
-        _positive_int(self, "max_k")
+            positive_int(self.k, "k", "number of noisy samples")
+        positive_int(self.max_k, "max_k")
         if self.k == "auto" and self.max_k < AUTO_MIN_K:
             raise ValueError(f"k='auto' needs max_k >= {AUTO_MIN_K} (samples 2, 4, 8: two doublings), got {self.max_k}")
         _positive_finite(self, "alpha", "noise scale")
         _positive_finite(self, "epsilon", "log10 PPL ratio threshold")
-        _positive_int(self, "step")
-        _positive_int(self, "max_neurons")
-        _positive_int(self, "top_report")
+        positive_int(self.step, "step")
+        positive_int(self.max_neurons, "max_neurons")
+        positive_int(self.top_report, "top_report")
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens!r}")
         for name in ("batch_size", "max_batch_tokens"):
             if getattr(self, name) is not None:
-                _positive_int(self, name)
+                positive_int(getattr(self, name), name)
         if self.max_score_mb is not None:
             _positive_finite(self, "max_score_mb")
         for f in dataclasses.fields(self):
@@ -138,7 +139,7 @@ class FindConfig:
         for f in dataclasses.fields(cls):
             if f.name not in keep:
                 continue
-            md = f.metadata
+            md = dict(f.metadata, help=_help(f))
             g = groups.get(md["group"]) or groups.setdefault(md["group"], parser.add_argument_group(titles[md["group"]]))
             base, _ = _base_type(f)
             flag = md["flag"] or "--" + f.name.replace("_", "-")
@@ -163,6 +164,11 @@ class FindConfig:
 
 
 # ---- validation helpers --------------------------------------------------------------------------------------------
+def _help(f: dataclasses.Field) -> str:
+    h = f.metadata["help"]
+    return h() if callable(h) else h
+
+
 def _choices(f: dataclasses.Field) -> Optional[Tuple]:
     ch = f.metadata["choices"]
     return ch() if callable(ch) else ch
@@ -215,12 +221,6 @@ def _coerce(f: dataclasses.Field, v):
     if not isinstance(v, str):
         raise ValueError(f"{f.name} must be a string, got {v!r}")
     return v
-
-
-def _positive_int(cfg: FindConfig, name: str, what: str = "") -> None:
-    v = getattr(cfg, name)
-    if v < 1:
-        raise ValueError(f"{name}{f' ({what})' if what else ''} must be an integer >= 1, got {v!r}")
 
 
 def _positive_finite(cfg: FindConfig, name: str, what: str = "") -> None:

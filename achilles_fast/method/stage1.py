@@ -22,23 +22,14 @@ from torch import nn
 from .. import ops
 from ..models.devices import embedding_device
 from ..models.targets import Target
-from ..threads import rebalance
-from ..utils import available_ram, progress_bar
-from .ranking import PositionMax, Ranking, Scores, ranking_from_scores, register_ranker
+from ..utils import available_ram
+from .budget import stage1_batch_tokens
+from .callbacks import between_forwards
+from .ranking import PositionMax, Ranking, Scores, ranking_from_scores
 
 
 class _StopForward(Exception):
     """Raised by the last target's hook: nothing after it is needed."""
-
-
-def auto_batch_tokens(device: torch.device) -> int:
-    """Tokens per noisy chunk when the user gives no budget."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        # ~64 KiB of transient activations per token per billion params is generous; cap at 64k tokens.
-        return int(max(512, min(65536, free // (256 * 1024))))
-    # CPU: 16k tokens per chunk keeps SmolLM2-135M's transient activations under ~0.5 GB
-    return 16384
 
 
 def input_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -111,7 +102,7 @@ class _Capture:
 
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
-        rebalance()  # a sized sweep worker: its share of idle cores
+        between_forwards()
         self.fired = 0
         self.batch = embeds.shape[0]
         try:
@@ -203,8 +194,7 @@ def sensitivity_scores(
     k = ks[-1]
     T = int(ids.numel())
     embeds = input_embeddings(model, ids)  # [T, H]
-    budget = max_batch_tokens or auto_batch_tokens(embeds.device)
-    kb = max(1, min(k, budget // T))
+    kb = max(1, min(k, stage1_batch_tokens(max_batch_tokens, embeds.device) // T))
     if groups is None:
         groups = plan_groups(model, targets, T, per_position, max_score_mb)
     scores: Dict[int, List[Optional[Scores]]] = {K: [None] * len(targets) for K in ks}
@@ -282,7 +272,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
         raise ValueError("k='auto' keeps every target's Stage 1 scores and their variances in memory, and they do not "
                          "fit the score budget (max_score_mb): raise max_score_mb or use a fixed k")
     embeds = input_embeddings(model, ids)  # [T, H]
-    kb = max(1, (max_batch_tokens or auto_batch_tokens(embeds.device)) // T)
+    kb = max(1, stage1_batch_tokens(max_batch_tokens, embeds.device) // T)
     history: List[Optional[tuple]] = []  # per check: the sets (one per epsilon), None when not searched
     checks = []
     sizes: Optional[List[int]] = None
@@ -334,48 +324,3 @@ def autocast(model: nn.Module, dtype: Optional[str]):
         return contextlib.nullcontext()
     dev = embedding_device(model).type
     return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=getattr(torch, dtype))
-
-
-class SensitivityRanker:
-    """The paper's Stage 1 as a Ranker: mean |f(x) - f(x + alpha eps)| over K noisy copies, ranked by
-    ``config.ranking``. ``stats`` receives forward counts and chunk sizes of the last ``rank`` call. With
-    ``k="auto"`` (``adaptive_ranking``) ``sizes_of`` must be set: the Stage 2 oracle that K stops on."""
-
-    name = "sensitivity"
-
-    def __init__(self, config, progress: bool = False):
-        self.config = config
-        self.progress = progress
-        self.stats: dict = {}
-        self.sizes_of = None  # k="auto": ranking -> critical-set size per epsilon (Stage 2), set by the caller
-
-    def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
-        cfg = self.config
-        if cfg.k == "auto":
-            return self._rank_auto(model, targets, ids)
-        per_position = cfg.ranking != "mean"
-        groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
-        with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
-                autocast(model, cfg.stage1_dtype), torch.no_grad():
-            scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
-                                        per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
-                                        groups=groups, reduce_positions=True,
-                                        progress=bar.update if bar is not None else None, stats=self.stats)
-        if cfg.ranking == "mean":  # [C] sums over positions -> means
-            scores = [sc / ids.numel() for sc in scores]
-        return ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
-
-    def _rank_auto(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
-        cfg = self.config
-        if self.sizes_of is None:
-            raise ValueError("k='auto' stops on the Stage 2 sets: set the ranker's sizes_of (find_critical and "
-                             "achilles_fast.rank do)")
-        with progress_bar(cfg.max_k, "Stage 1: noisy samples (K auto)", "sample", self.progress) as bar:
-            return adaptive_ranking(model, targets, ids, self.sizes_of, alpha=cfg.alpha, seed=cfg.seed,
-                                    mode=cfg.ranking, top=cfg.max_neurons, max_k=cfg.max_k,
-                                    max_batch_tokens=cfg.max_batch_tokens, max_score_mb=cfg.max_score_mb,
-                                    stage1_dtype=cfg.stage1_dtype, progress=bar.update if bar is not None else None,
-                                    stats=self.stats)
-
-
-register_ranker("sensitivity", SensitivityRanker)

@@ -26,10 +26,9 @@ def files(tmp_path):
     (tmp_path / "readonly").chmod(0o755)
 
 
-def test_protect_list_cli_writes_masks_and_naming(tmp_path, capsys, shared_dir):
+def test_protect_list_cli_writes_masks_and_naming(tmp_path, capsys, stories):
     from safetensors.torch import load_file
     from achilles_fast import protect_list
-    from achilles_fast.models.loading import load_model
     out = tmp_path / "protect.safetensors"
     code, stdout, err = run(capsys, "protect-list", STORIES, "--neurons", f"{DOWN}:5,{DOWN}:9", "--out", out)
     assert code == 0, err
@@ -40,7 +39,7 @@ def test_protect_list_cli_writes_masks_and_naming(tmp_path, capsys, shared_dir):
     d = json.loads((tmp_path / "protect.json").read_text())
     assert [(e["module"], e["channel"], e["weights"][0]["weight"], e["weights"][0]["rows"]) for e in d["neurons"]] == \
         [(DOWN, 5, f"{DOWN}.weight", [5]), (DOWN, 9, f"{DOWN}.weight", [9])]
-    model, _, _ = load_model(str(STORIES))
+    model, _ = stories
     assert torch.equal(protect_list(model, [f"{DOWN}:5", f"{DOWN}:9"]).masks[f"{DOWN}.weight"],
                        masks[f"{DOWN}.weight"])
     assert "protected values  344" in stdout

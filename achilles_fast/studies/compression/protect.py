@@ -8,7 +8,6 @@ geometry in-place masking uses: protecting a set covers exactly the values maski
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,6 +18,7 @@ from torch import nn
 from ...models.neurons import NeuronIndex
 from ...models.registry import discover_targets, maskable_targets
 from ...models.targets import Target
+from ...utils import atomic_write, write_json
 from .params import CompressionError
 
 
@@ -49,12 +49,11 @@ class ProtectList:
         """Write ``path`` (safetensors: the bool masks) and the same stem with ``.json`` (the naming), each
         atomically; returns both paths."""
         from safetensors.torch import save
-        from ..study.report import write_atomic
-        path = Path(path)
+        path = Path(path).expanduser()
         jpath = json_path(path)
-        write_atomic(path, save({k: v.contiguous().cpu() for k, v in self.masks.items()},
+        atomic_write(path, save({k: v.contiguous().cpu() for k, v in self.masks.items()},
                                 metadata={"format": "achilles_fast.protect_list"}))
-        write_atomic(jpath, json.dumps(self.to_json(), indent=1) + "\n")
+        write_json(self.to_json(), jpath, indent=1)
         return path, jpath
 
 

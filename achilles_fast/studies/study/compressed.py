@@ -13,10 +13,21 @@ from ...method.perplexity import log10_ppl, log10_ratio
 from ...utils import eval_mode
 from ..compression.params import PROTECT_MODES
 from ..compression.protect import protect_list, random_down_proj
-from .context import StudyContext, fmt, verdict
+from .context import StudyContext
+from .section import StudyError, fmt, verdict
 
 HARM = 0.1  # a compression "harms" the model when its log10 ratio reaches this fraction of epsilon
 COLORS = {"none": "tab:red", "critical": "tab:green", "random": "tab:gray"}
+
+
+def study_check(check):
+    """A compression parameter check (``compression.params``) as a study ``Param`` check: StudyError, one line."""
+    def wrapped(value) -> None:
+        try:
+            check(value)
+        except ValueError as e:
+            raise StudyError(str(e)) from None
+    return wrapped
 
 
 def nll_now(ctx: StudyContext) -> float:
