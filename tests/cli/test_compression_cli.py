@@ -76,6 +76,10 @@ def CASES(f):
         (["study", M, "--out", f / "s", "--sparsities", "1.5"], "study", "sparsity must be in (0, 1)"),
         (["study", M, "--out", f / "s", "--sparsities", "nan"], "study", "must be finite"),
         (["study", M, "--out", f / "s", "--group-size", "0"], "study", "group size must be >= 1"),
+        (["study", M, "--out", f / "s", "--prune-methods", "magnitude,sparsegpt"], "study",
+         "unknown pruning method 'sparsegpt'"),
+        (["study", M, "--out", f / "s", "--flip-trials", "50"], "study", "flip_trials must be >= 100"),
+        (["study", M, "--out", f / "s", "--flip-max", "0"], "study", "flip_max must be an integer >= 1"),
         (["study", M, "--out", f / "s", "--sections", "quantisation"], "study", "unknown section(s) quantisation"),
     ]
 
