@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_text_args, read_text
+from . import add_text_args, quiet_loading, read_text
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--random-seeds", type=int, default=d.random_seeds,
                    help=f"random sets per transfer cell (default: {d.random_seeds})")
     p.add_argument("--workers", type=int, default=1, help="local worker processes for the finds (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the finds log one line each)")
     add_text_args(p, "scoring text", max_tokens=False)
     FindConfig.add_arguments(p)
     p.set_defaults(func=run)
@@ -36,6 +37,8 @@ def run(args) -> int:
     from ..studies.compare import compare
     cfg = FindConfig.from_args(args)  # fail before loading anything
     text = read_text(args)
+    if args.quiet:
+        quiet_loading()
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
