@@ -90,7 +90,8 @@ def test_curves_equal_full_forwards_on_every_family(family, scope):
             else:
                 assert a.curve == b.curve, (strategy, bs)
                 assert [n.name for n in a.neurons] == [n.name for n in b.neurons]
-            assert a.converged or strategy == "bisect" or eps == UNREACHABLE  # bisect's probes may all miss a non-monotone curve's peak
+            # bisect's probes may all miss the peak of a non-monotone curve
+            assert a.converged or strategy == "bisect" or eps == UNREACHABLE
             if a.converged:
                 assert a.stats["verify_log10_ratio"] == pytest.approx(a.log10_ratio, abs=1e-5)
     assert_bit_identical(model, snap)
