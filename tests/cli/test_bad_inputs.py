@@ -130,7 +130,6 @@ def CASES(b: Path):
         (["find", S, "--alpha", "inf"], "find", "alpha (noise scale) must be a finite number > 0, got inf"),
         (["find", S, "--alpha", "nan"], "find", "alpha (noise scale) must be a finite number > 0, got nan"),
         (["find", S, "--batch-size", "0"], "find", "batch_size must be an integer >= 1, got 0"),
-        (["find", S, "--stage2-dtype", "int8"], "find", "--stage2-dtype: invalid choice: 'int8'"),
         (["find", S, "--max-batch-tokens", "0"], "find", "max_batch_tokens must be an integer >= 1, got 0"),
         (["find", S, "--max-batch-tokens", "-64"], "find", "max_batch_tokens must be an integer >= 1, got -64"),
         (["mask", S, "--neurons", f"{DOWN}:1", "--max-tokens", "1"], "mask", "max_tokens must be >= 2"),
