@@ -267,3 +267,17 @@ def test_stage2_dtype_exception_mid_evaluation_restores_weights():
         h.remove()
     assert all("forward" not in m.__dict__ for m in model.model.layers)
     assert_bit_identical(model, snap)
+
+
+def test_stories260k_paper_scope_curve_equals_full_forwards(stories):
+    """The real 5-layer TinyStories Llama, scope paper (activations, norms, q/k/v/o, MLP), the default search: the
+    incremental curve is bit-identical to the full forwards' and runs fewer layers."""
+    model, tok = stories
+    snap = weights_snapshot(model)
+    kw = dict(k=4, scope="paper", max_tokens=128, max_neurons=200, progress=False)
+    a = af.find_critical(model, tok, **kw)
+    b = af.find_critical(model, tok, incremental=False, **kw)
+    assert a.curve == b.curve and [n.name for n in a.neurons] == [n.name for n in b.neurons]
+    inc = a.stats["incremental"]
+    assert "fallback" not in inc and inc["layers_per_eval"] < inc["n_layers"] == 5 and inc["cache_bytes"] > 0
+    assert_bit_identical(model, snap)
