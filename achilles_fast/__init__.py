@@ -4,7 +4,7 @@ Layout: ``method`` (config, Stage 1, rankers, ranking, Stage 2, masking, perplex
 targets, neurons, MoE, loading, devices), ``ops`` (the fused kernels), ``studies`` (baselines, robustness, plots,
 reports, sweeps), ``commands`` + ``cli`` (the ``achilles-fast`` command), ``bench`` (benchmarks).
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .method.api import evaluate_corpus, evaluate_mask, find_critical, rank_neurons  # noqa: E402
 from .method.config import FindConfig  # noqa: E402

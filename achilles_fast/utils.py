@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from pathlib import Path
 
@@ -50,3 +51,20 @@ def available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX
         return 16 << 30
+
+
+def positive_int(value, name: str, what: str = "") -> int:
+    """``value`` when it is an integer >= 1 (a bool is not one), else ``ValueError`` naming it: the one check of a
+    count (``what``: a few words on what it counts, for the message)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}{f' ({what})' if what else ''} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse ``type=`` of a count flag: ``positive_int`` of the typed text (argparse names the flag)."""
+    import argparse
+    try:
+        return positive_int(int(text), "the value")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..utils import positive_int_arg
 
 EXAMPLE = """spec example (YAML):
   db: sweep.db
@@ -27,9 +28,9 @@ def register(sub) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray task (default: spec, else 0)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs per Ray task (default: spec, else 1)")
     p.add_argument("--retries", type=int, default=None, help="resubmissions of a crashed Ray task (default 2)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int_arg, default=1,
                    help="local worker processes splitting the jobs (default 1: this process)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int_arg, default=None,
                    help="torch intra-op threads per worker (default: cores // workers)")
     p.add_argument("--no-prefetch", action="store_true", help="do not load the next checkpoint in the background")
     p.add_argument("--dry-run", action="store_true",

@@ -21,7 +21,7 @@ from .rankers import make_ranker
 from .ranking import Ranking
 from .result import CriticalResult
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
-from .text import corpus_windows, model_context, sample_ids, tokenize
+from .text import corpus_windows, model_context, sample_ids, text_ids, tokenize
 
 
 def resolve_model(model, tokenizer, device, dtype):
@@ -66,16 +66,14 @@ def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
     cfg = FindConfig.make(config, **params)
     model, tokenizer, name = resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
-    ctx = model_context(model)
-    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
+    ids, eval_ids = text_ids(model, tokenizer, text, eval_text, cfg.max_tokens)
     return cfg, epsilons or [cfg.epsilon], model, name, targets, ids, eval_ids
 
 
 def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor]) -> None:
     """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run."""
     for what, x in [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)]):
-        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
+        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens, fused=False, what=what).nll()
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
@@ -175,7 +173,7 @@ find_critical.__signature__ = inspect.signature(find_critical).replace(parameter
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
                   ids: Optional[torch.Tensor] = None, discover: bool = False,
-                  max_batch_tokens: int = 8192) -> Dict[str, float]:
+                  max_batch_tokens: Optional[int] = None) -> Dict[str, float]:
     """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
     place (weights restored after). Duplicate names count once: ``n_neurons`` and ``neurons`` are the distinct
     neurons masked. A loss that is not finite raises ``NonFiniteError``."""
@@ -191,7 +189,7 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
 
 
 def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequence[str]], window: int = 256,
-                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: int = 8192,
+                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: Optional[int] = None,
                     max_tokens: int = 512, discover: bool = False) -> Dict[str, Any]:
     """Corpus perplexity, clean and with ``neurons`` masked (weights restored bit-exact).
 

@@ -14,7 +14,7 @@ def versions() -> Dict[str, str]:
     import torch
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
     v = {"achilles_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
          "python": platform.python_version()}
     try:

@@ -157,7 +157,7 @@ class PrefixNLL:
 
     def __init__(self, model: nn.Module, eval_ids: torch.Tensor, config: Optional[FindConfig] = None):
         cfg = config or FindConfig()
-        self._make = lambda dtype=None: NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens or 8192,
+        self._make = lambda dtype=None: NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens,
                                                      incremental=cfg.incremental, dtype=dtype)
         self._low_dtype = None if cfg.stage2_dtype in (None, "float32") else cfg.stage2_dtype
         self._ev: Optional[NLLEvaluator] = None

@@ -420,6 +420,34 @@ def test_prefetch_in_a_sweep(ckpts, tmp_path):
     assert counts["prefetched"] == 2 and sink.written == len(jobs)  # tiny models fit: the 2nd and 3rd prefetched
 
 
+def test_sized_worker_rebalances_between_forwards(ckpts, tmp_path):
+    """A worker with a core share is marked busy while a unit runs and rebalances before the method's forwards
+    (the between-forwards callback); a worker without one never does."""
+    from achilles_fast.studies.sweep import _Sink
+    from achilles_fast.studies.sweep.worker import run_worker
+    from achilles_fast.threads import CoreShare
+
+    class Spy(CoreShare):
+        calls = 0
+
+        def rebalance(self, force: bool = False) -> None:
+            if not force:
+                assert self.marker.exists()  # only inside a unit
+                Spy.calls += 1
+            super().rebalance(force)
+
+    spec = SweepSpec.from_dict(_spec(ckpts[:1], tmp_path / "cs.db", eps=(0.02,)))
+    units, jobs = plan_sweep(spec)
+    (tmp_path / "cores").mkdir()
+    share = Spy(str(tmp_path / "cores"), n_cores=torch.get_num_threads())  # one busy worker: threads unchanged
+    with SweepDB(str(tmp_path / "cs.db")) as store:
+        sink = _Sink(store, len(jobs), 0, lambda s: None)
+        run_worker(units, {c.name: c for c in spec.checkpoints}, str(tmp_path / "cs.db"), sink, log=lambda s: None,
+                   prefetch=False, share=share)
+    assert sink.written == len(jobs) and Spy.calls > len(jobs)  # several forwards per job
+    assert not share.marker.exists()
+
+
 # ---- report --format ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_db(ckpts, tmp_path_factory):
