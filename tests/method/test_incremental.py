@@ -281,3 +281,23 @@ def test_stories260k_paper_scope_curve_equals_full_forwards(stories):
     inc = a.stats["incremental"]
     assert "fallback" not in inc and inc["layers_per_eval"] < inc["n_layers"] == 5 and inc["cache_bytes"] > 0
     assert_bit_identical(model, snap)
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "mistral"])
+def test_sliding_window_layers(model_type):
+    """Sliding-window attention narrower than the text (windows of 4 tokens, mixed with full layers where the family
+    has both): the model's own forward builds each layer's mask, so the curve is still the full forwards'."""
+    from conftest import tiny_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tiny_model(model_type, pad_token_id=0, initializer_range=0.2, sliding_window=4,
+                           use_sliding_window=True, max_window_layers=1, sliding_window_pattern=2)
+    ranking = _ranked(model, "all")
+    a = _search(model, ranking, "linear", 1, UNREACHABLE)
+    b = _search(model, ranking, "linear", 1, UNREACHABLE, incremental=False)
+    assert a.curve == b.curve and "fallback" not in a.stats["incremental"]
+    with torch.no_grad():  # the window matters here: a wide one changes the logits
+        wide = tiny_model(model_type, pad_token_id=0, initializer_range=0.2, sliding_window=256,
+                          use_sliding_window=True, max_window_layers=1, sliding_window_pattern=2)
+        ids = IDS[None]
+        assert not torch.allclose(model(input_ids=ids).logits, wide(input_ids=ids).logits)
