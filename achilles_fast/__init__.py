@@ -12,11 +12,11 @@ from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
 from .method.rankers import Ranker, register_ranker  # noqa: E402
 from .method.ranking import Ranking  # noqa: E402
-from .method.result import CriticalResult  # noqa: E402
+from .method.result import CriticalResult, read_neurons  # noqa: E402
 from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .models.neurons import Neuron  # noqa: E402
-from .models.registry import FamilySpec, register_family  # noqa: E402
+from .models.families import FamilySpec, register_family  # noqa: E402
 from .studies.baselines import baseline_result, compare_rankers  # noqa: E402
 from .studies.robustness import critical_overlap  # noqa: E402
 from .studies.sweep import SweepSpec, run_sweep  # noqa: E402
@@ -39,4 +39,4 @@ def study(model, tokenizer=None, text=None, **kwargs):
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "study", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "read_neurons", "search_epsilons", "study", "__version__"]

@@ -7,8 +7,8 @@ or any file with ``--field``) is evaluated sample by sample like the paper's C4 
 from __future__ import annotations
 
 from . import add_model_args, check_output, load, print_report, read_text_file, save_output, write_json
+from ..method.result import read_neurons
 from ..utils import positive_int, positive_int_arg
-from .mask import read_neurons
 
 
 def register(sub) -> None:
@@ -45,6 +45,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     names, _ = read_neurons(args.neurons)
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_model_args, load, write_json
-from .mask import read_neurons
+from . import add_model_args, check_output, load, write_json
 
 
 def register(sub) -> None:
@@ -23,9 +22,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     from ..studies.generate import DEFAULT_PROMPTS, check_max_new_tokens, check_prompts, generations, side_by_side
     prompts = check_prompts(args.prompt if args.prompt is not None else DEFAULT_PROMPTS)  # before loading
     check_max_new_tokens(args.max_new_tokens)
+    check_output(args.out, "--out")
     names, _ = read_neurons(args.neurons)
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")

@@ -21,8 +21,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..studies.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
-                          write_csv, write_json, write_table)
+    from ..studies.sweep.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
+                          write_csv, write_runs_json, write_table)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
     if args.format == "parquet" and not args.out:
@@ -30,7 +30,7 @@ def run(args) -> int:
     if args.out and not args.format:
         raise ValueError("--out goes with --format csv|json|parquet")
     if args.format == "parquet":
-        from ..studies.report import require
+        from ..studies.sweep.report import require
         require("pyarrow", "--format parquet", "pyarrow")  # before any work
     rows = load_rows(args.db)
     for e in open_errors(args.db):
@@ -55,7 +55,7 @@ def run(args) -> int:
         write_csv(summary, args.summary_csv)
         print(f"saved {args.summary_csv}", file=sys.stderr)
     if args.json:
-        write_json(rows, args.json)
+        write_runs_json(rows, args.json)
         print(f"saved {args.json}", file=sys.stderr)
     if args.format:
         write_table(flat, args.out, args.format)

@@ -39,10 +39,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import os
-
-    from ..studies.sweep import SweepDB, SweepSpec, plan_sweep, run_sweep
+    from ..studies.sweep import SweepSpec, run_sweep
     from ..studies.sweep.db import check_db_path, validate_db
+    from ..studies.sweep.dry_run import dry_run
     from ..threads import worker_threads
     spec = SweepSpec.load(args.spec)
     db = args.db or spec.db
@@ -52,16 +51,7 @@ def run(args) -> int:
     if args.ray is not None and args.workers != 1:
         raise ValueError("choose one: --ray (Ray tasks) or --workers (local processes)")
     if args.dry_run:
-        units, jobs = plan_sweep(spec)
-        done = set()
-        if os.path.exists(db):  # read-only: a dry run never creates or changes the database
-            with SweepDB(db, readonly=True) as store:
-                done = store.done_keys([j.key for j in jobs])
-        for u in units:
-            for j in u.jobs:
-                print(f"{'done   ' if j.key in done else 'pending'} {j.key} {j.checkpoint} / {j.text} / "
-                      f"{ {k: v for k, v in j.params.items() if k in spec.grid} } [unit {u.key[:8]}]")
-        print(f"{len(done)}/{len(jobs)} done; {len(units)} Stage 1 unit(s)")
+        print("\n".join(dry_run(spec, db)))
         return 0
     check_db_path(db)  # a folder, not writable: one line before any model loads
     validate_db(db)  # not SQLite, another program's, a newer schema: the same

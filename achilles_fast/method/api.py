@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.devices import check_device
-from ..models.loading import model_source
+from ..models.loading import resolve_model
 from ..models.registry import discover_targets
 from ..utils import eval_mode
 from .config import FindConfig
@@ -22,31 +21,6 @@ from .ranking import Ranking
 from .result import CriticalResult
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
 from .text import corpus_windows, model_context, sample_ids, text_ids, tokenize
-
-
-def resolve_model(model, tokenizer, device, dtype):
-    """(model object or spec, tokenizer or None) -> (model, tokenizer, display name): loads a spec (folder, .gguf,
-    hub id, named model), or moves an object to ``device``/``dtype`` and loads its tokenizer by the same rules."""
-    name = None
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from ..models.loading import load_model
-        model, tok, name = load_model(str(model), dtype=dtype or "float32", device=device or "cpu")
-        tokenizer = tokenizer or tok
-    else:
-        if dtype is not None or device is not None:
-            from ..models.loading import parse_dtype
-            model.to(device=None if device is None else check_device(device), dtype=parse_dtype(dtype))
-        if tokenizer is None:
-            cfg = getattr(model, "config", None)
-            path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
-            if not path:
-                raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
-            from ..models.loading import load_tokenizer
-            tokenizer = load_tokenizer(path)
-    if name is None:
-        name = (model_source(model).get("name") or getattr(getattr(model, "config", None), "_name_or_path", None)
-                or type(model).__name__)
-    return model, tokenizer, name
 
 
 def _split_epsilons(config: Optional[FindConfig], params: Dict[str, Any]):

@@ -17,7 +17,8 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .registry import _text_only, get_family, model_type_of
+from .families import get_family
+from .registry import _text_only, model_type_of
 
 _STACK_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)$")  # the names registry._LAYER_RE accepts
 

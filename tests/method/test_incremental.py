@@ -17,7 +17,7 @@ from achilles_fast.method.masking import BatchedMask
 from achilles_fast.method.perplexity import NLLEvaluator
 from achilles_fast.method.ranking import Ranking
 from achilles_fast.method.stage2 import PrefixNLL, search_ranking
-from achilles_fast.models import registry
+from achilles_fast.models import families, registry
 from achilles_fast.models.layers import stack_rows, take_row
 from achilles_fast.models.registry import discover_targets
 from conftest import ToyTokenizer, assert_bit_identical, weights_snapshot
@@ -151,7 +151,7 @@ def test_fallbacks_have_a_reason(monkeypatch):
     cfg = dict(k=2, alpha=1.0, epsilon=0.05, max_neurons=8, scope="all", strategy="linear", progress=False)
     ref = af.find_critical(model, ToyTokenizer(), TEXT, incremental=False, **cfg)
     assert "incremental" not in ref.stats
-    spec = registry.get_family("llama")
+    spec = families.get_family("llama")
     monkeypatch.setattr(spec, "incremental", "per-layer inputs (test)")
     r = af.find_critical(model, ToyTokenizer(), TEXT, **cfg)
     assert r.stats["incremental"]["fallback"] == "per-layer inputs (test)" and r.curve == ref.curve

@@ -18,7 +18,7 @@ import torch
 from test_sweep import db_keys, make_checkpoint, spec_dict
 
 from achilles_fast.cli import main
-from achilles_fast.studies.report import load_rows
+from achilles_fast.studies.sweep.report import load_rows
 from achilles_fast.studies.sweep import SweepSpec, plan_sweep, run_sweep
 from achilles_fast.studies.sweep.db import SCHEMA_VERSION, SweepDB, SweepDBError
 from achilles_fast.studies.sweep.jobs import run_job
@@ -487,7 +487,30 @@ def test_report_parquet_without_pyarrow(small_db, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install pyarrow" in err[0]
     assert not (tmp_path / "r.parquet").exists()
-    from achilles_fast.studies.report import rows_dataframe
+    from achilles_fast.studies.sweep.report import rows_dataframe
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="pip install pandas"):
         rows_dataframe(load_rows(str(small_db)))
+
+
+def test_dry_run_lines_match_the_plan_and_the_database(ckpts, tmp_path, capsys):
+    """The library's dry run: one line per job (pending / done, in plan order) and the count; the CLI prints it."""
+    from achilles_fast.studies.sweep.dry_run import dry_run
+    db = tmp_path / "d.db"
+    d = _spec(ckpts[:1], db, eps=(0.02, 0.05))
+    spec = SweepSpec.from_dict(d)
+    units, jobs = plan_sweep(spec)
+    lines = dry_run(spec, str(db))
+    assert len(lines) == len(jobs) + 1 and lines[-1] == f"0/{len(jobs)} done; {len(units)} Stage 1 unit(s)"
+    assert [ln.split()[:2] for ln in lines[:-1]] == [["pending", j.key] for u in units for j in u.jobs]
+    assert not db.exists()
+    run_sweep({**d, "grid": {"epsilon": [0.02]}}, log=None)
+    done = set(db_keys(db))
+    lines = dry_run(spec, str(db))
+    assert [ln.split()[0] == "done" for ln in lines[:-1]] == [j.key in done for u in units for j in u.jobs]
+    assert lines[-1].startswith(f"{len(done)}/{len(jobs)} done")
+    import yaml
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
