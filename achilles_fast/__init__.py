@@ -36,7 +36,16 @@ def study(model, tokenizer=None, text=None, **kwargs):
     return _study(model, tokenizer, text, **kwargs)
 
 
+def protect_list(model, neurons, out=None, discover: bool = False):
+    """Bool masks (one per weight tensor, named and shaped like it) True on the weights producing each neuron:
+    what a quantiser or pruner must keep; ``out``: also save F.safetensors + F.json. See
+    ``achilles_fast.studies.compression.protect``."""
+    from .studies.compression.protect import protect_list as _protect_list
+    return _protect_list(model, neurons, out=out, discover=discover)
+
+
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "rank_neurons", "read_neurons", "search_epsilons", "study", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "read_neurons", "search_epsilons", "study", "protect_list",
+           "__version__"]

@@ -21,6 +21,8 @@ COMMANDS = [
     "achilles_fast.commands.bench",
     "achilles_fast.commands.generate",
     "achilles_fast.commands.study",
+    "achilles_fast.commands.protect_list",
+    "achilles_fast.commands.compare",
 ]
 
 

@@ -1,6 +1,10 @@
-"""Tiny random Llama checkpoints saved as HF folders, for sweep benchmarks and tests (one builder for both)."""
+"""Checkpoints for benchmarks and tests (one builder for both): tiny random Llamas saved as HF folders, and a
+genuine huggingface_hub cache layout around any files (revisions as refs)."""
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -30,3 +34,46 @@ def save_random_llama(folder: Union[str, Path], *, seed: int = 0, layers: int = 
             if (Path(tokenizer_from) / f).exists():
                 shutil.copy(Path(tokenizer_from) / f, folder / f)
     return folder
+
+
+def save_hub_repo(cache: Path, repo_id: str, snapshots) -> list:
+    """A genuine huggingface_hub cache layout for ``repo_id`` under ``cache`` (what HF_HUB_CACHE points at):
+    ``models--org--name/blobs/<hash>`` (weights named by their sha256, as LFS objects are; other files by their git
+    blob sha1), ``snapshots/<commit>/<file>`` relative symlinks into blobs/, and ``refs/<ref>`` holding the commit.
+
+    snapshots: [(refs, {path in repo: source file Path or bytes}), ...]; returns the commit shas in that order.
+    """
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    commits = []
+    for refs, files in snapshots:
+        digests = {}
+        for rel, src in sorted(files.items()):
+            data = src if isinstance(src, bytes) else None
+            if rel.endswith((".safetensors", ".gguf", ".bin")):
+                h = hashlib.sha256()
+                with (open(src, "rb") if data is None else io.BytesIO(data)) as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                digest = h.hexdigest()
+            else:
+                data = data if data is not None else Path(src).read_bytes()
+                digest = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            blob = repo / "blobs" / digest
+            if not blob.exists():
+                if data is None and Path(src).stat().st_size > 50_000_000:  # big file: link, don't copy
+                    blob.symlink_to(Path(src).resolve())
+                else:
+                    blob.write_bytes(data if data is not None else Path(src).read_bytes())
+            digests[rel] = digest
+        commit = hashlib.sha1(repr(sorted(digests.items())).encode()).hexdigest()
+        for rel, digest in digests.items():
+            link = repo / "snapshots" / commit / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(repo / "blobs" / digest, link.parent))
+        for ref in refs:
+            (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / ref).write_text(commit)
+        commits.append(commit)
+    return commits

@@ -66,7 +66,8 @@ def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progres
     ranker.use_stage2(sizes_of)
     t0 = time.perf_counter()
     ranking = ranker.rank(model, targets, ids)
-    ranking.info = {"timings": {ranker.timing_key: time.perf_counter() - t0}, "stats": dict(ranker.stats)}
+    ranking.info = {**ranking.info, "timings": {ranker.timing_key: time.perf_counter() - t0},
+                    "stats": dict(ranker.stats)}
     if cfg.k == "auto":
         ranking.info["stats"]["auto_k_checks_s"] = in_checks[0]
     return ranking

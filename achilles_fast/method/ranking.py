@@ -61,6 +61,40 @@ class PositionMax:
 Scores = Union[torch.Tensor, PositionMax]
 
 
+class EntryCount:
+    """The paper's unit: how many (module, position, channel) entries of the per_token ranking come up to the first
+    entry of each ranked channel (the authors count entries, not channels: their n at the crossing).
+
+    Channel n's first entry is its maximum s_n; every entry above s_n belongs to a channel ranked before it, so its
+    entry index is 1 + #{entries > s_n} (ties between equal floats aside). Fed each target's [T, C] scores as Stage 1
+    reduces them, it keeps only entries above the running ``top``-th channel maximum (no later channel of the top can
+    count anything below it): at most ~top x T values, whatever the model's size.
+    """
+
+    def __init__(self, top: int):
+        self.top = int(top)
+        self.maxima = torch.empty(0)  # [<= top] the best channel maxima so far, float32 CPU
+        self.kept = torch.empty(0)  # [m] entries above the current floor, float32 CPU
+
+    def _floor(self) -> float:
+        return float(self.maxima.min()) if self.maxima.numel() >= self.top else float("-inf")
+
+    def add(self, scores: torch.Tensor) -> None:
+        """scores [T, C] of one target (any device)."""
+        s = scores.detach().float()
+        mx = s.amax(0).cpu()  # [C]
+        self.maxima = torch.cat([self.maxima, mx]).topk(min(self.top, self.maxima.numel() + mx.numel())).values
+        floor = self._floor()
+        self.kept = torch.cat([self.kept[self.kept > floor], s[s > floor].cpu()])
+
+    def first_entries(self, values: torch.Tensor) -> List[int]:
+        """values [n] (ranked channel scores, each >= the floor) -> 1-based entry index of each channel's first
+        entry in the per_token order."""
+        kept = self.kept.sort().values
+        above = kept.numel() - torch.searchsorted(kept, values.float().cpu(), right=True)  # [n] entries > s_n
+        return [int(a) + 1 for a in above]
+
+
 def _stable_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-k of a 1-D tensor, descending, ties broken by lower index first. -> (values [k], indices [k])."""
     k = min(k, scores.numel())

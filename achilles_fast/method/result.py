@@ -163,6 +163,8 @@ def read_neurons(spec: str, what: str = "--neurons") -> Tuple[List[str], Dict[st
     """A neuron set as the CLI's ``--neurons`` takes it: a result JSON file (``find --out`` / ``to_json``, or a plain
     JSON list of names) or comma-separated names -> (names, the result's params, {} when none). A folder, a missing
     file, bad JSON or no names: one-line ValueError / FileNotFoundError whose message starts with ``what``."""
+    if not spec.strip():
+        raise ValueError(f"{what} is empty")
     p = Path(spec).expanduser()
     if p.is_dir():
         raise ValueError(f"{what} {spec} is a folder; give a result JSON file or neuron names")

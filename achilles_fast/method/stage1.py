@@ -24,7 +24,7 @@ from ..models.targets import Target
 from ..utils import available_ram
 from .budget import stage1_batch_tokens
 from .callbacks import between_forwards
-from .ranking import PositionMax, Ranking, Scores, ranking_from_scores
+from .ranking import EntryCount, PositionMax, Ranking, Scores, ranking_from_scores
 
 
 class _StopForward(Exception):
@@ -175,6 +175,7 @@ def sensitivity_scores(
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[dict] = None,
     snapshots: Optional[Sequence[int]] = None,
+    entries: Optional[EntryCount] = None,
 ):
     """Mean |clean - noisy| per target: list of float32 [T, C] (per_position) or [C] (summed over positions).
 
@@ -188,6 +189,7 @@ def sensitivity_scores(
     ``snapshots``: sample counts K (``k`` is then their maximum) -> {K: scores of the first K samples}, all from one
     pass: the noise of sample k depends only on (seed, k), so the scores at K are a prefix mean (chunks are cut at
     each K).
+    ``entries``: fed each target's [T, C] scores at K = ``k`` (the per_token ranking's entry counts).
     """
     ks = sorted({int(x) for x in snapshots}) if snapshots else [k]
     k = ks[-1]
@@ -208,6 +210,8 @@ def sensitivity_scores(
                 done = K
                 for j, i in enumerate(group):
                     a = cap.acc[j].div_(k) if K == k else cap.acc[j] / K
+                    if entries is not None and K == k and per_position:
+                        entries.add(a)
                     scores[K][i] = PositionMax.of(a) if reduce_positions and per_position else a
             cap.acc = [None] * len(cap.acc)
             cap.clean = []  # free this group's clean copies before the next group

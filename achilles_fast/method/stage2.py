@@ -296,6 +296,9 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     if pn.reused > r0:
         stats["stage2_reused"] = pn.reused - r0
     stats.update(pn.stats())
+    pe = ranking.info.get("paper_entries")
+    if pe and out.converged and 0 < out.n <= len(pe):  # the paper's unit: per_token entries up to the set's last
+        stats["paper_entries"] = pe[out.n - 1]
     final = out.nll.get(n_final)
     scores = ranking.scores.tolist()
 

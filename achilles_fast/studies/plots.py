@@ -174,20 +174,30 @@ def sweep_sizes_figure(rows: Sequence[Mapping], title: str = "critical-set size 
     return fig
 
 
-def jaccard_figure(names: Sequence[str], matrix, title: str = "critical-set overlap (Jaccard)") -> Figure:
+def heatmap_figure(rows: Sequence[str], cols: Sequence[str], matrix, title: str, *, vmin=None, vmax=None,
+                   cmap: str = "viridis", label: str = "", gid: str = "heatmap") -> Figure:
+    """Matrix [rows x cols] as an annotated heat map; None cells are blank."""
     import numpy as np
-    m = np.asarray(matrix, dtype=float)
-    fig, ax = _new((2.5 + 0.6 * len(names), 2.0 + 0.5 * len(names)))
-    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", gid="jaccard")
+    m = np.array([[np.nan if v is None else float(v) for v in r] for r in matrix], dtype=float)
+    fig, ax = _new((2.5 + 0.6 * len(cols), 2.0 + 0.5 * len(rows)))
+    im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap, gid=gid, aspect="auto")
+    lo, hi = im.get_clim()
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="w" if m[i, j] < 0.5 else "k")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+            if np.isfinite(m[i, j]):
+                dark = (m[i, j] - lo) < 0.5 * (hi - lo) if hi > lo else True
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
+    ax.set_xticks(range(len(cols)), [_short(c, 24) for c in cols], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [_short(r, 24) for r in rows], fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.05)
+    cb = fig.colorbar(im, ax=ax, fraction=0.05)
+    if label:
+        cb.set_label(label, fontsize=8)
     return fig
+
+
+def jaccard_figure(names: Sequence[str], matrix, title: str = "critical-set overlap (Jaccard)") -> Figure:
+    return heatmap_figure(names, names, matrix, title, vmin=0, vmax=1, gid="jaccard")
 
 
 # ---- conveniences ----------------------------------------------------------------------------------------

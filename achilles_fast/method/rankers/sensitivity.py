@@ -9,7 +9,7 @@ from torch import nn
 from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
-from ..ranking import Ranking, ranking_from_scores
+from ..ranking import EntryCount, Ranking, ranking_from_scores
 from ..stage1 import adaptive_ranking, plan_groups, sensitivity_scores
 from . import Ranker, register_ranker
 
@@ -34,15 +34,20 @@ class SensitivityRanker(Ranker):
             return self._rank_auto(model, targets, ids)
         per_position = cfg.ranking != "mean"
         groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
+        entries = EntryCount(cfg.max_neurons) if cfg.ranking == "per_token" else None
         with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
                 autocast(model, cfg.stage1_dtype), torch.no_grad():
             scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
                                         per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
                                         groups=groups, reduce_positions=True,
-                                        progress=bar.update if bar is not None else None, stats=self.stats)
+                                        progress=bar.update if bar is not None else None, stats=self.stats,
+                                        entries=entries)
         if cfg.ranking == "mean":  # [C] sums over positions -> means
             scores = [sc / ids.numel() for sc in scores]
-        return ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
+        ranking = ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
+        if entries is not None:  # the paper's unit: per_token entries up to each channel
+            ranking.info["paper_entries"] = entries.first_entries(ranking.scores)
+        return ranking
 
     def _rank_auto(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
         cfg = self.config

@@ -3,7 +3,10 @@
 Sections (one module each in ``sections/``, each a ``section.Section`` registered with ``@register``): ``critical``
 (the set, its curve and layer map), ``cooperativity`` (proper subsets), ``components`` (the same budget in every
 component), ``stability`` (alpha, K, input length, texts, dtypes), ``mechanism`` (massive activations, super weights,
-attention sinks, zero vs mean ablation), ``generations`` (clean vs masked continuations). ``section`` is the
+attention sinks, zero vs mean ablation), ``generations`` (clean vs masked continuations), ``quantization`` /
+``pruning`` (RTN, magnitude / Wanda pruning with protect none / critical / random), ``bitflips`` (int8 single-bit
+faults aimed at the set vs random; the ops live in ``studies/compression``, what these three share in
+``compressed``). ``section`` is the
 interface (and its ``Param``s, from which ``params.StudyParams`` derives), ``context`` holds what the sections share
 (one Stage 1 pass: ``scores``), ``report`` renders Markdown and self-contained HTML, ``run`` orchestrates and caches.
 """

@@ -37,7 +37,14 @@ def figure_paths(out_dir: Union[str, Path], stem: str) -> List[Path]:
 
 
 # ---- shared -------------------------------------------------------------------------------------------------------
+def _title(doc: Dict) -> str:
+    return doc.get("title") or f"achilles_fast study: {doc['model']}"
+
+
 def _header_facts(doc: Dict) -> List[tuple]:
+    """The facts table under the title: the document's own ``facts`` ((label, value) pairs), else the study's."""
+    if "facts" in doc:
+        return [tuple(f) for f in doc["facts"]]
     cfg = doc["config"]
     facts = [("model", doc["model"]),
              ("method", f"K = {cfg['k']}, alpha = {cfg['alpha']:g}, epsilon = {cfg['epsilon']:g}, scope "
@@ -69,7 +76,7 @@ def _md_table(t: Dict) -> List[str]:
 
 
 def render_markdown(doc: Dict) -> str:
-    out = [f"# achilles_fast study: {doc['model']}", ""]
+    out = [f"# {_title(doc)}", ""]
     out += [f"- **{k}**: {v}" for k, v in _header_facts(doc)] + [""]
     out += ["## Verdicts at a glance", "", "| section | claim | verdict |", "|---|---|---|"]
     for i, s in enumerate(doc["sections"], 1):
@@ -136,8 +143,8 @@ def _data_uri(path: Path) -> str:
 def render_html(doc: Dict, out_dir: Union[str, Path]) -> str:
     """Self-contained HTML: every figure read from <out_dir>/figures/<stem>.png and embedded as a data URI."""
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\"/>",
-             f"<title>achilles_fast study: {_e(doc['model'])}</title><style>{CSS}</style></head><body>",
-             f"<h1>achilles_fast study: {_e(doc['model'])}</h1>", "<table class=\"facts\"><tbody>"]
+             f"<title>{_e(_title(doc))}</title><style>{CSS}</style></head><body>",
+             f"<h1>{_e(_title(doc))}</h1>", "<table class=\"facts\"><tbody>"]
     parts += [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in _header_facts(doc)]
     parts.append("</tbody></table><h2>Verdicts at a glance</h2><table><thead><tr><th>section</th><th>claim</th>"
                  "<th>verdict</th></tr></thead><tbody>")

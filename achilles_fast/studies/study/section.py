@@ -13,6 +13,8 @@ import math
 import pkgutil
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ...utils import positive_int as _positive_int
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -99,8 +101,10 @@ def parse_grid(spec: Optional[str], kind, flag: str) -> Optional[Tuple]:
 def positive_int(name: str, most: Optional[int] = None, why: str = "") -> Callable[[Any], None]:
     """check: an integer >= 1 (and <= ``most``)."""
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise StudyError(f"{name} must be an integer >= 1, got {v!r}")
+        try:
+            _positive_int(v, name)
+        except ValueError as e:
+            raise StudyError(str(e)) from None
         if most is not None and v > most:
             raise StudyError(f"{name} must be <= {most}{why}, got {v}")
     return check
@@ -128,6 +132,13 @@ def verdict(claim: str, ok: Optional[bool], detail: str) -> Dict[str, str]:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Dict[str, Any]:
     return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows]}
+
+
+def block(name: str, title: str, claim: str, measured: Sequence[str], verdicts: Sequence[Dict], *,
+          tables: Sequence[Dict] = (), figures: Sequence[Dict] = (), data: Optional[Dict] = None) -> Dict[str, Any]:
+    """A report block (a study section's, or any report rendered like the study's, e.g. compare's)."""
+    return {"name": name, "title": title, "claim": claim, "measured": list(measured), "verdicts": list(verdicts),
+            "tables": list(tables), "figures": list(figures), "data": data or {}}
 
 
 def figure(stem: str, caption: str) -> Dict[str, str]:
@@ -186,8 +197,7 @@ class Section:
               figures: Sequence[Dict] = (), data: Optional[Dict] = None) -> Dict[str, Any]:
         """The section's report block: the paper's claim, what was measured, verdict lines (``verdict``), tables
         (``table``), figure entries (``figure``; the runner saves the images) and every number (``data``)."""
-        return {"name": self.name, "title": self.title, "claim": self.claim, "measured": list(measured),
-                "verdicts": list(verdicts), "tables": list(tables), "figures": list(figures), "data": data or {}}
+        return block(self.name, self.title, self.claim, measured, verdicts, tables=tables, figures=figures, data=data)
 
 
 REGISTRY: Dict[str, Section] = {}

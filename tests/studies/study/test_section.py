@@ -19,7 +19,7 @@ from achilles_fast.studies.study.section import (REGISTRY, Section, Stage1, all_
 def test_registry_is_filled_by_the_section_modules_in_report_order():
     secs = registered()
     assert tuple(secs) == SECTIONS == ("critical", "cooperativity", "components", "stability", "mechanism",
-                                       "generations")
+                                       "generations", "quantization", "pruning", "bitflips")
     assert [s.order for s in secs.values()] == sorted(s.order for s in secs.values())
     for s in secs.values():
         assert isinstance(s, Section) and s.title and s.claim and type(s).run is not Section.run
@@ -62,7 +62,8 @@ def test_cli_flags_come_from_the_params():
                          "--max-new-tokens", "5"])
     got = {q.name: q.from_args(args) for q in flagged}
     assert got == {"alphas": (1.0, 2.0), "ks": (3,), "lengths": None, "dtypes": None, "prompts": ["a", "b"],
-                   "max_new_tokens": 5}
+                   "max_new_tokens": 5, "bits": None, "group_size": None, "sparsities": None, "prune_methods": None,
+                   "flip_max": None, "flip_candidates": None, "flip_trials": None}
     with pytest.raises(StudyError, match="invalid --ks value 'x'"):
         PARAMS["ks"].from_args(p.parse_args(["--ks", "x"]))
 
