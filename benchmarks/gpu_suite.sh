@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU (for the lent H100/H200; see benchmarks/RESULTS.md):
 #   bash benchmarks/gpu_suite.sh [OUTDIR] [STEP ...]
-# STEP: setup, tests, kernels, e2e-smollm2 (fp32), e2e-smollm2-bf16, e2e-llama3-8b (default: all, in that order). The device tool allows
+# STEP: setup, tests, kernels, e2e-smollm2 (fp32), e2e-smollm2-bf16, e2e-llama3-8b, incremental (Stage 2 from the first
+# changed layer, batched: 16 candidates per forward, on vs off; default: all, in that order). The device tool allows
 # 600 s per command: run `setup tests kernels` in one call and each e2e step in its own (prefixed by `setup` when
 # the machine went cold between calls: it keeps build outputs only while warm).
 # setup builds the CUDA ops (`pip install --no-build-isolation --no-deps -e .`, ACHILLES_FAST_BUILD_CUDA=1); if that
@@ -10,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/achilles_gpu}}
 shift || true
-STEPS=${*:-setup tests kernels e2e-smollm2 e2e-smollm2-bf16 e2e-llama3-8b}
+STEPS=${*:-setup tests kernels e2e-smollm2 e2e-smollm2-bf16 e2e-llama3-8b incremental}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
@@ -35,6 +36,11 @@ for step in $STEPS; do
     e2e-llama3-8b)
       python3 benchmarks/bench_find_critical.py --random llama3-8b --device cuda --dtype bfloat16 --tokens 128 \
         --k 100 --max-neurons 100 --repeats 3 --json "$OUT/e2e_llama3_8b.json" 2>&1 | tee "$OUT/e2e_llama3_8b.log" | tail -12 ;;
-    *) echo "unknown step $step (setup, tests, kernels, e2e-smollm2, e2e-smollm2-bf16, e2e-llama3-8b)"; exit 2 ;;
+    incremental)
+      python3 benchmarks/search_strategies.py --model smollm2-135m --device cuda --scopes down_proj,paper \
+        --strategies first,linear --batch-sizes 16 --incremental both --repeats 3 --out "$OUT/incremental_cuda.json" \
+        2>&1 | tee "$OUT/incremental_cuda.log" | tail -12 ;;
+    *) echo "unknown step $step (setup, tests, kernels, e2e-smollm2, e2e-smollm2-bf16, e2e-llama3-8b, incremental)"
+       exit 2 ;;
   esac
 done

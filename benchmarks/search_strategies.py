@@ -7,6 +7,7 @@ load average printed beside each figure. Forwards = batched model calls of the s
 
     python benchmarks/search_strategies.py --model ../shared/models/stories260K --scopes down_proj,all,paper
     python benchmarks/search_strategies.py --model smollm2-135m --scopes down_proj,paper
+    python benchmarks/search_strategies.py --model smollm2-135m --device cuda --batch-sizes 16 --incremental both
 """
 from __future__ import annotations
 
@@ -39,24 +40,29 @@ def main(argv=None) -> None:
     p.add_argument("--max-neurons", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--incremental", choices=("on", "off", "both"), default="on",
+                   help="Stage 2 from the first changed layer (FindConfig.incremental); both: side by side")
     p.add_argument("--out", default=None, help="JSON rows")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    model, tok, name = load_model(a.model)
+    model, tok, name = load_model(a.model, device=a.device)
+    incs = {"on": [True], "off": [False], "both": [False, True]}[a.incremental]
     ids = tokenize(tok, None, 512)
     rows = []
     print(f"# {name}: Stage 2 strategies, K={a.k}, epsilon={a.epsilon}, T={ids.numel()}, torch {torch.__version__}, "
           f"{a.threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| scope | strategy | batch | n | converged | evaluations | forwards | stage2 s (median) | load 1m |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scope | strategy | batch | incremental | layers/eval | n | converged | evaluations | forwards | "
+          "stage2 s (median) | load 1m |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for scope in a.scopes.split(","):
         cfg = FindConfig(k=a.k, epsilon=a.epsilon, scope=scope, max_neurons=a.max_neurons, verify=False)
         targets = discover_targets(model, scope)
         with eval_mode(model), torch.no_grad(), ops.use_kernels(True):
             ranking = make_ranker(cfg).rank(model, targets, ids)
         for strategy in a.strategies.split(","):
-            for bsz in [int(b) for b in a.batch_sizes.split(",")]:
-                c = cfg.replace(strategy=strategy, batch_size=bsz)
+            for bsz, inc in [(int(b), i) for b in a.batch_sizes.split(",") for i in incs]:
+                c = cfg.replace(strategy=strategy, batch_size=bsz, incremental=inc)
                 times, r = [], None
                 for i in range(a.repeats + 1):  # the first is a warm-up
                     t0 = time.perf_counter()
@@ -64,12 +70,15 @@ def main(argv=None) -> None:
                     if i:
                         times.append(time.perf_counter() - t0)
                 load = os.getloadavg()[0]
-                row = dict(model=name, scope=scope, strategy=strategy, batch=bsz, n=len(r.neurons) if r.converged
+                lpe = r.stats.get("incremental", {}).get("layers_per_eval")
+                row = dict(model=name, scope=scope, strategy=strategy, batch=bsz, incremental=inc,
+                           layers_per_eval=lpe, n=len(r.neurons) if r.converged
                            else None, converged=r.converged, evaluations=r.stats["stage2_evaluations"],
                            forwards=r.stats["stage2_forwards"], stage2_s=statistics.median(times), load_1m=load)
                 rows.append(row)
-                print(f"| {scope} | {strategy} | {bsz} | {row['n']} | {r.converged} | {row['evaluations']} | "
-                      f"{row['forwards']} | {row['stage2_s']:.3f} | {load:.2f} |", flush=True)
+                layers = "-" if lpe is None else f"{lpe:.2f}"
+                print(f"| {scope} | {strategy} | {bsz} | {inc} | {layers} | {row['n']} | {r.converged} | "
+                      f"{row['evaluations']} | {row['forwards']} | {row['stage2_s']:.3f} | {load:.2f} |", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)

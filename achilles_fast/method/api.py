@@ -84,7 +84,7 @@ def rank_neurons(model: Union[nn.Module, str], tokenizer=None, text: Optional[st
                                                                dtype, params)
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
         _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
-        return _rank(model, targets, ids, cfg, epsilons, PrefixNLL(model, eval_ids, cfg.max_batch_tokens), progress)
+        return _rank(model, targets, ids, cfg, epsilons, PrefixNLL(model, eval_ids, cfg), progress)
 
 
 def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[str] = None, *,
@@ -117,7 +117,7 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
         _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
-        pn = PrefixNLL(model, eval_ids, cfg.max_batch_tokens)
+        pn = PrefixNLL(model, eval_ids, cfg)
         ranking = ranked
         if ranking is None:
             ranking = _rank(model, targets, ids, cfg, epsilons, pn, progress)

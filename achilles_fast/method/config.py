@@ -21,6 +21,7 @@ from .ranking import RANKINGS
 
 STRATEGIES = ("linear", "bisect", "first")
 STAGE1_DTYPES = ("bfloat16", "float16")
+STAGE2_DTYPES = ("bfloat16", "float16", "float32")
 AUTO_MIN_K = 8  # k="auto": the smallest max_k that allows two doublings of K (2, 4, 8)
 
 
@@ -70,6 +71,13 @@ class FindConfig:
     batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: 1 on CPU, 16 on CUDA)",
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
+    incremental: bool = _field(True, "run each prefix evaluation from the first decoder layer whose mask changed, on "
+                               "cached layer outputs (exact; families that cannot, or a cache over the memory "
+                               "budget, fall back to full forwards with the reason in stats)", group="stage2")
+    stage2_dtype: Optional[str] = _field(None, "evaluate prefixes under autocast in this dtype; every prefix whose "
+                                         "log10 ratio lies within a calibrated margin of epsilon is re-evaluated in "
+                                         "float32 before it decides anything, the final set verified in float32 "
+                                         "(default: the model's dtype)", choices=STAGE2_DTYPES, group="stage2")
     # -- execution ------------------------------------------------------------------------------------------------
     max_batch_tokens: Optional[int] = _field(None, BATCH_TOKENS_HELP, group="run")
     kernels: bool = _field(True, "use the compiled/Triton ops (off: the pure-PyTorch references)", group="run")

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..models.devices import embedding_device, offloaded
+from ..models.devices import autocast, embedding_device, offloaded
 from .budget import eval_batch_tokens
 from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
+from .incremental import PrefixCache
 from .masking import BatchedMask
 
 LN10 = math.log(10.0)
@@ -46,13 +47,16 @@ class NLLEvaluator:
 
     ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows
     are split into sub-batches). A loss that is not finite raises ``NonFiniteError`` (never returned): ``what`` names
-    the text in that message.
+    the text in that message. ``incremental``: prefix evaluations run from their first changed decoder layer
+    (``PrefixCache``; exact, with a fallback to full forwards). ``dtype``: forwards under autocast in this dtype
+    (None: the model's own).
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
-                 fused: Optional[bool] = None, what: str = "the text"):
+                 fused: Optional[bool] = None, what: str = "the text", incremental: bool = False,
+                 dtype: Optional[str] = None):
         self.model = model
         self.what = what
         ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
@@ -69,6 +73,9 @@ class NLLEvaluator:
             self.fused = self._check_fused()
             if fused is True and not self.fused:
                 raise RuntimeError("fused NLL requested but it does not reproduce this model's logits")
+        self.dtype = dtype
+        self.cache = (PrefixCache(model, self.W, self.T, self.max_batch_tokens // self.T) if incremental
+                      else None)
 
     # -- forward passes ---------------------------------------------------------------------------
     def _token_nll_full(self, ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,7 @@ class NLLEvaluator:
         out = self.model.base_model(input_ids=ids.to(self.device), use_cache=False)
         h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # [B, T, H]
         head = self._head
-        h = h[:, :-1].to(head.weight.device)
+        h = h[:, :-1].to(head.weight.device, head.weight.dtype)  # (autocast: the head in its own dtype)
         tgt = ids[:, 1:].to(h.device)
         B, Tm1, H = h.shape
         hf, tf = h.reshape(-1, H), tgt.reshape(-1)
@@ -110,7 +117,26 @@ class NLLEvaluator:
     def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
         between_forwards()
         self.forwards += 1
-        return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
+        with autocast(self.model, self.dtype):
+            return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
+
+    def _masked_nll(self, bmask: BatchedMask, ns: Sequence[int], windows: Sequence[int]) -> torch.Tensor:
+        """Token NLL [B, T-1] of window ``windows[b]`` with prefix ``ns[b]`` of ``bmask`` set (incremental when on;
+        the first such forward is self-checked from the middle layer)."""
+        ids = self.ids[list(windows)]
+        cache = self.cache
+        if cache is None:
+            return self._token_nll(ids)
+        with cache.forward(bmask.ranking, ns, windows):
+            nll = self._token_nll(ids)
+        if cache.active and not cache.checked:  # the elements now cached, again from the middle layer
+            keep = list(cache.keepers(ns, windows).values())
+            sub_ns, sub_w = [ns[j] for j in keep], [windows[j] for j in keep]
+            bmask.set_prefixes(sub_ns)
+            with cache.forward(bmask.ranking, sub_ns, sub_w, start=max(1, len(cache.stack) // 2)):
+                again = self._token_nll(self.ids[sub_w])
+            cache.check(nll[keep], again)
+        return nll
 
     # -- public -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,9 +151,9 @@ class NLLEvaluator:
         return v
 
     @torch.no_grad()
-    def nll_prefixes(self, bmask: Optional[BatchedMask], ns: Sequence[int]) -> List[float]:
+    def nll_prefixes(self, bmask: Optional[BatchedMask], ns: Sequence[int], check_finite: bool = True) -> List[float]:
         """Mean NLL with the first ``ns[i]`` ranked channels of ``bmask`` masked (one value per n), batching
-        prefixes x windows per forward."""
+        prefixes x windows per forward (``check_finite=False``: a value that is not finite is returned)."""
         jobs = [(b, w) for b in range(len(ns)) for w in range(self.W)]
         per_batch = max(1, self.max_batch_tokens // self.T)
         sums = [0.0] * len(ns)
@@ -136,7 +162,10 @@ class NLLEvaluator:
             if bmask is not None:
                 bmask.set_prefixes([ns[b] for b, _ in chunk])
             try:
-                nll = self._token_nll(self.ids[[w for _, w in chunk]])  # [B, T-1]
+                if bmask is None:
+                    nll = self._token_nll(self.ids[[w for _, w in chunk]])  # [B, T-1]
+                else:
+                    nll = self._masked_nll(bmask, [ns[b] for b, _ in chunk], [w for _, w in chunk])
             finally:
                 if bmask is not None:
                     bmask.clear()
@@ -145,7 +174,7 @@ class NLLEvaluator:
                 sums[b] += v
         means = [s / self.W for s in sums]
         for n, v in zip(ns, means):
-            if bmask is not None and n > 0 and not math.isfinite(v):
+            if check_finite and bmask is not None and n > 0 and not math.isfinite(v):
                 raise NonFiniteError(f"the model's loss on {self.what} with the first {n} ranked channel(s) masked is "
                                      f"{v} (not finite)")
         return means

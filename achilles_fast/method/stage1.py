@@ -12,7 +12,6 @@ MoE), the targets are split into groups and Stage 1 runs once per group, with th
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.devices import embedding_device
+from ..models.devices import autocast, embedding_device
 from ..models.targets import Target
 from ..utils import available_ram
 from .budget import stage1_batch_tokens
@@ -322,9 +321,3 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
     return ranking
 
 
-def autocast(model: nn.Module, dtype: Optional[str]):
-    """Autocast context for the Stage 1 forwards (no-op when dtype is None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    dev = embedding_device(model).type
-    return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=getattr(torch, dtype))

@@ -30,7 +30,8 @@ from ..models.loading import model_source
 from ..utils import eval_mode, progress_bar
 from .config import FindConfig
 from .masking import BatchedMask, WeightMask
-from .perplexity import NLLEvaluator, log10_ratio
+from .lowprec import LowPrecision
+from .perplexity import LN10, NLLEvaluator, log10_ratio
 from .ranking import Ranking
 from .result import CriticalNeuron, CriticalResult, versions
 
@@ -149,16 +150,30 @@ class PrefixNLL:
     searches of adaptive K on successive rankings that share a head, reuse every evaluation; the clean NLL is
     computed once. With one candidate per forward (the CPU default) every value is bit-identical to a search of
     its own; with batched candidates a value may come from a batch of another composition (float rounding).
-    The evaluator and the clean NLL are made at first use (inside the first search's timing).
+    The evaluator and the clean NLL are made at first use (inside the first search's timing). ``config``: the
+    token budget, ``incremental`` (prefixes run from their first changed layer) and ``stage2_dtype`` (low-precision
+    evaluations, exact near epsilon: ``LowPrecision``).
     """
 
-    def __init__(self, model: nn.Module, eval_ids: torch.Tensor, max_batch_tokens: Optional[int] = None):
-        self._make = lambda: NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens)
+    def __init__(self, model: nn.Module, eval_ids: torch.Tensor, config: Optional[FindConfig] = None):
+        cfg = config or FindConfig()
+        self._make = lambda dtype=None: NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens,
+                                                     incremental=cfg.incremental, dtype=dtype)
+        self._low_dtype = None if cfg.stage2_dtype in (None, "float32") else cfg.stage2_dtype
         self._ev: Optional[NLLEvaluator] = None
+        self._low: Optional[LowPrecision] = None
         self._clean: Optional[float] = None
         self._nll: Dict[bytes, float] = {}
+        self._approx: Dict[bytes, float] = {}  # key -> low-precision log10 ratio, while its value is not exact
         self._verified: Dict[bytes, float] = {}
         self.reused = 0  # evaluations answered from memory
+
+    @property
+    def low(self) -> Optional[LowPrecision]:
+        """The low-precision evaluator (``stage2_dtype``; made at first use), None when off."""
+        if self._low is None and self._low_dtype is not None:
+            self._low = LowPrecision(self._make(self._low_dtype), self._low_dtype)
+        return self._low
 
     @property
     def ev(self) -> NLLEvaluator:
@@ -178,18 +193,45 @@ class PrefixNLL:
     def key(ranking: Ranking, n: int) -> bytes:
         return ranking.channels[:n].sort().values.numpy().tobytes()
 
-    def nll_prefixes(self, bm: BatchedMask, ranking: Ranking, ns: Sequence[int]) -> List[float]:
-        """Mean NLL with the first ``ns[i]`` channels of ``ranking`` masked (``bm``: that ranking's BatchedMask)."""
+    def nll_prefixes(self, bm: BatchedMask, ranking: Ranking, ns: Sequence[int],
+                     epsilon: Optional[float] = None) -> List[float]:
+        """Mean NLL with the first ``ns[i]`` channels of ``ranking`` masked (``bm``: that ranking's BatchedMask).
+        With ``stage2_dtype`` a value is exact (the model's dtype) unless its low-precision log10 ratio lies beyond
+        the margin from ``epsilon`` (None: every value exact)."""
         keys = [self.key(ranking, n) for n in ns]
         new: Dict[bytes, int] = {}
         for n, k in zip(ns, keys):
             if k not in self._nll:
                 new.setdefault(k, n)
-        if new:
+        low = self.low
+        if new and low is not None and low.active:
+            for k, lr in zip(new, low.log10_ratios(bm, list(new.values()))):
+                self._approx[k] = lr
+                self._nll[k] = self.clean + lr * LN10  # the low-precision ratio on the exact clean NLL
+        elif new:
             for k, v in zip(new, self.ev.nll_prefixes(bm, list(new.values()))):
                 self._nll[k] = v
         self.reused += len(ns) - len(new)
+        if self._approx:
+            exact: Dict[bytes, int] = {}
+            for n, k in zip(ns, keys):
+                if k in self._approx and not low.decides(self._approx[k], epsilon):
+                    exact.setdefault(k, n)
+            if exact:
+                for k, v in zip(exact, self.ev.nll_prefixes(bm, list(exact.values()))):
+                    low.calibrate(self._approx.pop(k), log10_ratio(v, self.clean))
+                    self._nll[k] = v
         return [self._nll[k] for k in keys]
+
+    def stats(self) -> Dict[str, Any]:
+        """The evaluators' stats: ``incremental`` (PrefixCache) and ``stage2_dtype`` (LowPrecision), when on."""
+        out: Dict[str, Any] = {}
+        if self.ev.cache is not None:
+            out["incremental"] = self.ev.cache.stats()
+        if self.low is not None:
+            out["stage2_dtype"] = dict(self.low.stats(), **({"incremental": self.low.ev.cache.stats()}
+                                                            if self.low.ev.cache is not None else {}))
+        return out
 
     def verify(self, ranking: Ranking, n: int) -> float:
         """log10 ratio with the first ``n`` channels masked in place on the weights (restored bit-exact)."""
@@ -202,7 +244,7 @@ class PrefixNLL:
 
 def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float, batch_size: int,
             progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
-    return greedy_search(lambda ns: pn.nll_prefixes(bm, ranking, ns), pn.clean, len(ranking), epsilon=epsilon,
+    return greedy_search(lambda ns: pn.nll_prefixes(bm, ranking, ns, epsilon), pn.clean, len(ranking), epsilon=epsilon,
                          step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=batch_size,
                          progress=progress)
 
@@ -229,7 +271,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     stats.setdefault("n_channels", ranking.index.total)
     t1 = time.perf_counter()
     with eval_mode(model), torch.no_grad():
-        pn = prefix_nll or PrefixNLL(model, eval_ids, cfg.max_batch_tokens)
+        pn = prefix_nll or PrefixNLL(model, eval_ids, cfg)
         ev, clean = pn.ev, pn.clean
         bsz = cfg.batch_size or default_batch(ev.device)
         f0, r0 = ev.forwards, pn.reused
@@ -240,8 +282,11 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
                     bar.update(1)
                     bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
             out = _search(pn, bm, ranking, cfg, cfg.epsilon, bsz, progress=on_eval)
+            n_final = out.n if out.converged else max(out.curve, default=0)
+            if n_final and pn.low is not None:  # the reported value exact (stage2_dtype)
+                v = out.nll[n_final] = pn.nll_prefixes(bm, ranking, [n_final])[0]
+                out.curve[n_final] = log10_ratio(v, clean)
         forwards = ev.forwards - f0
-        n_final = out.n if out.converged else max(out.curve, default=0)
         if cfg.verify and out.converged:
             stats["verify_log10_ratio"] = pn.verify(ranking, n_final)
     timings["stage2"] = time.perf_counter() - t1
@@ -250,6 +295,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
                  stage2_verified_prev=out.verified, fused_nll=ev.fused)
     if pn.reused > r0:
         stats["stage2_reused"] = pn.reused - r0
+    stats.update(pn.stats())
     pe = ranking.info.get("paper_entries")
     if pe and out.converged and 0 < out.n <= len(pe):  # the paper's unit: per_token entries up to the set's last
         stats["paper_entries"] = pe[out.n - 1]
@@ -277,7 +323,7 @@ def search_epsilons(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, 
     prefix is evaluated once, ``PrefixNLL``), and each result is verified in place as ``search_ranking`` verifies.
     """
     with eval_mode(model), torch.no_grad():
-        pn = prefix_nll or PrefixNLL(model, eval_ids, config.max_batch_tokens)
+        pn = prefix_nll or PrefixNLL(model, eval_ids, config)
         out: List[Optional[CriticalResult]] = [None] * len(epsilons)
         for i in sorted(range(len(epsilons)), key=lambda j: -epsilons[j]):
             cfg = config.replace(epsilon=epsilons[i])

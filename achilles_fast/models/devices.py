@@ -1,6 +1,7 @@
 """Device placement helpers for models dispatched by accelerate (``device_map``, cpu/disk offload)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -22,6 +23,14 @@ def embedding_device(model: nn.Module) -> torch.device:
     """Device of the model's input embeddings (cpu when they are offloaded to meta): where inputs go."""
     w = model.get_input_embeddings().weight
     return w.device if w.device.type != "meta" else torch.device("cpu")
+
+
+def autocast(model: nn.Module, dtype: Optional[str]):
+    """Autocast context for a model's forwards in ``dtype`` ("bfloat16", "float16"; None or "float32": no-op)."""
+    if dtype is None or dtype == "float32":
+        return contextlib.nullcontext()
+    dev = embedding_device(model).type
+    return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=getattr(torch, dtype))
 
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")

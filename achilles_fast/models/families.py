@@ -51,6 +51,10 @@ class FamilySpec:
     head_norms: Dict[str, Tuple[str, str]] = dataclasses.field(default_factory=dict)
     # scope "paper": paths the rule matches that are not scanned, with the reason (e.g. MoE routers return tuples)
     paper_skip: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Stage 2 incremental evaluation (``models/layers.py``): None when layer L's input is layer L-1's output and
+    # nothing else crosses layers in a forward (no per-layer inputs, KV sharing or cross-layer router state), so
+    # layers L.. can run from recorded layer outputs; else the reason they cannot (full forwards, reason in stats)
+    incremental: Optional[str] = None
 
 
 _REGISTRY: Dict[str, FamilySpec] = {}

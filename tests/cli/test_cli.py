@@ -53,6 +53,15 @@ def test_bad_choice_rejected_by_parser():
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
+@pytest.mark.parametrize("value", ["int8", "bf16", "float64"])
+def test_bad_stage2_dtype_one_line_before_the_model_loads(value):
+    """The model "x" does not exist: the flag is refused first, in one error line."""
+    p = cli("find", "x", "--stage2-dtype", value)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("achilles-fast find: error:")]
+    assert p.returncode == 2 and len(errors) == 1 and f"--stage2-dtype: invalid choice: '{value}'" in errors[0]
+    assert "Traceback" not in p.stderr and "not found" not in p.stderr
+
+
 def test_resolve_specs(tmp_path, monkeypatch):
     assert resolve(str(STORIES)) == ("hf", STORIES)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")

@@ -6,10 +6,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
 from ..ranking import EntryCount, Ranking, ranking_from_scores
-from ..stage1 import adaptive_ranking, autocast, plan_groups, sensitivity_scores
+from ..stage1 import adaptive_ranking, plan_groups, sensitivity_scores
 from . import Ranker, register_ranker
 
 

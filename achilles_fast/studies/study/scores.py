@@ -15,7 +15,8 @@ from torch import nn
 
 from ...method.config import FindConfig
 from ...method.ranking import Ranking, Scores, ranking_from_scores
-from ...method.stage1 import autocast, plan_groups, sensitivity_scores
+from ...method.stage1 import plan_groups, sensitivity_scores
+from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
 
