@@ -14,7 +14,9 @@ import hashlib
 import importlib.metadata
 import json
 import inspect
+import mmap
 import os
+import struct
 import shutil
 import tempfile
 from pathlib import Path
@@ -141,13 +143,74 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tok
 
 
+# GGUF value types -> fixed byte size (8: string, 9: array are variable)
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _walk_gguf_header(path: Path, buf) -> None:
+    """Walk the GGUF header (key/value pairs, tensor infos), checking every count and length against the bytes
+    left in the file before anything is read or allocated for it (``GGUFError`` naming the file otherwise)."""
+    size, pos = len(buf), 4
+
+    def need(n: int, what: str) -> None:
+        if n > size - pos:
+            raise GGUFError(f"{path} is truncated or corrupt: {what} claims {n} bytes but only {size - pos} of its "
+                            f"{size} bytes remain")
+
+    def skip(n: int, what: str) -> None:
+        nonlocal pos
+        need(n, what)
+        pos += n
+
+    def u(fmt: str, what: str) -> int:
+        n = struct.calcsize(fmt)
+        skip(n, what)
+        return struct.unpack_from(fmt, buf, pos - n)[0]
+
+    def value(vtype: int, what: str) -> None:
+        if vtype in _GGUF_SIZES:
+            skip(_GGUF_SIZES[vtype], what)
+        elif vtype == 8:  # string: u64 length + bytes
+            skip(u("<Q", what), what)
+        elif vtype == 9:  # array: u32 type + u64 count + items
+            etype, count = u("<I", what), u("<Q", what)
+            least = _GGUF_SIZES.get(etype) or {8: 8, 9: 12}.get(etype)
+            if least is None:
+                raise GGUFError(f"{path} is truncated or corrupt: {what} is an array of unknown type {etype}")
+            need(count * least, f"{what} (an array of {count} values)")
+            if etype in _GGUF_SIZES:
+                skip(count * least, what)
+            else:
+                for _ in range(count):
+                    value(etype, what)
+        else:
+            raise GGUFError(f"{path} is truncated or corrupt: {what} has unknown value type {vtype}")
+
+    version = u("<I", "the version")
+    wide = "<I" if version == 1 else "<Q"
+    n_tensors, n_kv = u(wide, "the tensor count"), u(wide, "the key count")
+    # each key takes >= 8 (name length) + 4 (type) + 1 bytes; each tensor >= 8 (name) + 4 (dims) + 4 (type) + 8
+    need(n_kv * 13 + n_tensors * 24, f"the header ({n_kv} keys, {n_tensors} tensors)")
+    for i in range(n_kv):
+        skip(u("<Q", f"key {i}"), f"key {i}")
+        value(u("<I", f"key {i}"), f"key {i}")
+    for i in range(n_tensors):
+        skip(u("<Q", f"tensor {i}"), f"tensor {i}")
+        skip(u("<I", f"tensor {i}") * 8, f"tensor {i}'s shape")
+        skip(12, f"tensor {i}")
+
+
 def check_gguf(path: Path) -> None:
-    """Raise ``GGUFError`` (one line) unless ``path`` is a complete GGUF file (magic bytes, header, tensor data)."""
+    """Raise ``GGUFError`` (one line) unless ``path`` is a complete GGUF file (magic bytes, header, tensor data).
+    Every count and length in the header is checked against the file's size first: a corrupt header never makes
+    the reader allocate what the file does not hold."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":
-        raise GGUFError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'; {size} bytes)")
+        if magic != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'; {size} bytes)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            _walk_gguf_header(path, buf)
     try:
         from gguf import GGUFReader
     except ImportError:

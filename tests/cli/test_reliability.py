@@ -1,0 +1,51 @@
+"""Issue 20, reliability round 2: each defect found by the adversarial run, as a user meets it. Every bad input
+ends in one line and exit 2 on the CLI (a clear exception type in Python), before long work starts."""
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import STORIES
+from test_bad_inputs import assert_one_line, run
+
+DOWN = "model.layers.0.mlp.down_proj"
+
+
+def _gguf_str(s: bytes) -> bytes:
+    return struct.pack("<Q", len(s)) + s
+
+
+def huge_array_gguf(path: Path) -> Path:
+    """60 bytes: a GGUF v3 header whose one key claims an array of 2^40 uint8 values."""
+    body = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gguf_str(b"k") + struct.pack("<I", 9)
+            + struct.pack("<IQ", 0, 1 << 40) + b"\x00" * 11)
+    path.write_bytes(body)
+    return path
+
+
+def test_gguf_array_length_checked_against_file_size(tmp_path):
+    """4. a 60-byte GGUF whose key claims a 2^40-element array: refused at once, nothing allocated."""
+    from achilles_fast.models.loading import GGUFError, check_gguf
+    p = huge_array_gguf(tmp_path / "huge.gguf")
+    assert p.stat().st_size == 60
+    t0 = time.perf_counter()
+    with pytest.raises(GGUFError, match="huge.gguf.*claims"):
+        check_gguf(p)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("counts", [(1 << 50, 0), (0, 1 << 50)])
+def test_gguf_header_counts_checked_against_file_size(tmp_path, counts):
+    from achilles_fast.models.loading import GGUFError, check_gguf
+    p = tmp_path / "counts.gguf"
+    p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, *counts) + b"\x00" * 40)
+    with pytest.raises(GGUFError, match="counts.gguf.*claims"):
+        check_gguf(p)
+
+
+def test_gguf_huge_array_on_the_cli(tmp_path, capsys):
+    code, _, err = run(capsys, "find", huge_array_gguf(tmp_path / "huge.gguf"))
+    assert_one_line(code, err, "find", "huge.gguf")
