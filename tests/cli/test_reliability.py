@@ -49,3 +49,21 @@ def test_gguf_header_counts_checked_against_file_size(tmp_path, counts):
 def test_gguf_huge_array_on_the_cli(tmp_path, capsys):
     code, _, err = run(capsys, "find", huge_array_gguf(tmp_path / "huge.gguf"))
     assert_one_line(code, err, "find", "huge.gguf")
+
+
+def test_generation_beyond_the_context_refused(stories):
+    """4. max_new_tokens past the model's context (stories260K: 512): refused before generating."""
+    from achilles_fast.studies.generate import ContextTooShortError, generations
+    model, tok = stories
+    t0 = time.perf_counter()
+    with pytest.raises(ContextTooShortError, match="exceeds the model's context of 512 tokens"):
+        generations(model, tok, [f"{DOWN}:1"], ["Once upon a time"], max_new_tokens=1_000_000)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_generation_beyond_the_context_on_the_cli(shared_dir, tmp_path, capsys):
+    out = tmp_path / "g.json"
+    code, _, err = run(capsys, "generate", STORIES, "--neurons", f"{DOWN}:1", "--max-new-tokens", 1_000_000,
+                       "--out", out)
+    assert_one_line(code, err, "generate", "exceeds the model's context of 512 tokens")
+    assert not out.exists()
