@@ -146,6 +146,22 @@ def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
     return texts
 
 
+CHARS_PER_TOKEN = 8  # a first guess: the prefix tokenised holds max_tokens * this many characters, doubled as needed
+CUT_MARGIN = 16  # tokens past max_tokens that must exist in a cut prefix, so the cut cannot change the ones kept
+
+
+def _first_tokens(tokenizer, text: str, max_tokens: int) -> torch.Tensor:
+    """The first ``max_tokens`` ids [<= max_tokens] of ``text``, tokenising only a prefix of it: max_tokens worth of
+    characters, doubled until the prefix holds ``CUT_MARGIN`` tokens more than needed (or is the whole text), so
+    memory stays bounded whatever the length of the text."""
+    n = max_tokens * CHARS_PER_TOKEN
+    while True:
+        ids = tokenizer(text[:n], return_tensors="pt")["input_ids"][0]
+        if n >= len(text) or ids.numel() >= max_tokens + CUT_MARGIN:
+            return ids[:max_tokens]
+        n *= 2
+
+
 def sample_ids(tokenizer, texts: Sequence[str], max_tokens: int = 512) -> Tuple[List[torch.Tensor], int]:
     """Each text on its own (tokenizer defaults for special tokens), truncated to its first ``max_tokens`` tokens,
     like the paper's C4 evaluator. -> (ids [T_i] of every sample with T_i >= 2, number of samples skipped)."""
@@ -153,7 +169,7 @@ def sample_ids(tokenizer, texts: Sequence[str], max_tokens: int = 512) -> Tuple[
         raise ValueError(f"max_tokens must be >= {MIN_TOKENS}, got {max_tokens}")
     out: List[torch.Tensor] = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:max_tokens]
+        ids = _first_tokens(tokenizer, text, max_tokens)
         if ids.numel() >= MIN_TOKENS:
             out.append(ids)
     if not out:

@@ -67,3 +67,21 @@ def test_generation_beyond_the_context_on_the_cli(shared_dir, tmp_path, capsys):
                        "--out", out)
     assert_one_line(code, err, "generate", "exceeds the model's context of 512 tokens")
     assert not out.exists()
+
+
+def test_corpus_record_cut_before_tokenising(stories, wikitext_text):
+    """4. one huge JSON-lines record: only about max_tokens worth of characters reaches the tokenizer, and the ids
+    are the first max_tokens of the whole record's tokenisation."""
+    from achilles_fast.method.text import sample_ids
+    _, tok = stories
+    seen = []
+
+    def spy(text, **kw):
+        seen.append(len(text))
+        return tok(text, **kw)
+
+    huge = wikitext_text * 25  # ~5 MB
+    ids, skipped = sample_ids(spy, [huge, "a short one, still two tokens or more"], max_tokens=64)
+    assert skipped == 0 and ids[0].numel() == 64
+    assert max(seen) < 64 * 64, seen
+    assert ids[0].tolist() == tok(wikitext_text[:20000], return_tensors="pt")["input_ids"][0][:64].tolist()
