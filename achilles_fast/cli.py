@@ -24,8 +24,15 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line (``--help`` shows the usage), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="achilles-fast", description="Find the critical neurons of an LLM "
+    p = Parser(prog="achilles-fast", description="Find the critical neurons of an LLM "
                                 "(arXiv 2510.10238), fast.")
     p.add_argument("--version", action="version", version=f"achilles_fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

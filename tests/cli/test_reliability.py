@@ -85,3 +85,18 @@ def test_corpus_record_cut_before_tokenising(stories, wikitext_text):
     assert skipped == 0 and ids[0].numel() == 64
     assert max(seen) < 64 * 64, seen
     assert ids[0].tolist() == tok(wikitext_text[:20000], return_tensors="pt")["input_ids"][0][:64].tolist()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["find"], "the following arguments are required: model"),
+    (["find", "x", "--k", "abc"], "argument --k: invalid int or auto value: 'abc'"),
+    (["nope"], "invalid choice: 'nope'"),
+])
+def test_argparse_errors_are_one_line(argv, needle, capsys):
+    """9. an argparse error: its one line (and where to find the usage), not the 22-line usage first."""
+    from achilles_fast import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "usage" not in err, err
+    assert err.startswith("achilles-fast")
