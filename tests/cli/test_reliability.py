@@ -100,3 +100,37 @@ def test_argparse_errors_are_one_line(argv, needle, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "usage" not in err, err
     assert err.startswith("achilles-fast")
+
+
+@pytest.mark.parametrize("k", [2, "auto"])
+def test_noise_below_resolution_stops(k):
+    """6. alpha 1e-30: every Stage 1 score is 0; no index-order 'critical set' is reported as converged."""
+    import achilles_fast as af
+    from achilles_fast.method.stage1 import NoiseResolutionError
+    from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
+    model = tiny_model("llama", seed=1, initializer_range=0.5)
+    snap = weights_snapshot(model)
+    with pytest.raises(NoiseResolutionError, match="the noise is below the model's resolution: raise alpha"):
+        af.find_critical(model, ToyTokenizer(), "The quick brown fox jumps over the lazy dog, again and again.",
+                         k=k, alpha=1e-30, epsilon=0.05, max_neurons=20, progress=False)
+    assert_bit_identical(model, snap)
+
+
+def test_noise_below_resolution_on_the_cli(shared_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "find", STORIES, "--alpha", "1e-30", "--k", 2, "--max-tokens", 32, "--quiet",
+                       "--out", out)
+    assert_one_line(code, err, "find", "raise alpha")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("scores,needle", [([0.0, 0.0], "raise alpha"), ([float("nan"), 1.0], "lower alpha"),
+                                           ([float("inf"), 1.0], "lower alpha")])
+def test_rankings_of_zero_or_non_finite_scores_refused(scores, needle):
+    import torch
+    from achilles_fast.method.ranking import Ranking
+    from achilles_fast.method.stage1 import NoiseResolutionError, check_scores
+    r = Ranking([], torch.tensor([0, 1]), torch.tensor(scores))
+    with pytest.raises(NoiseResolutionError, match=needle):
+        check_scores(r, 1.0)
+    assert check_scores(Ranking([], torch.tensor([0, 1]), torch.tensor([2.0, 0.0])), 1.0) is not None
