@@ -18,6 +18,24 @@ def cache_dir() -> Path:
     return Path(base) / "achilles_fast"
 
 
+class InputOverwriteError(FileExistsError, ValueError):
+    """An output path that is, holds, or lies inside a read-only tree of, something the command reads."""
+
+
+def check_not_input(out, inputs, flag: str = "", error=InputOverwriteError) -> None:
+    """Refuse ``out`` (``error``, one line) when, resolved with symlinks followed, it is one of ``inputs`` or a
+    folder holding one, or lies inside an input marked read-only. inputs: iterable of (what, path, read_only)."""
+    o = Path(out).expanduser().resolve()
+    for what, p, read_only in inputs:
+        i = Path(p).expanduser().resolve()
+        if o == i or o in i.parents:
+            raise error(f"{flag + ' ' if flag else ''}{out} holds {what} ({p}), an input of this command: choose "
+                        "another path")
+        if read_only and i in o.parents:
+            raise error(f"{flag + ' ' if flag else ''}{out} is inside {what} ({p}), which is read-only here: "
+                        "choose another path")
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """model.eval() inside the block; the caller's train/eval flag is restored afterwards, whatever happens."""

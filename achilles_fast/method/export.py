@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..models.devices import offloaded
-from ..models.loading import make_portable, model_source
+from ..models.loading import loaded_inputs, make_portable, model_source
 from ..models.registry import maskable_targets
+from ..utils import check_not_input
 from .masking import WeightMask
 from .ranking import Ranking
 from .result import versions
@@ -89,13 +90,8 @@ def weights_masked(ranking: Ranking):
 
 
 def _guard_source(model: nn.Module, out: Path) -> None:
-    """Never replace the folder the model was loaded from (or one holding it)."""
-    src = model_source(model).get("path") or getattr(model, "name_or_path", None)
-    if not src:
-        return
-    src_p, out_p = Path(src).expanduser().resolve(), out.resolve()
-    if src_p == out_p or out_p in src_p.parents:
-        raise OutputExistsError(f"{out} holds the model being exported ({src}): choose another folder")
+    """Never write into what the model was loaded from (its folder, a folder holding it, its conversion cache)."""
+    check_not_input(out, loaded_inputs(model), error=OutputExistsError)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

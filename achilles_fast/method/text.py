@@ -87,16 +87,21 @@ def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, b
     return w
 
 
-def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
-                   bos: bool = True, context: Optional[int] = None) -> torch.Tensor:
-    """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
-    ([W, window], or [W, window + 1] with a BOS prefix). ``context``: the model's context length; a longer window
-    is refused (a window has an exact size, so it is not cut silently)."""
+def check_windows(window, max_windows: Optional[int] = None) -> None:
+    """``window`` an integer >= 2, ``max_windows`` None or an integer >= 1 (ValueError otherwise)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < MIN_TOKENS:
         raise ValueError(f"window must be an integer >= {MIN_TOKENS}, got {window!r}")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
                                     or max_windows < 1):
         raise ValueError(f"max_windows must be an integer >= 1, got {max_windows!r}")
+
+
+def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
+                   bos: bool = True, context: Optional[int] = None) -> torch.Tensor:
+    """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
+    ([W, window], or [W, window + 1] with a BOS prefix). ``context``: the model's context length; a longer window
+    is refused (a window has an exact size, so it is not cut silently)."""
+    check_windows(window, max_windows)
     if context is not None and window + bool(bos) > context:
         raise ValueError(f"window {window}{' + BOS' if bos else ''} exceeds the model's context of {context} tokens")
     enc = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)

@@ -325,6 +325,11 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where ``cached_gguf_dir`` keeps (or will keep) the conversion of ``gguf``: keyed by its content alone."""
+    return cache_dir() / "models" / f"gguf-sha256-{file_sha256(gguf)[:24]}"
+
+
 def cached_gguf_dir(gguf: Path) -> Path:
     """HF folder for a GGUF file, keyed by the file's content (sha256), converted on first use.
 
@@ -333,7 +338,7 @@ def cached_gguf_dir(gguf: Path) -> Path:
     (the others wait on a lock file) and never see a partial folder (``convert_gguf`` renames it into place).
     """
     digest = file_sha256(gguf)
-    out = cache_dir() / "models" / f"gguf-sha256-{digest[:24]}"  # the content alone: any name, any path
+    out = gguf_cache_path(gguf)  # the content alone: any name, any path
     if not (out / "config.json").is_file():
         with _file_lock(out.with_name(out.name + ".lock")):
             if not (out / "config.json").is_file():
@@ -384,6 +389,38 @@ def locate(spec, revision: Optional[str] = None, gguf_file: Optional[str] = None
     return hub.kind, hub.path, hub.provenance(file_sha256)
 
 
+def model_inputs(spec, gguf_file: Optional[str] = None) -> list:
+    """What loading ``spec`` reads, as (what, path, read_only) for ``utils.check_not_input``, found without loading
+    or downloading anything: a local folder or .gguf file (named models included) and a GGUF's conversion-cache
+    folder (read-only to everything but its own conversion). Hub ids give [] (their files are known once fetched:
+    ``loaded_inputs``)."""
+    key, p = str(spec).strip().lower(), Path(spec).expanduser()
+    if key in NAMED:
+        path = _NAMED_GGUF[NAMED[key]]()
+    elif p.is_dir() and gguf_file:
+        path = p / gguf_file
+    elif p.exists():
+        path = p
+    else:
+        return []
+    if path.is_dir() or path.suffix != ".gguf":
+        return [("the model", path, False)]
+    if not path.is_file():
+        return []
+    return [("the model", path, False), ("the model's GGUF conversion cache", gguf_cache_path(path), True)]
+
+
+def loaded_inputs(model) -> list:
+    """What ``load_model`` read for ``model`` (as ``model_inputs``): its source and the folder actually loaded."""
+    src = model_source(model)
+    out = [("the model", src["path"], False)] if src.get("path") else []
+    if src.get("loaded_from") and src.get("loaded_from") != src.get("path"):
+        out.append(("the model's GGUF conversion cache", src["loaded_from"], True))
+    if not out and getattr(model, "name_or_path", None):
+        out.append(("the model", model.name_or_path, False))
+    return out
+
+
 def resolve(spec: str, **kw) -> Tuple[str, Path]:
     """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file). Keywords: see ``locate``."""
     kind, path, _ = locate(spec, **kw)
@@ -407,6 +444,7 @@ def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offl
     if kind == "gguf":
         source["gguf_sha256"] = file_sha256(path)  # the content the cached conversion was keyed by
         path = cached_gguf_dir(path)
+    source["loaded_from"] = str(path)  # the folder read (a GGUF's conversion cache): never to be written
     model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder, trust_remote_code=trust_remote_code)
     model.eval()
     key = str(spec).strip().lower()

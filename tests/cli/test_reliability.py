@@ -134,3 +134,82 @@ def test_rankings_of_zero_or_non_finite_scores_refused(scores, needle):
     with pytest.raises(NoiseResolutionError, match=needle):
         check_scores(r, 1.0)
     assert check_scores(Ranking([], torch.tensor([0, 1]), torch.tensor([2.0, 0.0])), 1.0) is not None
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading a model fails the test: checks that need only the arguments must come first."""
+    from achilles_fast.models import loading
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+@pytest.mark.parametrize("flags,needle", [(["--window", "0"], "window must be an integer >= 2, got 0"),
+                                          (["--max-windows", "0"], "max_windows must be an integer >= 1, got 0")])
+def test_window_checked_before_the_model_loads(shared_dir, no_loading, capsys, flags, needle):
+    """6. --window / --max-windows checked before the model loads."""
+    from conftest import WIKITEXT
+    code, _, err = run(capsys, "evaluate", STORIES, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, *flags)
+    assert_one_line(code, err, "evaluate", needle)
+
+
+@pytest.fixture
+def model_copy(shared_dir, tmp_path):
+    import shutil
+    d = tmp_path / "model"
+    shutil.copytree(STORIES, d)
+    return d
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_own_folder_save_pretrained_refused_before_the_model_loads(model_copy, no_loading, capsys, where):
+    from test_bad_inputs import digest
+    before = digest(model_copy)
+    code, _, err = run(capsys, "mask", model_copy, "--neurons", f"{DOWN}:1", "--overwrite",
+                       "--save-pretrained", model_copy / where if where == "." else model_copy.parent)
+    assert_one_line(code, err, "mask", "holds the model")
+    assert digest(model_copy) == before
+
+
+@pytest.fixture
+def fake_gguf(monkeypatch, tmp_path, shared_dir):
+    """A real (tiny) GGUF file whose 'dequantisation' is stories260K, and a cache under tmp_path."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from achilles_fast.models import loading
+    monkeypatch.setenv("ACHILLES_FAST_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_tensor("delta", np.ones(64, dtype=np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+
+    def _load_gguf(p, dtype):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return AutoModelForCausalLM.from_pretrained(str(STORIES), dtype=dtype), AutoTokenizer.from_pretrained(
+            str(STORIES))
+
+    monkeypatch.setattr(loading, "_load_gguf", _load_gguf)
+    return path
+
+
+def test_save_pretrained_into_the_conversion_cache_refused(fake_gguf, capsys):
+    """1. the GGUF's conversion-cache folder is what is loaded: saving into it would poison every later load."""
+    from achilles_fast.models.loading import cached_gguf_dir
+    from test_bad_inputs import digest
+    cache = cached_gguf_dir(fake_gguf)
+    before = digest(cache)
+    code, _, err = run(capsys, "mask", fake_gguf, "--neurons", f"{DOWN}:1", "--overwrite", "--save-pretrained", cache)
+    assert_one_line(code, err, "mask", str(cache))
+    assert digest(cache) == before
+
+
+def test_save_masked_into_the_conversion_cache_refused(fake_gguf, tmp_path):
+    from achilles_fast import save_masked
+    from achilles_fast.method.export import OutputExistsError
+    from achilles_fast.models.loading import cached_gguf_dir, load_model
+    model, tok, _ = load_model(str(fake_gguf))
+    with pytest.raises(OutputExistsError, match="holds the model"):
+        save_masked(model, tok, [f"{DOWN}:1"], cached_gguf_dir(fake_gguf), overwrite=True)
