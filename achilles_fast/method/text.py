@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import warnings
+import zlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -127,6 +128,18 @@ def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
     Raises ``CorpusFormatError`` (a ValueError) naming the line on a line that is not a JSON object, lacks
     ``field`` or holds a non-string there, and when the file holds no record.
     """
+    try:
+        texts = _read_jsonl(path, field)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorpusFormatError(f"{path}: truncated or corrupt compressed file ({e or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise CorpusFormatError(f"{path}: not UTF-8 text (byte {e.start} of the decompressed text)") from None
+    if not texts:
+        raise CorpusFormatError(f"{path}: no records (empty corpus)")
+    return texts
+
+
+def _read_jsonl(path: str, field: str) -> List[str]:
     opener = gzip.open if str(path).lower().endswith(".gz") else open
     texts: List[str] = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -146,8 +159,6 @@ def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
                 raise CorpusFormatError(f"{path}: line {no}: field {field!r} is {type(rec[field]).__name__}, "
                                         "not a string")
             texts.append(rec[field])
-    if not texts:
-        raise CorpusFormatError(f"{path}: no records (empty corpus)")
     return texts
 
 

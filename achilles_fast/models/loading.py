@@ -16,6 +16,7 @@ import json
 import inspect
 import mmap
 import os
+import pickle
 import struct
 import shutil
 import tempfile
@@ -110,6 +111,23 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.
                    "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 
 
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read safely: malformed safetensors, or a pickle weights-only loading refuses."""
+
+
+def check_safetensors(folder: Path) -> None:
+    """Open the header of every ``*.safetensors`` in ``folder`` (sizes and offsets checked against the file by
+    safetensors itself): ``WeightsFileError`` naming the file on the first malformed one."""
+    from safetensors import safe_open
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError (a Rust exception, no common base), OSError
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsFileError(f"{f}: not a readable safetensors file ({msg})") from None
+
+
 def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None,
                  trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,10 +139,15 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, o
         kw["device_map"] = device_map
         if offload_folder is not None:
             kw["offload_folder"] = str(offload_folder)
+    check_safetensors(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kw)
     except OSError as e:  # transformers' "no file named ..." and unreadable files: one line
         raise ModelNotFoundError(f"{path}: cannot load the model: {str(e).strip().splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickled object
+        bins = ", ".join(str(b) for b in sorted(path.glob("pytorch_model*.bin"))) or f"a .bin file in {path}"
+        raise WeightsFileError(f"{bins}: refused: it holds pickled Python objects, which weights-only loading never "
+                               "runs; convert the checkpoint to safetensors where you trust it") from None
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if device_map is None:
         model.to(device)

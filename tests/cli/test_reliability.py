@@ -213,3 +213,74 @@ def test_save_masked_into_the_conversion_cache_refused(fake_gguf, tmp_path):
     model, tok, _ = load_model(str(fake_gguf))
     with pytest.raises(OutputExistsError, match="holds the model"):
         save_masked(model, tok, [f"{DOWN}:1"], cached_gguf_dir(fake_gguf), overwrite=True)
+
+
+def _model_folder(d: Path, weights: bytes, name: str = "model.safetensors") -> Path:
+    import shutil
+    d.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(STORIES / f, d / f)
+    (d / name).write_bytes(weights)
+    return d
+
+
+def _safetensors_cases(tmp_path: Path):
+    import json as _json
+    real = (STORIES / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", real[:8])[0]
+    header = _json.loads(real[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"] = [0, len(real) * 4]
+    h = _json.dumps(header).encode()
+    return {
+        "too_large": struct.pack("<Q", 1 << 40) + b"{}",
+        "bad_json": struct.pack("<Q", 12) + b"not json!!!!",
+        "past_the_end": struct.pack("<Q", len(h)) + h + real[8 + n:],
+        "truncated": real[:len(real) // 2],
+    }
+
+
+@pytest.mark.parametrize("case", ["too_large", "bad_json", "past_the_end", "truncated"])
+def test_malformed_safetensors_one_line(shared_dir, tmp_path, capsys, case):
+    """5. malformed safetensors: one line naming the file, exit 2 (not a traceback with exit 1)."""
+    d = _model_folder(tmp_path / case, _safetensors_cases(tmp_path)[case])
+    code, _, err = run(capsys, "find", d, "--k", 2, "--max-tokens", 16)
+    assert_one_line(code, err, "find", str(d / "model.safetensors"))
+
+
+def test_pickled_bin_refused_one_line(shared_dir, tmp_path, capsys):
+    """5. a pytorch_model.bin holding a pickled object that weights-only loading refuses: one line."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+    sd = load_file(str(STORIES / "model.safetensors"))
+    sd["evil"] = argparse.Namespace(a=1)
+    buf = tmp_path / "x.bin"
+    torch.save(sd, buf)
+    d = _model_folder(tmp_path / "pickled", buf.read_bytes(), "pytorch_model.bin")
+    code, _, err = run(capsys, "find", d, "--k", 2, "--max-tokens", 16)
+    assert_one_line(code, err, "find", "pytorch_model.bin")
+
+
+def test_truncated_jsonl_gz_one_line(shared_dir, tmp_path, capsys):
+    import gzip
+    import json as _json
+    p = tmp_path / "c.jsonl.gz"
+    data = gzip.compress(b"".join(_json.dumps({"text": f"record {i} " * 50}).encode() + b"\n" for i in range(200)))
+    p.write_bytes(data[:len(data) // 2])
+    code, _, err = run(capsys, "evaluate", STORIES, "--neurons", f"{DOWN}:1", "--corpus", p)
+    assert_one_line(code, err, "evaluate", str(p))
+
+
+def test_sweep_dry_run_on_an_empty_sqlite_file(shared_dir, tmp_path, capsys):
+    import sqlite3
+    db = tmp_path / "empty.db"
+    sqlite3.connect(db).close()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"db: {db}\ncheckpoints: [{STORIES}]\ntexts: [default]\nparams: {{k: 2}}\n")
+    code, out, err = run(capsys, "sweep", spec, "--dry-run")
+    if code == 0:  # an empty SQLite file is an empty database: every job pending
+        assert "0/1 done" in out
+    else:
+        assert_one_line(code, err, "sweep", str(db))

@@ -279,6 +279,8 @@ class SweepDB:
 
     # -- reads --------------------------------------------------------------------------------------
     def done_keys(self, keys: Optional[Iterable[str]] = None) -> Set[str]:
+        if not self._has("runs"):  # an empty SQLite file opened read-only: nothing done yet
+            return set()
         got = {r[0] for r in self.conn.execute("SELECT key FROM runs")}
         return got if keys is None else got & set(keys)
 
@@ -303,6 +305,8 @@ class SweepDB:
 
     def rows(self) -> List[Dict[str, Any]]:
         """All finished rows, in insertion order, with params/versions/result parsed from JSON."""
+        if not self._has("runs"):
+            return []
         cur = self.conn.execute(f"SELECT id, {', '.join(ROW_COLUMNS)} FROM runs ORDER BY id")
         names = [d[0] for d in cur.description]
         out = []
@@ -315,11 +319,15 @@ class SweepDB:
         return out
 
     def errors(self) -> List[Dict[str, Any]]:
+        if not self._has("errors"):
+            return []
         cur = self.conn.execute("SELECT key, checkpoint, text, params, error, at FROM errors ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur]
 
     def count(self) -> int:
+        if not self._has("runs"):
+            return 0
         return int(_one(self.conn, "SELECT COUNT(*) FROM runs")[0])
 
 
