@@ -310,11 +310,13 @@ def _sha256_of(path: Path) -> str:
 
 
 def file_sha256(path) -> str:
-    """sha256 of a file's content, computed once and remembered by (path, size, mtime, inode) in
-    ``<cache>/hashes/`` (one small file per key, written atomically; an unwritable cache only costs a re-hash)."""
+    """sha256 of a file's content, computed once and remembered in ``<cache>/hashes/`` by (device, inode, size,
+    mtime_ns, ctime_ns): any write to the file changes its ctime, so a changed file is hashed again (one small
+    record per key, written atomically; an unwritable cache only costs a re-hash)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}".encode()).hexdigest()[:32]
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = hashlib.sha256("|".join(map(str, stamp)).encode()).hexdigest()[:32]
     record = cache_dir() / "hashes" / key
     with contextlib.suppress(OSError, IndexError):
         digest = record.read_text().split()[0]
@@ -322,13 +324,47 @@ def file_sha256(path) -> str:
             return digest
     digest = _sha256_of(p)
     st2 = p.stat()
-    if (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns):  # unchanged while hashing: remember it
+    if (st2.st_dev, st2.st_ino, st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == stamp:  # unchanged meanwhile
         with contextlib.suppress(OSError):
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_name(f"{key}.{os.getpid()}.tmp")
             tmp.write_text(f"{digest} {p}\n")
             os.replace(tmp, record)
     return digest
+
+
+def weights_digest(path) -> str:
+    """The content digest of a checkpoint (sha256 hex): a file's own sha256 (a .gguf); for a folder, the sha256 of
+    the names and sha256 of its config.json and weight files. Each file is hashed once (``file_sha256``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return file_sha256(p)
+    files = sorted({f for pat in WEIGHT_PATTERNS + ("config.json",) for f in p.glob(pat) if f.is_file()})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name} {file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def spec_digest(spec, gguf_file: Optional[str] = None) -> Optional[str]:
+    """``weights_digest`` of a model spec found without loading or downloading (a local folder or .gguf file, a
+    named model); None for a hub id not fetched yet."""
+    inputs = model_inputs(spec, gguf_file)
+    return weights_digest(inputs[0][1]) if inputs else None
+
+
+def model_digest(model) -> str:
+    """``weights_digest`` of the files ``load_model`` read for ``model``; for a model built in memory, the sha256
+    of every parameter and buffer (names, dtypes, shapes, bytes)."""
+    src = model_source(model)
+    if src.get("path") and Path(src["path"]).exists():
+        return weights_digest(src["path"])
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.device.type != "meta":
+            h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
