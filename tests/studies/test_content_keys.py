@@ -75,3 +75,26 @@ def test_changed_checkpoint_is_a_new_sweep_job(tmp_path, monkeypatch):
     labels = {r["checkpoint"] for r in rows}
     assert len(labels) == 2 and all(lab.startswith("ck@") for lab in labels)  # never mixed in one grid
     assert {s["runs"] for s in summarize(rows)} == {2}
+
+
+def test_study_key_sees_a_permutation_inside_a_tensor(tmp_path, monkeypatch):
+    """A permutation inside one tensor keeps every sum: the study's cache key must still change."""
+    from achilles_fast.method.config import FindConfig
+    from achilles_fast.models.loading import load_model
+    from achilles_fast.studies.study.context import StudyContext
+    from achilles_fast.studies.study.params import StudyParams
+    monkeypatch.setenv("ACHILLES_FAST_CACHE", str(tmp_path / "cache"))
+    ck = _ckpt(tmp_path / "ck", 0)
+
+    def key():
+        model, tok, name = load_model(str(ck))
+        ctx = StudyContext(model, tok, name, FindConfig(max_tokens=32), StudyParams(), None, None, {}, "built-in")
+        return ctx.base_key()["weights"]
+
+    k0 = key()
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(ck / "model.safetensors"))
+    w = sd["model.layers.0.mlp.down_proj.weight"]
+    sd["model.layers.0.mlp.down_proj.weight"] = w.flip(0).contiguous()
+    save_file(sd, str(ck / "model.safetensors"), metadata={"format": "pt"})
+    assert key() != k0
