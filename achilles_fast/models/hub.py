@@ -73,6 +73,10 @@ def looks_like_hub_id(spec) -> bool:
         return False
 
 
+class HubCacheCorruptError(ValueError):
+    """A hub-cache file whose content does not match its LFS object id (edited or damaged on disk)."""
+
+
 @dataclasses.dataclass
 class HubModel:
     ref: HubRef
@@ -88,12 +92,20 @@ class HubModel:
         return [self.path] if self.kind == "gguf" else weight_files(self.path)
 
     def provenance(self, sha256: Callable[[Path], str]) -> Dict[str, object]:
-        """What ran: repo id, requested revision, commit sha, sha256 of every weight file (path in the repo): the
-        LFS object id, else ``sha256(file)``."""
+        """What ran: repo id, requested revision, commit sha, sha256 of every weight file's content (path in the
+        repo: ``sha256(file)``), checked against the LFS object id (the blob's name): a mismatch is a corrupt
+        cache (HubCacheCorruptError)."""
         snap = self.path if self.kind == "hf" else _snapshot_of(self.path)
+        shas = {}
+        for p in self.weight_files():
+            got, lfs = sha256(p), lfs_sha256(p)
+            if lfs is not None and got != lfs:
+                raise HubCacheCorruptError(
+                    f"{os.path.realpath(p)}: the hub cache is corrupt: the content's sha256 is {got[:12]}..., not its "
+                    f"LFS object id {lfs[:12]}...; delete the file and download {self.ref.repo_id} again")
+            shas[p.relative_to(snap).as_posix()] = got
         return {"repo_id": self.ref.repo_id, "revision": self.ref.revision or "main", "commit": self.commit,
-                "weights_sha256": {p.relative_to(snap).as_posix(): lfs_sha256(p) or sha256(p)
-                                   for p in self.weight_files()}}
+                "weights_sha256": shas}
 
 
 def weight_files(folder: Path) -> List[Path]:
@@ -110,8 +122,8 @@ def weight_files(folder: Path) -> List[Path]:
 
 
 def lfs_sha256(path: Path) -> Optional[str]:
-    """sha256 of a hub-cache file without reading it: its blob's name when that is a sha256 (an LFS object, named
-    by its content's sha256); None otherwise."""
+    """The LFS object id of a hub-cache file, read from its name without reading the file: its blob's name when
+    that is a sha256 (an LFS object is named by its content's sha256); None otherwise."""
     real = Path(os.path.realpath(path))
     return real.name if real.parent.name == "blobs" and _SHA256.fullmatch(real.name) else None
 

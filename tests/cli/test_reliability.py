@@ -284,3 +284,32 @@ def test_sweep_dry_run_on_an_empty_sqlite_file(shared_dir, tmp_path, capsys):
         assert "0/1 done" in out
     else:
         assert_one_line(code, err, "sweep", str(db))
+
+
+def _corrupt_blob(cache: Path, commit: str) -> Path:
+    """Flip one byte of the snapshot's weights blob (an LFS object named by its sha256)."""
+    blob = (cache / "models--tiny-org--stories260K" / "snapshots" / commit / "model.safetensors").resolve()
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF  # inside the tensor data: still a well-formed safetensors file
+    blob.write_bytes(bytes(data))
+    return blob
+
+
+def test_hub_weights_sha256_is_the_content(hub_cache):
+    """2. an edited blob is not reported pristine: its sha256 is read from the content and checked against the
+    LFS object id (the blob's name)."""
+    import achilles_fast as af
+    from achilles_fast.models.hub import HubCacheCorruptError
+    cache, (main, _) = hub_cache
+    blob = _corrupt_blob(cache, main)
+    with pytest.raises(HubCacheCorruptError, match="corrupt"):
+        af.load_model("tiny-org/stories260K")
+    assert blob.name  # untouched otherwise
+
+
+def test_hub_corrupt_blob_on_the_cli(hub_cache, capsys):
+    cache, (main, _) = hub_cache
+    blob = _corrupt_blob(cache, main)
+    code, _, err = run(capsys, "mask", "tiny-org/stories260K", "--neurons", f"{DOWN}:1")
+    assert_one_line(code, err, "mask", blob.name[:12])
