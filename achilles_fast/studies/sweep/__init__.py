@@ -126,7 +126,7 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
             f"Stage 1 unit(s)" + ("" if ray_address is None else f" on Ray ({ray_address})")
             + ("" if workers == 1 else f" by {workers} workers x {n_threads} thread(s)"))
         if ray_address is None:
-            warn = load_warning(n_threads * workers)
+            warn = load_warning(n_threads * workers, hint="--threads")  # sweep sizes its own threads
             if warn:
                 log(warn)
         sink = _Sink(store, len(jobs), len(done), log)
