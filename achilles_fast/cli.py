@@ -50,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except (ValueError, KeyError, OSError, ImportError) as e:  # OSError: FileNotFoundError, PermissionError, ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())  # one line, always
         print(f"achilles-fast {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

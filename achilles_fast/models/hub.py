@@ -55,6 +55,11 @@ def parse_hub_id(spec, revision: Optional[str] = None, gguf_file: Optional[str] 
     from huggingface_hub.utils import validate_repo_id
     validate_repo_id(m["repo"])  # HFValidationError (a ValueError) with the hub's own rule
     rev, file = m["rev"] or m["rev2"], m["file"]
+    for what, value in (("revision", rev or revision), ("file path", file or gguf_file)):
+        if value and (value.startswith("/") or "." in str(value).replace("\\", "/").split("/")
+                      or ".." in str(value).replace("\\", "/").split("/")):
+            raise ValueError(f"hub id {spec!r}: {what} {value!r} has a '.' or '..' segment or starts with '/': "
+                             "name a branch, tag or commit, and a file inside the repo")
     if m["rev"] and m["rev2"]:
         raise ValueError(f"hub id {spec!r}: two revisions ({m['rev']!r}, {m['rev2']!r})")
     for given, flag, own in ((revision, "revision", rev), (gguf_file, "gguf_file", file)):
@@ -138,6 +143,7 @@ def _snapshot_of(path: Path) -> Path:
 def download(ref: HubRef, trust_remote_code: bool = False) -> HubModel:
     """Fetch (or find in the cache when offline) what loading ``ref`` needs; errors name what is missing."""
     from huggingface_hub import hf_hub_download, snapshot_download
+    ref = _full_commit(ref)
     with _hub_errors(ref):
         if ref.filename:
             path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision))
@@ -199,6 +205,17 @@ def _cached_snapshot(ref: HubRef) -> Optional[Path]:
     commit = ref_file.read_text().strip() if ref_file.is_file() else rev
     snap = repo_dir / "snapshots" / commit
     return snap if snap.is_dir() else None
+
+
+def _full_commit(ref: HubRef) -> HubRef:
+    """A short commit sha (7-39 hex digits, as the cached listing in messages shows them) -> the full sha of the one
+    cached snapshot starting with it; anything else unchanged."""
+    if not ref.revision or not re.fullmatch(r"[0-9a-f]{7,39}", ref.revision):
+        return ref
+    from huggingface_hub.constants import REPO_ID_SEPARATOR
+    snaps = _cache_root() / ("models" + REPO_ID_SEPARATOR + ref.repo_id.replace("/", REPO_ID_SEPARATOR)) / "snapshots"
+    hits = [p.name for p in snaps.glob(f"{ref.revision}*")] if snaps.is_dir() else []
+    return dataclasses.replace(ref, revision=hits[0]) if len(hits) == 1 else ref
 
 
 def _not_cached(ref: HubRef) -> HubModelNotFoundError:

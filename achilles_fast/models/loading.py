@@ -128,6 +128,18 @@ def check_safetensors(folder: Path) -> None:
             raise WeightsFileError(f"{f}: not a readable safetensors file ({msg})") from None
 
 
+class RemoteCodeError(ValueError):
+    """The model needs its repository's own Python code, and trust_remote_code was not given."""
+
+
+def _remote_code_refused(path: Path, e: ValueError) -> None:
+    """transformers' multi-line refusal of repository code -> RemoteCodeError in one line (other errors pass)."""
+    if "trust_remote_code" in str(e):
+        raise RemoteCodeError(f"{path}: the model needs its repository's own Python code (config.json auto_map), "
+                              "which runs only with --trust-remote-code (trust_remote_code=True): read it first") \
+            from None
+
+
 def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None,
                  trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,7 +160,14 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, o
         bins = ", ".join(str(b) for b in sorted(path.glob("pytorch_model*.bin"))) or f"a .bin file in {path}"
         raise WeightsFileError(f"{bins}: refused: it holds pickled Python objects, which weights-only loading never "
                                "runs; convert the checkpoint to safetensors where you trust it") from None
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        _remote_code_refused(path, e)
+        raise
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        _remote_code_refused(path, e)
+        raise
     if device_map is None:
         model.to(device)
     return model, tok

@@ -313,3 +313,35 @@ def test_hub_corrupt_blob_on_the_cli(hub_cache, capsys):
     blob = _corrupt_blob(cache, main)
     code, _, err = run(capsys, "mask", "tiny-org/stories260K", "--neurons", f"{DOWN}:1")
     assert_one_line(code, err, "mask", blob.name[:12])
+
+
+@pytest.mark.parametrize("spec,needle", [("tiny-org/stories260K@..", "revision '..'"),
+                                         ("tiny-org/stories260K/../x.gguf", "'..'")])
+def test_dot_dot_in_hub_ids_refused(hub_cache, capsys, spec, needle):
+    """9. '..' as a revision or in a file path never reaches the file system; the message is about the input."""
+    code, _, err = run(capsys, "find", spec)
+    assert_one_line(code, err, "find", needle)
+    assert "repository owner" not in err and "Is a directory" not in err
+
+
+def test_short_commit_sha_listed_as_cached_is_accepted(hub_cache):
+    """9. the cached listing shows 12-digit commit shas: such a prefix loads that snapshot."""
+    import achilles_fast as af
+    _, (main, v0) = hub_cache
+    model, _, _ = af.load_model(f"tiny-org/stories260K@{v0[:12]}")
+    assert model.achilles_source["commit"] == v0
+
+
+def test_remote_code_refusal_is_one_line(shared_dir, tmp_path, capsys):
+    import json as _json
+    import shutil
+    d = tmp_path / "remote"
+    shutil.copytree(STORIES, d)
+    cfg = _json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "modeling_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"}
+    cfg["model_type"] = "x-custom"
+    (d / "config.json").write_text(_json.dumps(cfg))
+    (d / "modeling_x.py").write_text("raise SystemExit('remote code ran')\n")
+    code, _, err = run(capsys, "find", d)
+    assert_one_line(code, err, "find", "--trust-remote-code")
+    assert len(err.strip().splitlines()) == 1, err
