@@ -345,3 +345,18 @@ def test_remote_code_refusal_is_one_line(shared_dir, tmp_path, capsys):
     code, _, err = run(capsys, "find", d)
     assert_one_line(code, err, "find", "--trust-remote-code")
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_epsilon_list_on_the_cli_is_the_api_list(shared_dir, tmp_path, capsys):
+    """9. --epsilon "0.5,1": one Stage 1, one result per epsilon (the API's epsilon=[0.5, 1])."""
+    import json as _json
+
+    import achilles_fast as af
+    out = tmp_path / "r.json"
+    code, stdout, err = run(capsys, "find", STORIES, "--epsilon", "0.05,0.1", "--k", 2, "--max-tokens", 32,
+                            "--max-neurons", 40, "--quiet", "--out", out)
+    assert code in (0, 1), err
+    got = _json.loads(out.read_text())
+    assert isinstance(got, list) and [r["epsilon"] for r in got] == [0.05, 0.1]
+    want = af.find_critical(str(STORIES), epsilon=[0.05, 0.1], k=2, max_tokens=32, max_neurons=40, progress=False)
+    assert [len(r["neurons"]) for r in got] == [len(r.neurons) for r in want]
