@@ -360,3 +360,14 @@ def test_epsilon_list_on_the_cli_is_the_api_list(shared_dir, tmp_path, capsys):
     assert isinstance(got, list) and [r["epsilon"] for r in got] == [0.05, 0.1]
     want = af.find_critical(str(STORIES), epsilon=[0.05, 0.1], k=2, max_tokens=32, max_neurons=40, progress=False)
     assert [len(r["neurons"]) for r in got] == [len(r.neurons) for r in want]
+
+
+def test_sweep_labels_make_safe_file_names(tmp_path):
+    """9. a 300-character label and a label starting with '.': plot files are written, none hidden or too long."""
+    from achilles_fast.studies.plots import file_stem
+    long_a, long_b = "a" * 300 + "1", "a" * 300 + "2"
+    for label in (long_a, ".hidden", "..", "x/../../y"):
+        stem = file_stem(label)
+        assert stem and not stem.startswith(".") and len(stem.encode()) <= 120 and "/" not in stem
+        (tmp_path / f"{stem}_curve.png").write_bytes(b"")  # a file system accepts it
+    assert file_stem(long_a) != file_stem(long_b)
