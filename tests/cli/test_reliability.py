@@ -371,3 +371,10 @@ def test_sweep_labels_make_safe_file_names(tmp_path):
         assert stem and not stem.startswith(".") and len(stem.encode()) <= 120 and "/" not in stem
         (tmp_path / f"{stem}_curve.png").write_bytes(b"")  # a file system accepts it
     assert file_stem(long_a) != file_stem(long_b)
+
+
+def test_failed_study_leaves_no_empty_out_folder(tmp_path, capsys):
+    """9. a study whose model is missing creates nothing."""
+    out = tmp_path / "new" / "study"
+    code, _, err = run(capsys, "study", tmp_path / "no_such_model", "--out", out)
+    assert code == 2 and not (tmp_path / "new").exists(), err

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -146,13 +148,17 @@ def check_out(out) -> Optional[Path]:
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise StudyError(f"--out {p}: exists and is not a folder")
-    p.mkdir(parents=True, exist_ok=True)
-    probe = p / ".write-test"
+    base = p
+    while not base.exists():  # made by the first write: nothing is created before the study has a result
+        base = base.parent
+    if not base.is_dir():
+        raise StudyError(f"--out {p}: {base} is a file, not a folder")
     try:
-        probe.write_text("")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise StudyError(f"--out {p}: cannot write there ({e.strerror})") from None
+        raise StudyError(f"--out {p}: cannot write in {base} ({e.strerror})") from None
     return p
 
 
