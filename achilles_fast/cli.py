@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .commands import check_outputs
+        check_outputs(args)  # no output over an input, before anything runs
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted (model weights restored)", file=sys.stderr)

@@ -36,6 +36,16 @@ def check_not_input(out, inputs, flag: str = "", error=InputOverwriteError) -> N
                         "choose another path")
 
 
+def path_inputs(path, what: str, read_only: bool = False) -> list:
+    """An input path for ``check_not_input``: the file, or the folder and the files directly inside it; [] when
+    it does not exist."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return []
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else []
+    return [(what, p, read_only)] + [(what, f, read_only) for f in files]
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """model.eval() inside the block; the caller's train/eval flag is restored afterwards, whatever happens."""

@@ -82,6 +82,32 @@ def load(args):
                       trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
+OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "json")  # what commands write
+INPUT_FLAGS = (("neurons", "the --neurons file"), ("text_file", "the --text-file"),
+               ("eval_text_file", "the --eval-text-file"), ("corpus", "the --corpus"), ("texts", "the --texts"),
+               ("results", "the result file"))  # what they read, besides the model
+
+
+def check_outputs(args) -> None:
+    """Before anything runs: no output of the command (--out, --plot, --save-pretrained, --csv, --json) is, holds,
+    or lies inside a read-only one of, its inputs (the model's folder and files, the GGUF conversion cache,
+    --neurons, --text-file, --eval-text-file, --corpus, --texts, result files, report's database), resolved with
+    symlinks followed: one line (InputOverwriteError)."""
+    from ..models.loading import model_inputs
+    from ..utils import check_not_input, path_inputs
+    inputs = []
+    if getattr(args, "model", None):
+        inputs += model_inputs(args.model, getattr(args, "gguf_file", None))
+    named = INPUT_FLAGS + ((("db", "the sweep database"),) if args.command == "report" else ())
+    for attr, what in named:
+        value = getattr(args, attr, None)
+        for v in value if isinstance(value, list) else [value] if value else []:
+            inputs += path_inputs(v, what)
+    for attr in OUTPUT_FLAGS:
+        if getattr(args, attr, None):
+            check_not_input(getattr(args, attr), inputs, "--" + attr.replace("_", "-"))
+
+
 def write_json(obj, path: str) -> None:
     """``obj`` as indented JSON at ``path`` (a command's ``--out``); NaN/Inf are refused (ValueError)."""
     import json

@@ -72,12 +72,8 @@ def run(args) -> int:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
     text = read_text(args)
     if args.save_pretrained:
-        from ..method.export import OutputExistsError, check_out_dir
-        from ..models.loading import model_inputs
-        from ..utils import check_not_input
-        check_out_dir(args.save_pretrained, args.overwrite)  # before loading anything
-        check_not_input(args.save_pretrained, model_inputs(args.model, args.gguf_file), "--save-pretrained",
-                        OutputExistsError)
+        from ..method.export import check_out_dir
+        check_out_dir(args.save_pretrained, args.overwrite)  # before loading anything (inputs: cli.check_outputs)
     model, tok, name = load(args)
     r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens, discover=args.discover)
     if args.save_pretrained:

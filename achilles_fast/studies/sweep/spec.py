@@ -217,6 +217,12 @@ class SweepSpec:
     def defaults() -> Dict[str, Any]:
         return FindConfig.defaults()
 
+    def inputs(self) -> list:
+        """What the sweep reads (each checkpoint's folder and files, GGUF conversion caches) for
+        ``utils.check_not_input``: the database must be none of them."""
+        from ...models.loading import model_inputs
+        return [x for c in self.checkpoints for x in model_inputs(c.path)]
+
     def jobs(self) -> List[Job]:
         from ...models.loading import spec_digest
         sets, d = self.param_sets(), self.defaults()
