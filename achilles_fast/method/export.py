@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -23,7 +20,7 @@ from torch import nn
 from ..models.devices import offloaded
 from ..models.loading import loaded_inputs, make_portable, model_source
 from ..models.registry import maskable_targets
-from ..utils import check_not_input
+from ..utils import check_not_input, replace_dir, temp_dir_beside
 from .masking import WeightMask
 from .ranking import Ranking
 from .result import versions
@@ -94,22 +91,6 @@ def _guard_source(model: nn.Module, out: Path) -> None:
     check_not_input(out, loaded_inputs(model), error=OutputExistsError)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, overwrite: bool = False,
                 discover: bool = False, max_shard_size: Optional[str] = None) -> Path:
     """Save ``model`` with ``neurons`` (names like ``model.layers.2.mlp.down_proj:62``, Neurons, or a
@@ -128,12 +109,7 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
     if len(ranking) == 0:
         raise ValueError("no neurons to mask: the export would be the unmodified model")
     _check_exportable(ranking)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a folder like any other, not mkdtemp's private 0700
+    with temp_dir_beside(out) as tmp:  # leftovers of interrupted saves removed first; ours on errors and signals
         kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         with weights_masked(ranking):
             model.save_pretrained(str(tmp), **kw)
@@ -143,8 +119,5 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
                 "how": "output channels zeroed in the weights by achilles_fast.save_masked",
                 "source": model_source(model), "versions": versions()}
         (tmp / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(tmp, out)
     return out

