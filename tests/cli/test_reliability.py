@@ -442,3 +442,23 @@ def test_sweep_db_over_a_checkpoint_refused(model_copy, tmp_path, capsys):
     code, _, err = run(capsys, "sweep", spec, "--db", spec)
     assert_one_line(code, err, "sweep", "spec")
     assert digest(model_copy) == before
+
+
+def _enospc(*a, **k):
+    import errno
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_save_pretrained_on_a_full_disk_keeps_the_evaluation(shared_dir, tmp_path, capsys, monkeypatch):
+    """3. the checkpoint cannot be written (disk full): the --out evaluation is still saved, the line says so."""
+    import json as _json
+
+    from transformers import PreTrainedModel
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", _enospc)
+    out, ckpt = tmp_path / "m.json", tmp_path / "ckpt"
+    code, _, err = run(capsys, "mask", STORIES, "--neurons", f"{DOWN}:1", "--max-tokens", 32, "--out", out,
+                       "--save-pretrained", ckpt)
+    assert_one_line(code, err, "mask", f"could not write --save-pretrained {ckpt}")
+    assert "No space left on device" in err and str(out) in err
+    assert _json.loads(out.read_text())["n_neurons"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
