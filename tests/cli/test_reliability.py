@@ -462,3 +462,36 @@ def test_save_pretrained_on_a_full_disk_keeps_the_evaluation(shared_dir, tmp_pat
     assert "No space left on device" in err and str(out) in err
     assert _json.loads(out.read_text())["n_neurons"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_sweep_on_a_full_disk(shared_dir, tmp_path, capsys, monkeypatch):
+    """3. the database cannot take a row (disk full): one line, exit 2; the rows already written stay, the row that
+    could not be stored is saved elsewhere and the line says where."""
+    import json as _json
+    import sqlite3
+    import tempfile
+
+    from achilles_fast.studies.sweep.db import SweepDB
+    fallback = tmp_path / "tmp"
+    fallback.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    real, calls = SweepDB.insert, []
+
+    def insert(self, row):
+        calls.append(row["key"])
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, row)
+
+    monkeypatch.setattr(SweepDB, "insert", insert)
+    db = tmp_path / "s.db"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"db: {db}\ncheckpoints: [{STORIES}]\ntexts: [default]\n"
+                    "params: {k: 2, max_tokens: 32, max_neurons: 8}\ngrid: {epsilon: [0.01, 0.02, 0.03]}\n")
+    code, _, err = run(capsys, "sweep", spec, "--no-prefetch")
+    assert_one_line(code, err, "sweep", "database or disk is full")
+    saved = list(fallback.glob("achilles-fast-*.jsonl"))
+    assert len(saved) == 1 and str(saved[0]) in err
+    assert [_json.loads(x)["key"] for x in saved[0].read_text().splitlines()] == [calls[1]]
+    with SweepDB(str(db), readonly=True) as s:
+        assert s.done_keys() == {calls[0]}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ...threads import SHARE_VAR, load_warning, set_threads, thread_env, worker_threads
 from ...utils import check_not_input
-from .db import SweepDB
+from .db import SweepDB, SweepDBError
 from .jobs import run_checkpoint
 from .plan import Unit, plan_units
 from .spec import Job, SweepSpec, _now
@@ -47,6 +49,28 @@ class _Sink:
         self.written = self.failed = self.rankings = 0
 
     def __call__(self, item: Dict[str, Any]) -> None:
+        try:
+            self._store(item)
+        except sqlite3.OperationalError as e:  # disk full, I/O error: committed rows stay, this one is kept aside
+            raise self._lost(item, e) from None
+
+    def _lost(self, item: Dict[str, Any], e: Exception) -> SweepDBError:
+        """The row (or error) the database could not take, written to a JSON-lines file in the temp folder; the
+        one-line error saying what is where."""
+        where = f"{self.written} row(s) of this run are in {self.db.path}"
+        if "ranking_key" in item:  # a Stage 1 ranking: recomputed by the rerun
+            return SweepDBError(f"{self.db.path}: {e}; {where}; free space and rerun the sweep to resume")
+        path = os.path.join(tempfile.gettempdir(), f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
+                                                   f"{os.path.basename(self.db.path)}.jsonl")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(item, default=str) + "\n")
+            kept = f"the row being written is saved to {path}"
+        except OSError as e2:
+            kept = f"the row being written could not be saved anywhere ({e2.strerror or e2})"
+        return SweepDBError(f"{self.db.path}: {e}; {where}; {kept}; free space and rerun the sweep to resume")
+
+    def _store(self, item: Dict[str, Any]) -> None:
         if "ranking_key" in item:
             self.db.put_ranking(item)
             self.rankings += 1
