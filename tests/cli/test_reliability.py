@@ -495,3 +495,36 @@ def test_sweep_on_a_full_disk(shared_dir, tmp_path, capsys, monkeypatch):
     assert [_json.loads(x)["key"] for x in saved[0].read_text().splitlines()] == [calls[1]]
     with SweepDB(str(db), readonly=True) as s:
         assert s.done_keys() == {calls[0]}
+
+
+def test_study_on_a_full_disk_goes_to_a_fallback(stories, tmp_path, monkeypatch):
+    """3. the study's --out cannot be written (disk full): the study is finished and saved in the temp folder, and
+    the error says where."""
+    import errno
+    import json as _json
+    import tempfile
+
+    from achilles_fast.studies.study import StudyError, StudyParams, study
+    from achilles_fast.studies.study import report as rep
+    fallback = tmp_path / "tmp"
+    fallback.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    out = tmp_path / "out"
+    real = rep.write_atomic
+
+    def full(path, text):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    import achilles_fast.studies.study.run as run_mod
+    monkeypatch.setattr(run_mod, "write_atomic", full)
+    model, tok = stories
+    sp = StudyParams(max_new_tokens=4)
+    with pytest.raises(StudyError, match="could not write --out .*No space left on device.*saved to") as e:
+        study(model, tok, out=out, sections="generations", study_params=sp, progress=False, k=4, max_tokens=32,
+              epsilon=0.05, max_neurons=20)
+    saved = list(fallback.glob("achilles-fast-*-out"))
+    assert len(saved) == 1 and str(saved[0]) in str(e.value)
+    doc = _json.loads((saved[0] / "study.json").read_text())
+    assert doc["complete"] and (saved[0] / "report.html").is_file()

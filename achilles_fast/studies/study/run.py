@@ -81,6 +81,19 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
         ctx.base = CriticalResult.from_dict(previous["base"]["result"])
     todo = [s for s in names if s not in done]
     doc = _document(ctx, base_key, done, todo, t_start)
+    lost = None  # (the --out that failed, why): the study goes on in a fallback folder
+
+    def save(doc, final: bool = False) -> None:
+        nonlocal out_dir, lost
+        try:
+            _save_all(out_dir, done, doc, final)
+        except OSError as e:  # disk full, folder gone or read-only: everything again in the temp folder
+            if lost is not None:
+                raise
+            lost = (out_dir, e.strerror or str(e))
+            out_dir = Path(tempfile.gettempdir()) / (f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                                                     f"-{out_dir.name or 'study'}")
+            _save_all(out_dir, done, doc, final)
     with ops.use_kernels(cfg.kernels):
         if "components" in todo or "stability" in todo or (todo and ctx.base is None):
             ctx.prepare_scores(sp.ks if "stability" in todo else [], union="components" in todo)
@@ -92,19 +105,24 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
             b.update(key=keys[s], params=MODULES[s].key_params(ctx), seconds=time.perf_counter() - t0)
             done[s] = b
             if out_dir is not None:
-                _save_figures(MODULES[s], b, out_dir)
-                doc = _document(ctx, base_key, done, todo, t_start)
-                write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
-    if out_dir is not None:
-        for s in done:
-            if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
-                _save_figures(MODULES[s], done[s], out_dir)
+                save(_document(ctx, base_key, done, todo, t_start))
     doc = _document(ctx, base_key, done, todo, t_start, complete=True)
     if out_dir is not None:
-        write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
+        save(doc, final=True)
+    if lost is not None:
+        raise StudyError(f"could not write --out {lost[0]} ({lost[1]}); the study is saved to {out_dir} instead")
+    return doc
+
+
+def _save_all(out_dir: Path, done: Dict, doc: Dict, final: bool) -> None:
+    """Every finished section's figures that are missing, study.json, and when ``final`` the reports."""
+    for s in done:
+        if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
+            _save_figures(MODULES[s], done[s], out_dir)
+    write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
+    if final:
         write_atomic(out_dir / "report.md", render_markdown(doc))
         write_atomic(out_dir / "report.html", render_html(doc, out_dir))
-    return doc
 
 
 def _document(ctx: StudyContext, base_key: str, done: Dict, todo: Sequence[str], t_start: float,
