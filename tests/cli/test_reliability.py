@@ -528,3 +528,32 @@ def test_study_on_a_full_disk_goes_to_a_fallback(stories, tmp_path, monkeypatch)
     assert len(saved) == 1 and str(saved[0]) in str(e.value)
     doc = _json.loads((saved[0] / "study.json").read_text())
     assert doc["complete"] and (saved[0] / "report.html").is_file()
+
+
+def test_generate_out_checked_before_the_model_loads(shared_dir, tmp_path, capsys, no_loading):
+    """3. generate --out into a missing folder: refused before loading, not after generating."""
+    code, _, err = run(capsys, "generate", STORIES, "--neurons", f"{DOWN}:1", "--out", tmp_path / "no" / "g.json")
+    assert_one_line(code, err, "generate", "does not exist")
+
+
+def test_generate_out_on_a_full_disk_goes_to_a_fallback(shared_dir, tmp_path, capsys, monkeypatch):
+    import json as _json
+    import os as _os
+    import tempfile
+    fallback = tmp_path / "tmp"
+    fallback.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    out = tmp_path / "g.json"
+    real = _os.replace
+
+    def full(src, dst, *a, **k):
+        if str(dst) == str(out):
+            _enospc()
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(_os, "replace", full)
+    code, _, err = run(capsys, "generate", STORIES, "--neurons", f"{DOWN}:1", "--max-new-tokens", 3, "--out", out)
+    assert code == 2 and f"could not write --out {out}" in err, err
+    saved = list(fallback.glob("achilles-fast-*-g.json"))
+    assert len(saved) == 1 and str(saved[0]) in err and _json.loads(saved[0].read_text())["generations"]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
