@@ -82,14 +82,14 @@ def load(args):
                       trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
-OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "json")  # what commands write
+OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "summary_csv", "json")  # what commands write
 INPUT_FLAGS = (("neurons", "the --neurons file"), ("text_file", "the --text-file"),
                ("eval_text_file", "the --eval-text-file"), ("corpus", "the --corpus"), ("texts", "the --texts"),
                ("results", "the result file"))  # what they read, besides the model
 
 
 def check_outputs(args) -> None:
-    """Before anything runs: no output of the command (--out, --plot, --save-pretrained, --csv, --json) is, holds,
+    """Before anything runs: no output of the command (``OUTPUT_FLAGS``: --out, --plot, ...) is, holds,
     or lies inside a read-only one of, its inputs (the model's folder and files, the GGUF conversion cache,
     --neurons, --text-file, --eval-text-file, --corpus, --texts, result files, report's database), resolved with
     symlinks followed: one line (InputOverwriteError)."""
