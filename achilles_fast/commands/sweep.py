@@ -48,8 +48,6 @@ def run(args) -> int:
     if not db:
         raise ValueError("no database: pass --db FILE or set 'db' in the spec")
     worker_threads(args.workers, args.threads)  # bad counts: one line before anything starts
-    from ..utils import check_not_input, path_inputs
-    check_not_input(db, path_inputs(args.spec, "the sweep spec") + spec.inputs(), "--db")
     if args.ray is not None and args.workers != 1:
         raise ValueError("choose one: --ray (Ray tasks) or --workers (local processes)")
     if args.dry_run:
@@ -65,6 +63,8 @@ def run(args) -> int:
         print(f"{len(done)}/{len(jobs)} done; {len(units)} Stage 1 unit(s)")
         return 0
     check_db_path(db)  # a folder, not writable: one line before any model loads
+    from ..utils import check_not_input, path_inputs
+    check_not_input(db, path_inputs(args.spec, "the sweep spec") + spec.inputs(), "--db")  # written over no input
     validate_db(db)  # not SQLite, another program's, a newer schema: the same
 
     def log(s: str) -> None:
