@@ -1,6 +1,6 @@
 """achilles_fast: find the handful of neurons an LLM cannot live without, fast (arXiv 2510.10238).
 
-Layout: ``method`` (config, Stage 1, ranking, Stage 2, masking, perplexity, the API), ``models`` (family registry,
+Layout: ``method`` (config, Stage 1, rankers, ranking, Stage 2, masking, perplexity, the API), ``models`` (family registry,
 targets, neurons, MoE, loading, devices), ``ops`` (the fused kernels), ``studies`` (baselines, robustness, plots,
 reports, sweeps), ``commands`` + ``cli`` (the ``achilles-fast`` command), ``bench`` (benchmarks).
 """
@@ -10,7 +10,8 @@ from .method.api import evaluate_corpus, evaluate_mask, find_critical, rank_neur
 from .method.config import FindConfig  # noqa: E402
 from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
-from .method.ranking import Ranker, Ranking, register_ranker  # noqa: E402
+from .method.rankers import Ranker, register_ranker  # noqa: E402
+from .method.ranking import Ranking  # noqa: E402
 from .method.result import CriticalResult  # noqa: E402
 from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402

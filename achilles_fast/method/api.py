@@ -17,9 +17,9 @@ from ..utils import eval_mode
 from .config import FindConfig
 from .masking import masked
 from .perplexity import NLLEvaluator, log10_ppl, log10_ratio
-from .ranking import Ranking, make_ranker
+from .rankers import make_ranker
+from .ranking import Ranking
 from .result import CriticalResult
-from .stage1 import SensitivityRanker  # noqa: F401  (registers the "sensitivity" ranker)
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
 from .text import corpus_windows, model_context, sample_ids, tokenize
 
@@ -79,22 +79,22 @@ def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[t
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
-    """Run the configured ranker; ``ranking.info`` gets its timings and stats. k="auto" stops on Stage 2's sets
-    for ``epsilons``, evaluated through ``pn`` (which the final search then reuses)."""
+    """Run the configured ranker; ``ranking.info`` gets its timings and stats. The ranker gets Stage 2's oracle:
+    the critical-set sizes for ``epsilons`` of a ranking, evaluated through ``pn`` (which the final search then
+    reuses); sensitivity with k="auto" stops on them."""
     ranker = make_ranker(cfg, progress)
-    in_checks = [0.0]  # seconds of k="auto"'s Stage 2 checks (part of the Stage 1 time)
-    if cfg.k == "auto" and hasattr(ranker, "sizes_of"):
-        def sizes_of(r):
-            t = time.perf_counter()
-            try:
-                return critical_sizes(pn, r, cfg, epsilons)
-            finally:
-                in_checks[0] += time.perf_counter() - t
-        ranker.sizes_of = sizes_of
+    in_checks = [0.0]  # seconds of k="auto"'s Stage 2 checks (part of the ranking time)
+
+    def sizes_of(r):
+        t = time.perf_counter()
+        try:
+            return critical_sizes(pn, r, cfg, epsilons)
+        finally:
+            in_checks[0] += time.perf_counter() - t
+    ranker.use_stage2(sizes_of)
     t0 = time.perf_counter()
     ranking = ranker.rank(model, targets, ids)
-    ranking.info = {"timings": {"stage1" if cfg.ranker == "sensitivity" else "rank": time.perf_counter() - t0},
-                    "stats": dict(getattr(ranker, "stats", {}))}
+    ranking.info = {"timings": {ranker.timing_key: time.perf_counter() - t0}, "stats": dict(ranker.stats)}
     if cfg.k == "auto":
         ranking.info["stats"]["auto_k_checks_s"] = in_checks[0]
     return ranking

@@ -14,7 +14,8 @@ import typing
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from ..models.registry import SCOPES
-from .ranking import RANKINGS, ranker_names
+from .rankers import ranker_help, ranker_names
+from .ranking import RANKINGS
 
 STRATEGIES = ("linear", "bisect", "first")
 STAGE1_DTYPES = ("bfloat16", "float16")
@@ -23,8 +24,9 @@ AUTO_MIN_K = 8  # k="auto": the smallest max_k that allows two doublings of K (2
 
 def _field(default, help: str, *, choices: Optional[Tuple] = None, group: str = "method", flag: Optional[str] = None,
            auto: bool = False):
-    """A FindConfig field: ``help`` is the CLI help; ``group`` orders the flags (text, stage1, stage2, run);
-    ``auto``: the string "auto" is accepted besides the field's type."""
+    """A FindConfig field: ``help`` is the CLI help; ``help`` and ``choices`` may be functions (read when used, e.g.
+    the registered rankers); ``group`` orders the flags (text, stage1, stage2, run); ``auto``: the string "auto" is
+    accepted besides the field's type."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
                                                          "flag": flag, "auto": auto})
 
@@ -34,10 +36,7 @@ class FindConfig:
     # -- text -----------------------------------------------------------------------------------------------------
     max_tokens: int = _field(512, "use the first N tokens of the text (scoring and evaluation)", group="text")
     # -- Stage 1: ranking -----------------------------------------------------------------------------------------
-    ranker: str = _field("sensitivity", "how channels are ranked: sensitivity (the paper's Stage 1) or a baseline "
-                         "ranker (random, activation, gradient, taylor, superweight; the paper's activation_signed, "
-                         "gradient_signed)", choices=ranker_names,
-                         group="stage1")
+    ranker: str = _field("sensitivity", ranker_help, choices=ranker_names, group="stage1")
     k: int = _field(100, "noisy samples K, or auto: sample in doubling chunks until the critical set is stable "
                     "(see max_k)", group="stage1", auto=True)
     max_k: int = _field(100, "with k=auto: at most this many noisy samples (the default equals K's, so auto "
@@ -138,7 +137,7 @@ class FindConfig:
         for f in dataclasses.fields(cls):
             if f.name not in keep:
                 continue
-            md = f.metadata
+            md = dict(f.metadata, help=_help(f))
             g = groups.get(md["group"]) or groups.setdefault(md["group"], parser.add_argument_group(titles[md["group"]]))
             base, _ = _base_type(f)
             flag = md["flag"] or "--" + f.name.replace("_", "-")
@@ -163,6 +162,11 @@ class FindConfig:
 
 
 # ---- validation helpers --------------------------------------------------------------------------------------------
+def _help(f: dataclasses.Field) -> str:
+    h = f.metadata["help"]
+    return h() if callable(h) else h
+
+
 def _choices(f: dataclasses.Field) -> Optional[Tuple]:
     ch = f.metadata["choices"]
     return ch() if callable(ch) else ch

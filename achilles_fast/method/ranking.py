@@ -1,8 +1,8 @@
-"""Rankings: scores of all targets -> an ordered list of distinct channels, and the ``Ranker`` interface.
+"""Rankings: scores of all targets -> an ordered list of distinct channels.
 
-A ``Ranker`` (the sensitivity method of Stage 1, or a baseline) maps (model, targets, ids) to a ``Ranking``:
-flat channel ids best first, their scores, and per target a rank tensor (position of each channel in the ranking),
-which is all Stage 2 needs: the prefix of size n masks ``rank < n``.
+A ranker (``method.rankers``: the sensitivity method of Stage 1, or a baseline) maps (model, targets, ids) to a
+``Ranking``: flat channel ids best first, their scores, and per target a rank tensor (position of each channel in
+the ranking), which is all Stage 2 needs: the prefix of size n masks ``rank < n``.
 
 Modes
 - ``per_token`` (paper): every (module, position, channel) entry is ranked on its own; a channel enters the
@@ -21,10 +21,9 @@ order from [T, C] scores and from their ``PositionMax``, ties included.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
 
 from ..models.neurons import Neuron, NeuronIndex
 from ..models.targets import Target
@@ -197,36 +196,6 @@ class Ranking:
     def neurons(self, n: Optional[int] = None) -> List[Neuron]:
         """The first ``n`` (default: all) ranked channels as Neurons."""
         return [self.neuron(i) for i in range(len(self) if n is None else min(n, len(self)))]
-
-
-# ---- Rankers --------------------------------------------------------------------------------------------------------
-class Ranker(Protocol):
-    """Ranks the output channels of ``targets``: the sensitivity method and every baseline implement it."""
-
-    name: str
-
-    def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
-        """ids [T] (long) -> Ranking of at most ``config.max_neurons`` channels."""
-        ...
-
-
-# name -> factory(config, progress) -> Ranker; filled by method.stage1 ("sensitivity") and studies.baselines (the
-# package root imports both), read by FindConfig's validation of ``ranker``
-_RANKERS: Dict[str, Callable[..., Ranker]] = {}
-
-
-def register_ranker(name: str, factory: Callable[..., Ranker]) -> None:
-    """Make ``factory(config, progress: bool) -> Ranker`` available as ``FindConfig(ranker=name)``."""
-    _RANKERS[name] = factory
-
-
-def ranker_names() -> Tuple[str, ...]:
-    return tuple(_RANKERS)
-
-
-def make_ranker(config, progress: bool = False) -> Ranker:
-    """The Ranker that ``config.ranker`` names, set up from ``config``."""
-    return _RANKERS[config.ranker](config, progress)
 
 
 def ranking_from_scores(targets: Sequence[Target], scores: Sequence[Scores], mode: str, top: int) -> Ranking:

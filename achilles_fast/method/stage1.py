@@ -23,8 +23,8 @@ from .. import ops
 from ..models.devices import embedding_device
 from ..models.targets import Target
 from ..threads import rebalance
-from ..utils import available_ram, progress_bar
-from .ranking import PositionMax, Ranking, Scores, ranking_from_scores, register_ranker
+from ..utils import available_ram
+from .ranking import PositionMax, Ranking, Scores, ranking_from_scores
 
 
 class _StopForward(Exception):
@@ -355,48 +355,3 @@ def autocast(model: nn.Module, dtype: Optional[str]):
         return contextlib.nullcontext()
     dev = embedding_device(model).type
     return torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=getattr(torch, dtype))
-
-
-class SensitivityRanker:
-    """The paper's Stage 1 as a Ranker: mean |f(x) - f(x + alpha eps)| over K noisy copies, ranked by
-    ``config.ranking``. ``stats`` receives forward counts and chunk sizes of the last ``rank`` call. With
-    ``k="auto"`` (``adaptive_ranking``) ``sizes_of`` must be set: the Stage 2 oracle that K stops on."""
-
-    name = "sensitivity"
-
-    def __init__(self, config, progress: bool = False):
-        self.config = config
-        self.progress = progress
-        self.stats: dict = {}
-        self.sizes_of = None  # k="auto": ranking -> critical-set size per epsilon (Stage 2), set by the caller
-
-    def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
-        cfg = self.config
-        if cfg.k == "auto":
-            return self._rank_auto(model, targets, ids)
-        per_position = cfg.ranking != "mean"
-        groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
-        with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
-                autocast(model, cfg.stage1_dtype), torch.no_grad():
-            scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
-                                        per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
-                                        groups=groups, reduce_positions=True,
-                                        progress=bar.update if bar is not None else None, stats=self.stats)
-        if cfg.ranking == "mean":  # [C] sums over positions -> means
-            scores = [sc / ids.numel() for sc in scores]
-        return check_scores(ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons), cfg.alpha)
-
-    def _rank_auto(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
-        cfg = self.config
-        if self.sizes_of is None:
-            raise ValueError("k='auto' stops on the Stage 2 sets: set the ranker's sizes_of (find_critical and "
-                             "achilles_fast.rank do)")
-        with progress_bar(cfg.max_k, "Stage 1: noisy samples (K auto)", "sample", self.progress) as bar:
-            return adaptive_ranking(model, targets, ids, self.sizes_of, alpha=cfg.alpha, seed=cfg.seed,
-                                    mode=cfg.ranking, top=cfg.max_neurons, max_k=cfg.max_k,
-                                    max_batch_tokens=cfg.max_batch_tokens, max_score_mb=cfg.max_score_mb,
-                                    stage1_dtype=cfg.stage1_dtype, progress=bar.update if bar is not None else None,
-                                    stats=self.stats)
-
-
-register_ranker("sensitivity", SensitivityRanker)

@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from achilles_fast import cli
+from achilles_fast.method.text import DEFAULT_TEXT
 
-from conftest import STORIES, WIKITEXT
+from conftest import STORIES
 
 DOWN = "model.layers.0.mlp.down_proj"
+LONG_TEXT = DEFAULT_TEXT * 10  # a corpus of several 256-token windows, longer than the 512-token context
 
 
 def digest(*paths) -> str:
@@ -61,7 +63,7 @@ def assert_one_line(code, err, command, needle):
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, shared_dir):
+def bad(tmp_path_factory):
     """Bad inputs on disk (built once)."""
     d = tmp_path_factory.mktemp("bad")
     (d / "folder").mkdir()
@@ -81,6 +83,7 @@ def bad(tmp_path_factory, shared_dir):
     (d / "broken.json").write_text("{\"neurons\": [")
     (d / "latin1.txt").write_bytes("caf\xe9 au lait, s'il vous pla\xeet".encode("latin-1") * 5)
     (d / "a_file").write_text("x")
+    (d / "corpus.txt").write_text(LONG_TEXT, encoding="utf-8")
     # stories260K with one NaN weight in layer 1's down projection
     nan = d / "nan_model"
     shutil.copytree(STORIES, nan)
@@ -133,17 +136,17 @@ def CASES(b: Path):
         (["find", S, "--max-batch-tokens", "0"], "find", "max_batch_tokens must be an integer >= 1, got 0"),
         (["find", S, "--max-batch-tokens", "-64"], "find", "max_batch_tokens must be an integer >= 1, got -64"),
         (["mask", S, "--neurons", f"{DOWN}:1", "--max-tokens", "1"], "mask", "max_tokens must be >= 2"),
-        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, "--window", "0"], "evaluate",
+        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--window", "0"], "evaluate",
          "window must be an integer >= 2, got 0"),
-        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, "--window", "100000"], "evaluate",
+        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--window", "100000"], "evaluate",
          "window 100000 + BOS exceeds the model's context of 512 tokens"),
-        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, "--max-windows", "0"], "evaluate",
+        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--max-windows", "0"], "evaluate",
          "max_windows must be an integer >= 1"),
         # 2. NaN weights: found on the clean forward, before any stage runs
         (["find", nan, "--quiet"], "find", "first non-finite output at model.layers.1.mlp.down_proj (Linear; its "
                                            "weights hold 1 NaN/Inf value(s))"),
         (["mask", nan, "--neurons", f"{DOWN}:1"], "mask", "loss on the text is nan"),
-        (["evaluate", nan, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, "--max-windows", "1"], "evaluate",
+        (["evaluate", nan, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--max-windows", "1"], "evaluate",
          "first non-finite output at model.layers.1.mlp.down_proj"),
         # 3. outputs that cannot be written: refused before the run
         (["find", S, "--out", b / "folder"], "find", "is a folder; give a file name"),
@@ -152,7 +155,7 @@ def CASES(b: Path):
         (["find", S, "--plot", b / "a_file"], "find", "exists and is not a folder"),
         (["find", S, "--plot", b / "a_file" / "sub"], "find", "is a file, not a folder"),
         (["mask", S, "--neurons", f"{DOWN}:1", "--out", b / "folder"], "mask", "is a folder"),
-        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, "--out", b / "folder"], "evaluate",
+        (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--out", b / "folder"], "evaluate",
          "is a folder"),
         (["baselines", S, "--out", b / "folder"], "baselines", "is a folder"),
         (["robustness", S, "--texts", b, "--plot", b / "nan_model" / "config.json"], "robustness", "exists and is not a folder"),
@@ -186,7 +189,7 @@ def test_nan_model_as_a_user_sees_it(bad, tmp_path):
     assert "Stage 1" not in p.stderr and "Traceback" not in p.stderr and not out.exists()
 
 
-def test_output_lost_at_the_end_goes_to_a_fallback(shared_dir, tmp_path, capsys, monkeypatch):
+def test_output_lost_at_the_end_goes_to_a_fallback(tmp_path, capsys, monkeypatch):
     """--out and --plot checked at the start, but their folder is replaced by a file during the run: the result and
     the plots are saved in the temp folder and the command says where (exit 2)."""
     import tempfile
@@ -216,7 +219,7 @@ def test_output_lost_at_the_end_goes_to_a_fallback(shared_dir, tmp_path, capsys,
     assert len(plots) == 1 and len(list(plots[0].glob("*.png"))) == 2
 
 
-def test_outputs_written_atomically(shared_dir, tmp_path, capsys):
+def test_outputs_written_atomically(tmp_path, capsys):
     out = tmp_path / "m.json"
     code, _, err = run(capsys, "mask", STORIES, "--neurons", f"{DOWN}:1", "--out", out)
     assert code == 0, err
@@ -224,7 +227,7 @@ def test_outputs_written_atomically(shared_dir, tmp_path, capsys):
     assert out.stat().st_mode & 0o644 == 0o644
 
 
-def test_duplicate_neurons_in_mask(shared_dir, tmp_path, capsys):
+def test_duplicate_neurons_in_mask(tmp_path, capsys):
     out = tmp_path / "m.json"
     code, stdout, err = run(capsys, "mask", STORIES, "--neurons", f"{DOWN}:3,{DOWN}:3", "--out", out)
     assert code == 0, err
@@ -233,11 +236,13 @@ def test_duplicate_neurons_in_mask(shared_dir, tmp_path, capsys):
     assert r["n_neurons"] == 1 and r["neurons"] == [f"{DOWN}:3"]
 
 
-def test_max_tokens_beyond_context_clamped(shared_dir, tmp_path, capsys):
+def test_max_tokens_beyond_context_clamped(tmp_path, capsys):
     """stories260K has a 512-token context: --max-tokens 100000 on a long text uses 512 tokens, with a warning."""
     out = tmp_path / "r.json"
     with pytest.warns(UserWarning, match="exceeds the model's context of 512 tokens; using the first 512"):
-        code, _, err = run(capsys, "find", STORIES, "--text-file", WIKITEXT, "--max-tokens", 100000, "--k", 2,
+        text = tmp_path / "long.txt"
+        text.write_text(LONG_TEXT, encoding="utf-8")
+        code, _, err = run(capsys, "find", STORIES, "--text-file", text, "--max-tokens", 100000, "--k", 2,
                            "--max-neurons", 2, "--quiet", "--out", out)
     assert code in (0, 1), err
     assert json.loads(out.read_text())["params"]["n_tokens"] == 512
@@ -258,7 +263,7 @@ def test_every_flag_has_help_and_one_default():
             assert a.help.count("(default") <= 1, f"{name} {a.option_strings}: {a.help}"
 
 
-def test_quiet_silences_the_loading_bar(shared_dir, tmp_path):
+def test_quiet_silences_the_loading_bar(tmp_path):
     """transformers' weight-loading bar shows without --quiet and not with it."""
     args = [sys.executable, "-m", "achilles_fast.cli", "find", str(STORIES), "--k", "2", "--max-tokens", "32",
             "--max-neurons", "2"]

@@ -17,7 +17,7 @@ def cli(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_find_then_mask_roundtrip(shared_dir, tmp_path):
+def test_find_then_mask_roundtrip(tmp_path):
     out = tmp_path / "r.json"
     p = cli("find", STORIES, "--k", 6, "--epsilon", 0.3, "--out", out, "--quiet")
     assert p.returncode == 0, p.stderr
@@ -41,7 +41,7 @@ def test_find_then_mask_roundtrip(shared_dir, tmp_path):
     (["mask", STORIES, "--neurons", "model.layers.42.mlp.down_proj:1"], "no scannable module"),
     (["mask", STORIES, "--neurons", "garbage"], "bad neuron name"),
 ])
-def test_bad_input_clear_error(shared_dir, args, needle):
+def test_bad_input_clear_error(args, needle):
     p = cli(*args)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert needle in p.stderr
@@ -53,7 +53,7 @@ def test_bad_choice_rejected_by_parser():
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
-def test_resolve_specs(shared_dir, tmp_path, monkeypatch):
+def test_resolve_specs(tmp_path, monkeypatch):
     assert resolve(str(STORIES)) == ("hf", STORIES)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     assert resolve(str(tmp_path / "m.gguf")) == ("gguf", tmp_path / "m.gguf")
@@ -103,7 +103,7 @@ def test_bench_commands(tmp_path):
         assert r.returncode == 0 and "usage:" in r.stdout, (script, r.stderr[-1000:])
 
 
-def test_bench_e2e_same_set(shared_dir, tmp_path):
+def test_bench_e2e_same_set(tmp_path):
     """The end-to-end benchmark on stories260K: every fp32 configuration finds the baseline's set."""
     out = tmp_path / "e2e.json"
     r = cli("bench", "e2e", "--model", STORIES, "--k", "4", "--repeats", "1", "--max-tokens", "64", "--json", out,

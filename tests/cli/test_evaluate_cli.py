@@ -17,7 +17,7 @@ def cli(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_evaluate_jsonl_and_text(shared_dir, tmp_path):
+def test_evaluate_jsonl_and_text(tmp_path):
     from achilles_fast.method.api import evaluate_corpus
     from achilles_fast.models.loading import load_model
     recs = [{"text": "Once upon a time there was a little dog.", "id": 1}, {"text": "Lily saw a big red ball."}]
@@ -47,7 +47,7 @@ def test_evaluate_jsonl_and_text(shared_dir, tmp_path):
     ('{"text": "ok"}\n', ["--max-tokens", "1"], "--max-tokens must be >= 2"),
     ('{"text": "ok"}\n', ["--max-samples", "0"], "--max-samples must be >= 1"),
 ])
-def test_evaluate_bad_jsonl(shared_dir, tmp_path, body, extra, needle):
+def test_evaluate_bad_jsonl(tmp_path, body, extra, needle):
     p = tmp_path / "bad.jsonl"
     p.write_text(body, encoding="utf-8")
     r = cli("evaluate", STORIES, "--neurons", NEURON, "--corpus", p, *extra)
@@ -55,7 +55,7 @@ def test_evaluate_bad_jsonl(shared_dir, tmp_path, body, extra, needle):
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_max_samples_needs_json_lines(shared_dir, tmp_path):
+def test_max_samples_needs_json_lines(tmp_path):
     t = tmp_path / "t.txt"
     t.write_text("Once upon a time. " * 50, encoding="utf-8")
     r = cli("evaluate", STORIES, "--neurons", NEURON, "--corpus", t, "--max-samples", "3")

@@ -57,7 +57,7 @@ def test_hub_bad_input(hub_cache, args, needle):
     assert len([x for x in p.stderr.splitlines() if "error:" in x]) == 1
 
 
-def test_mask_save_pretrained_round_trip(shared_dir, tmp_path):
+def test_mask_save_pretrained_round_trip(tmp_path):
     r = tmp_path / "r.json"
     assert cli("find", STORIES, "--k", 6, "--epsilon", 1, "--out", r, "--quiet").returncode == 0
     out, ev = tmp_path / "masked", tmp_path / "ev.json"

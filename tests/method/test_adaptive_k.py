@@ -165,11 +165,11 @@ def test_separated_rule():
 
 
 def test_auto_k_needs_stage2_and_memory(model):
-    from achilles_fast.method.ranking import make_ranker
+    from achilles_fast.method.rankers import make_ranker
     from achilles_fast.models.registry import discover_targets
     ranker = make_ranker(FindConfig(k="auto"))
     ids = ToyTokenizer()(TEXT)["input_ids"][0]
-    with pytest.raises(ValueError, match="sizes_of"):
+    with pytest.raises(ValueError, match="use_stage2"):
         ranker.rank(model, discover_targets(model), ids)
     snap = weights_snapshot(model)
     with pytest.raises(ValueError, match="max_score_mb"):

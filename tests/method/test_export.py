@@ -146,7 +146,7 @@ def test_overwrite_and_interrupt(tmp_path, monkeypatch):
     assert_bit_identical(model, snap)  # restored although the save died mid-way
 
 
-def test_refuses_to_replace_its_source(shared_dir, tmp_path):
+def test_refuses_to_replace_its_source(tmp_path):
     import shutil
 
     from conftest import STORIES

@@ -12,7 +12,7 @@ import torch
 
 import achilles_fast as af
 from achilles_fast.method.finite import NonFiniteError
-from achilles_fast.method.stage1 import SensitivityRanker
+from achilles_fast.method.rankers.sensitivity import SensitivityRanker
 from achilles_fast.models.loading import ModelNotFoundError
 
 from conftest import ToyTokenizer, assert_bits_identical, tiny_model, weights_snapshot

@@ -6,7 +6,7 @@ import torch
 
 from achilles_fast import ops
 from achilles_fast.method.config import FindConfig
-from achilles_fast.method.ranking import make_ranker
+from achilles_fast.method.rankers import make_ranker
 from achilles_fast.method.stage2 import search_ranking
 from achilles_fast.method.text import tokenize
 from achilles_fast.models.registry import discover_targets

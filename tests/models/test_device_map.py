@@ -150,8 +150,7 @@ STORY_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers
 
 def test_load_model_with_device_map_real_weights(tmp_path):
     """stories260K loaded by from_pretrained(device_map=..., offload_folder=...) gives the same result."""
-    from conftest import STORIES, _need_shared
-    _need_shared(STORIES)
+    from conftest import STORIES
     from achilles_fast.models.loading import load_model
     ref, tok, _ = load_model(str(STORIES))
     model, _, _ = load_model(str(STORIES), device_map=STORY_MAP, offload_folder=tmp_path)
@@ -166,8 +165,7 @@ def test_load_model_with_device_map_real_weights(tmp_path):
 
 def test_cli_device_map(tmp_path, capsys):
     import json
-    from conftest import STORIES, _need_shared
-    _need_shared(STORIES)
+    from conftest import STORIES
     from achilles_fast.cli import main
     common = [str(STORIES), "--k", "3", "--max-neurons", "8", "--epsilon", "0.2", "--max-tokens", "48", "--quiet",
               "--strategy", "linear"]

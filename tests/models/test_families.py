@@ -265,10 +265,9 @@ def test_cli_discover_flag(tmp_path, capsys):
     """`achilles-fast find DIR --discover` on a checkpoint whose model_type has no registry entry."""
     import json
     import shutil
-    from conftest import STORIES, _need_shared
+    from conftest import STORIES
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
     from achilles_fast.cli import main
-    _need_shared(STORIES)
 
     class ForkConfig(LlamaConfig):
         model_type = "achilles_test_fork"

@@ -35,7 +35,7 @@ def write_gguf(path, value: float):
 
 
 @pytest.fixture
-def fake_dequant(monkeypatch, tmp_path, shared_dir):
+def fake_dequant(monkeypatch, tmp_path):
     """Cache under tmp_path; "dequantising" a GGUF = stories260K with down_proj[0, 0] of layer 0 set to its delta.
     Returns the list of converted files (one entry per conversion)."""
     monkeypatch.setenv("ACHILLES_FAST_CACHE", str(tmp_path / "cache"))

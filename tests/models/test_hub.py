@@ -104,7 +104,7 @@ def test_gguf_in_hub_repo_resolves(hub_cache, tmp_path):
         loading.locate("gg-org/model-GGUF")
 
 
-def test_local_paths_and_named_models_unchanged(shared_dir, tmp_path):
+def test_local_paths_and_named_models_unchanged(tmp_path):
     assert loading.resolve(str(STORIES)) == ("hf", STORIES)
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     (tmp_path / "y.gguf").write_bytes(b"GGUF")

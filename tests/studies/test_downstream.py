@@ -113,7 +113,7 @@ def _row(rows, task, metric):
     return r
 
 
-def test_stories_clean_vs_masked(shared_dir, stories, manager):
+def test_stories_clean_vs_masked(stories, manager):
     from achilles_fast.studies.downstream import evaluate_tasks, format_table
     model, tok = stories
     res = af.find_critical(model, tok, k=6, epsilon=1.0, max_tokens=64, progress=False)
@@ -133,7 +133,7 @@ def test_stories_clean_vs_masked(shared_dir, stories, manager):
     assert "achilles_toy_ppl" in table and f"{wp['delta']:+.4f}" in table
 
 
-def test_bad_input(shared_dir, stories, manager, monkeypatch):
+def test_bad_input(stories, manager, monkeypatch):
     from achilles_fast.studies.downstream import evaluate_tasks
     model, tok = stories
     snap = weights_snapshot(model)
@@ -156,7 +156,7 @@ def cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
-def test_cli_evaluate_tasks(shared_dir, tasks_dir, tmp_path, monkeypatch, capsys):
+def test_cli_evaluate_tasks(tasks_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ev.json"
     names = "model.layers.4.mlp.down_proj:1,model.layers.4.mlp.down_proj:2"
     p = cli("evaluate", STORIES, "--neurons", names, "--tasks", "achilles_toy_ppl", "--include-path", tasks_dir,

@@ -84,7 +84,7 @@ def cli(*args, timeout=300):
                           text=True, timeout=timeout, cwd=None)
 
 
-def test_cli_generate(shared_dir, tmp_path):
+def test_cli_generate(tmp_path):
     out = tmp_path / "g.json"
     p = cli("generate", STORIES, "--neurons", ",".join(NEURONS), "--prompt", "Once upon a time", "--prompt",
             "The dog", "--max-new-tokens", 8, "--out", out)
@@ -99,13 +99,13 @@ def test_cli_generate(shared_dir, tmp_path):
     (["--prompt", ""], "prompt is empty"),
     (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
 ])
-def test_cli_generate_bad_input(shared_dir, tmp_path, args, needle):
+def test_cli_generate_bad_input(tmp_path, args, needle):
     p = cli("generate", STORIES, "--neurons", NEURONS[0], "--out", tmp_path / "g.json", *args)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "g.json").exists()
 
 
-def test_find_show_generation(shared_dir):
+def test_find_show_generation():
     p = cli("find", STORIES, "--k", 6, "--epsilon", 0.3, "--quiet", "--show-generation", "Once upon a time")
     assert p.returncode == 0, p.stderr
     assert "prompt: 'Once upon a time'" in p.stdout and "masked" in p.stdout

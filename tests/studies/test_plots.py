@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from conftest import STORIES
+
 from achilles_fast.studies import plots
 from achilles_fast.method.result import CriticalNeuron, CriticalResult
 
@@ -147,10 +149,10 @@ def test_plot_result_and_plot_cli_from_json(result, tmp_path, capsys):
     assert (tmp_path / "m" / "multi_curves.png").exists() and (tmp_path / "m" / "multi_a_layers.svg").exists()
 
 
-def test_find_plot_cli_on_stories(shared_dir, tmp_path):
+def test_find_plot_cli_on_stories(tmp_path):
     from achilles_fast.cli import main
     out = tmp_path / "find"
-    rc = main(["find", str(shared_dir / "models" / "stories260K"), "--k", "4", "--max-tokens", "64",
+    rc = main(["find", str(STORIES), "--k", "4", "--max-tokens", "64",
                "--epsilon", "0.05", "--max-neurons", "30", "--quiet", "--plot", str(out), "--out",
                str(tmp_path / "r.json")])
     assert rc in (0, 1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import WIKITEXT, assert_bit_identical, weights_snapshot
+from conftest import STORIES, WIKITEXT, assert_bit_identical, need_wikitext, weights_snapshot
 
 from achilles_fast.studies.robustness import critical_overlap, jaccard, overlap, read_texts, robustness
 from achilles_fast.method.api import evaluate_corpus
@@ -71,13 +71,13 @@ def test_critical_overlap_uses_result_names(stories):
     assert rep["jaccard"][0][1] == 1.0 and set(rep["intersection"]) == set(r1.names)
 
 
-def test_robustness_cli(shared_dir, tmp_path, capsys):
+def test_robustness_cli(tmp_path, capsys):
     from achilles_fast.cli import main
     d = tmp_path / "texts"
     d.mkdir()
     for k, v in TEXTS.items():
         (d / f"{k}.txt").write_text(v)
-    rc = main(["robustness", str(shared_dir / "models" / "stories260K"), "--texts", str(d), "--k", "4",
+    rc = main(["robustness", str(STORIES), "--texts", str(d), "--k", "4",
                "--max-tokens", "64", "--epsilon", "0.02", "--max-neurons", "40", "--out", str(tmp_path / "r.json"),
                "--plot", str(tmp_path / "p")])
     assert rc == 0
@@ -125,9 +125,10 @@ def test_evaluate_corpus_matches_manual_zeroing(stories, wikitext_text):
     assert empty["log10_ratio"] == 0.0
 
 
-def test_evaluate_cli(shared_dir, tmp_path, capsys):
+def test_evaluate_cli(tmp_path, capsys):
     from achilles_fast.cli import main
-    model = str(shared_dir / "models" / "stories260K")
+    need_wikitext()
+    model = str(STORIES)
     assert main(["find", model, "--k", "4", "--max-tokens", "64", "--epsilon", "0.05", "--max-neurons", "30",
                  "--quiet", "--out", str(tmp_path / "r.json")]) in (0, 1)
     rc = main(["evaluate", model, "--neurons", str(tmp_path / "r.json"), "--corpus", str(WIKITEXT), "--window",

@@ -170,20 +170,20 @@ def cli(*args, timeout=600):
     (["--max-new-tokens", "0"], "max_new_tokens"),
     (["--prompt", ""], "prompt is empty"),
 ])
-def test_cli_bad_input_one_line_exit_2(shared_dir, tmp_path, args, needle):
+def test_cli_bad_input_one_line_exit_2(tmp_path, args, needle):
     p = cli("study", STORIES, "--out", tmp_path / "o", *args)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_cli_empty_texts_folder(shared_dir, tmp_path):
+def test_cli_empty_texts_folder(tmp_path):
     (tmp_path / "t").mkdir()
     p = cli("study", STORIES, "--out", tmp_path / "o", "--texts", tmp_path / "t")
     assert p.returncode == 2 and "no .txt file" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_cli_study_runs(shared_dir, tmp_path):
+def test_cli_study_runs(tmp_path):
     out = tmp_path / "o"
     p = cli("study", STORIES, "--out", out, "--quiet", "--sections", "critical,components,generations",
             "--k", 6, "--max-tokens", 48, "--epsilon", 0.05, "--max-neurons", 40, "--max-new-tokens", 5)

@@ -181,7 +181,7 @@ def test_stability_variants_recomputed(stories_study):
 
 def test_stability_length_prefix(stories_study):
     """L = 8: Stage 1 on the first 8 tokens only, Stage 2 on the full evaluation text."""
-    from achilles_fast.method.ranking import make_ranker
+    from achilles_fast.method.rankers import make_ranker
     from achilles_fast.method.stage2 import search_ranking
     model, tok, doc, secs, ids, _ = stories_study
     row = next(r for r in secs["stability"]["data"]["rows"] if r["label"] == "L=8")

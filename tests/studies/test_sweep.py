@@ -26,8 +26,6 @@ STORY = ("Once upon a time there was a little girl named Lily. She loved to play
 
 def make_checkpoint(path: Path, seed: int = 0, layers: int = 2) -> Path:
     """A tiny random Llama saved as an HF folder, with the stories260K tokenizer (vocab 512)."""
-    if not STORIES.exists():
-        pytest.skip(f"{STORIES} is absent (needs ../shared)")
     return save_random_llama(path, seed=seed, layers=layers, tokenizer_from=STORIES)
 
 
@@ -201,8 +199,6 @@ def test_kill9_local_sweep_then_resume(ckpts, tmp_path):
 # ---- report ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stories_db(ckpts, tmp_path_factory):
-    if not STORIES.exists():
-        pytest.skip("needs ../shared")
     db = tmp_path_factory.mktemp("rep") / "r.db"
     spec = spec_dict([STORIES, ckpts[0]], db, epsilons=(0.05, 0.1))
     spec["params"].update(max_tokens=64, k=4, max_neurons=20)

@@ -14,9 +14,8 @@ from matplotlib.figure import Figure
 
 from ...method.masking import BatchedMask
 from ...method.perplexity import log10_ratio
-from ...method.ranking import ranking_from_scores
+from ...method.rankers import make_ranker
 from ...utils import eval_mode
-from ..baselines import channel_scores
 from .context import StudyContext, block, fmt, table, verdict
 
 NAME = "components"
@@ -62,8 +61,8 @@ def run(ctx: StudyContext) -> Dict:
     down = [t for t in ctx.all_targets if t.name in ctx.down_names] or \
         [t for t in ctx.union if t.name in ctx.down_names]
     size = sum(t.num_channels for t in down)
-    rnd = ranking_from_scores(down, channel_scores(ctx.model, down, ctx.ids, "random", ctx.config.seed), "max",
-                              min(max(ns), size))
+    random_cfg = ctx.config.replace(ranker="random", max_neurons=min(max(ns), size))
+    rnd = make_ranker(random_cfg).rank(ctx.model, down, ctx.ids)
     evaluate(RANDOM, rnd, size)
     eps = ctx.config.epsilon
     down_kinds = {t.kind for t in down}

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ...method.api import find_critical
-from ...method.ranking import make_ranker
+from ...method.rankers import make_ranker
 from ...method.result import CriticalResult
 from ...method.text import DEFAULT_TEXT, tokenize
 from ...models.loading import parse_dtype
