@@ -61,7 +61,7 @@ def test_generation_beyond_the_context_refused(stories):
     assert time.perf_counter() - t0 < 5
 
 
-def test_generation_beyond_the_context_on_the_cli(shared_dir, tmp_path, capsys):
+def test_generation_beyond_the_context_on_the_cli(tmp_path, capsys):
     out = tmp_path / "g.json"
     code, _, err = run(capsys, "generate", STORIES, "--neurons", f"{DOWN}:1", "--max-new-tokens", 1_000_000,
                        "--out", out)
@@ -116,7 +116,7 @@ def test_noise_below_resolution_stops(k):
     assert_bit_identical(model, snap)
 
 
-def test_noise_below_resolution_on_the_cli(shared_dir, tmp_path, capsys):
+def test_noise_below_resolution_on_the_cli(tmp_path, capsys):
     out = tmp_path / "r.json"
     code, _, err = run(capsys, "find", STORIES, "--alpha", "1e-30", "--k", 2, "--max-tokens", 32, "--quiet",
                        "--out", out)
@@ -149,15 +149,16 @@ def no_loading(monkeypatch):
 
 @pytest.mark.parametrize("flags,needle", [(["--window", "0"], "window must be an integer >= 2, got 0"),
                                           (["--max-windows", "0"], "max_windows must be an integer >= 1, got 0")])
-def test_window_checked_before_the_model_loads(shared_dir, no_loading, capsys, flags, needle):
+def test_window_checked_before_the_model_loads(no_loading, capsys, flags, needle):
     """6. --window / --max-windows checked before the model loads."""
-    from conftest import WIKITEXT
+    from conftest import WIKITEXT, need_wikitext
+    need_wikitext()
     code, _, err = run(capsys, "evaluate", STORIES, "--neurons", f"{DOWN}:1", "--corpus", WIKITEXT, *flags)
     assert_one_line(code, err, "evaluate", needle)
 
 
 @pytest.fixture
-def model_copy(shared_dir, tmp_path):
+def model_copy(tmp_path):
     import shutil
     d = tmp_path / "model"
     shutil.copytree(STORIES, d)
@@ -175,7 +176,7 @@ def test_own_folder_save_pretrained_refused_before_the_model_loads(model_copy, n
 
 
 @pytest.fixture
-def fake_gguf(monkeypatch, tmp_path, shared_dir):
+def fake_gguf(monkeypatch, tmp_path):
     """A real (tiny) GGUF file whose 'dequantisation' is stories260K, and a cache under tmp_path."""
     gguf = pytest.importorskip("gguf")
     import numpy as np
@@ -241,14 +242,14 @@ def _safetensors_cases(tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", ["too_large", "bad_json", "past_the_end", "truncated"])
-def test_malformed_safetensors_one_line(shared_dir, tmp_path, capsys, case):
+def test_malformed_safetensors_one_line(tmp_path, capsys, case):
     """5. malformed safetensors: one line naming the file, exit 2 (not a traceback with exit 1)."""
     d = _model_folder(tmp_path / case, _safetensors_cases(tmp_path)[case])
     code, _, err = run(capsys, "find", d, "--k", 2, "--max-tokens", 16)
     assert_one_line(code, err, "find", str(d / "model.safetensors"))
 
 
-def test_pickled_bin_refused_one_line(shared_dir, tmp_path, capsys):
+def test_pickled_bin_refused_one_line(tmp_path, capsys):
     """5. a pytorch_model.bin holding a pickled object that weights-only loading refuses: one line."""
     import argparse
 
@@ -263,7 +264,7 @@ def test_pickled_bin_refused_one_line(shared_dir, tmp_path, capsys):
     assert_one_line(code, err, "find", "pytorch_model.bin")
 
 
-def test_truncated_jsonl_gz_one_line(shared_dir, tmp_path, capsys):
+def test_truncated_jsonl_gz_one_line(tmp_path, capsys):
     import gzip
     import json as _json
     p = tmp_path / "c.jsonl.gz"
@@ -273,7 +274,7 @@ def test_truncated_jsonl_gz_one_line(shared_dir, tmp_path, capsys):
     assert_one_line(code, err, "evaluate", str(p))
 
 
-def test_sweep_dry_run_on_an_empty_sqlite_file(shared_dir, tmp_path, capsys):
+def test_sweep_dry_run_on_an_empty_sqlite_file(tmp_path, capsys):
     import sqlite3
     db = tmp_path / "empty.db"
     sqlite3.connect(db).close()
@@ -332,7 +333,7 @@ def test_short_commit_sha_listed_as_cached_is_accepted(hub_cache):
     assert model.achilles_source["commit"] == v0
 
 
-def test_remote_code_refusal_is_one_line(shared_dir, tmp_path, capsys):
+def test_remote_code_refusal_is_one_line(tmp_path, capsys):
     import json as _json
     import shutil
     d = tmp_path / "remote"
@@ -347,7 +348,7 @@ def test_remote_code_refusal_is_one_line(shared_dir, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
-def test_epsilon_list_on_the_cli_is_the_api_list(shared_dir, tmp_path, capsys):
+def test_epsilon_list_on_the_cli_is_the_api_list(tmp_path, capsys):
     """9. --epsilon "0.5,1": one Stage 1, one result per epsilon (the API's epsilon=[0.5, 1])."""
     import json as _json
 
@@ -449,7 +450,7 @@ def _enospc(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_save_pretrained_on_a_full_disk_keeps_the_evaluation(shared_dir, tmp_path, capsys, monkeypatch):
+def test_save_pretrained_on_a_full_disk_keeps_the_evaluation(tmp_path, capsys, monkeypatch):
     """3. the checkpoint cannot be written (disk full): the --out evaluation is still saved, the line says so."""
     import json as _json
 
@@ -464,7 +465,7 @@ def test_save_pretrained_on_a_full_disk_keeps_the_evaluation(shared_dir, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
 
 
-def test_sweep_on_a_full_disk(shared_dir, tmp_path, capsys, monkeypatch):
+def test_sweep_on_a_full_disk(tmp_path, capsys, monkeypatch):
     """3. the database cannot take a row (disk full): one line, exit 2; the rows already written stay, the row that
     could not be stored is saved elsewhere and the line says where."""
     import json as _json
@@ -530,13 +531,13 @@ def test_study_on_a_full_disk_goes_to_a_fallback(stories, tmp_path, monkeypatch)
     assert doc["complete"] and (saved[0] / "report.html").is_file()
 
 
-def test_generate_out_checked_before_the_model_loads(shared_dir, tmp_path, capsys, no_loading):
+def test_generate_out_checked_before_the_model_loads(tmp_path, capsys, no_loading):
     """3. generate --out into a missing folder: refused before loading, not after generating."""
     code, _, err = run(capsys, "generate", STORIES, "--neurons", f"{DOWN}:1", "--out", tmp_path / "no" / "g.json")
     assert_one_line(code, err, "generate", "does not exist")
 
 
-def test_generate_out_on_a_full_disk_goes_to_a_fallback(shared_dir, tmp_path, capsys, monkeypatch):
+def test_generate_out_on_a_full_disk_goes_to_a_fallback(tmp_path, capsys, monkeypatch):
     import json as _json
     import os as _os
     import tempfile

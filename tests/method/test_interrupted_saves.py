@@ -38,7 +38,7 @@ def _hidden(parent, out):
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_kill_9_mid_save_then_the_next_save_cleans_up(shared_dir, tmp_path, existing):
+def test_kill_9_mid_save_then_the_next_save_cleans_up(tmp_path, existing):
     import achilles_fast as af
     out = tmp_path / "out"
     model, tok, _ = af.load_model(str(STORIES))
@@ -53,7 +53,7 @@ def test_kill_9_mid_save_then_the_next_save_cleans_up(shared_dir, tmp_path, exis
     assert (out / "model.safetensors").is_file()
 
 
-def test_sigterm_mid_save_leaves_nothing(shared_dir, tmp_path):
+def test_sigterm_mid_save_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     p = _start_save(tmp_path, out)
     p.send_signal(signal.SIGTERM)
