@@ -13,6 +13,14 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def version() -> str:
+    """The package's version, read from achilles_fast/version.py (its one place) without importing the package."""
+    ns = {}
+    with open(os.path.join(ROOT, "achilles_fast", "version.py")) as f:
+        exec(f.read(), ns)
+    return ns["__version__"]
+
+
 def compiler_flags(name):
     """The flags listed in csrc/<name> (one per line, '#' comments): shared with CMakeLists.txt."""
     with open(os.path.join(ROOT, "csrc", name)) as f:
@@ -67,7 +75,7 @@ ext_modules, cmdclass = get_extensions()
 
 setup(
     name="achilles_fast",
-    version="0.1.0",
+    version=version(),
     description="Find the handful of neurons an LLM cannot live without, fast (arXiv 2510.10238)",
     long_description=open(os.path.join(ROOT, "README.md")).read()
     if os.path.exists(os.path.join(ROOT, "README.md")) else "",

@@ -4,7 +4,7 @@ Layout: ``method`` (config, Stage 1, rankers, ranking, Stage 2, masking, perplex
 targets, neurons, MoE, loading, devices), ``ops`` (the fused kernels), ``studies`` (baselines, robustness, plots,
 reports, sweeps), ``commands`` + ``cli`` (the ``achilles-fast`` command), ``bench`` (benchmarks).
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .method.api import evaluate_corpus, evaluate_mask, find_critical, rank_neurons  # noqa: E402
 from .method.config import FindConfig  # noqa: E402
@@ -12,7 +12,7 @@ from .method.export import save_masked  # noqa: E402
 from .method.masking import masked  # noqa: E402
 from .method.rankers import Ranker, register_ranker  # noqa: E402
 from .method.ranking import Ranking  # noqa: E402
-from .method.result import CriticalResult  # noqa: E402
+from .method.result import CriticalResult, read_neurons  # noqa: E402
 from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .models.neurons import Neuron  # noqa: E402
@@ -39,4 +39,4 @@ def study(model, tokenizer=None, text=None, **kwargs):
 __all__ = ["find_critical", "evaluate_mask", "evaluate_corpus", "masked", "load_model", "FindConfig", "Ranker",
            "Ranking", "register_ranker", "search_ranking", "Neuron", "CriticalResult", "FamilySpec",
            "register_family", "baseline_result", "compare_rankers", "critical_overlap", "SweepSpec", "run_sweep",
-           "plot_result", "save_masked", "rank_neurons", "search_epsilons", "study", "__version__"]
+           "plot_result", "save_masked", "rank_neurons", "read_neurons", "search_epsilons", "study", "__version__"]

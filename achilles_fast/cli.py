@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from . import __version__
+from .version import __version__
 
 # Each module defines register(subparsers) and the handler it sets as the parser's ``func``.
 COMMANDS = [
@@ -24,15 +24,15 @@ COMMANDS = [
 ]
 
 
-class Parser(argparse.ArgumentParser):
-    """An argument error is one line (``--help`` shows the usage), exit 2."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's errors: one line ``achilles-fast COMMAND: error: ...``, exit 2 (subcommands too)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="achilles-fast", description="Find the critical neurons of an LLM "
+    p = _Parser(prog="achilles-fast", description="Find the critical neurons of an LLM "
                                 "(arXiv 2510.10238), fast.")
     p.add_argument("--version", action="version", version=f"achilles_fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a bad flag (one line already printed)
+        return int(e.code or 0)
     try:
         from .commands import check_outputs
         check_outputs(args)  # no output over an input, before anything runs

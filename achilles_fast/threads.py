@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
+from .utils import positive_int
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHARE_VAR = "ACHILLES_FAST_CORE_SHARE"  # the folder where the sized workers of one sweep mark themselves busy
 
@@ -29,12 +31,9 @@ def cores() -> int:
 
 def worker_threads(workers: int, threads: Optional[int] = None) -> int:
     """Intra-op threads for each of ``workers`` workers sharing this machine: ``threads``, else cores // workers."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    positive_int(workers, "workers")
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
-        return int(threads)
+        return positive_int(threads, "threads")
     return max(1, cores() // workers)
 
 
@@ -132,7 +131,8 @@ class CoreShare:
     """The cores of one machine split among the sweep workers that are busy (``sweep --workers N``, sized).
 
     A worker running a unit marks itself busy (a file named by its pid in ``folder``, made by the parent); between
-    forwards, ``rebalance`` gives it ``cores // busy`` threads. When the units run out, the workers still running
+    forwards (the sweep worker passes ``rebalance`` to the method as its between-forwards callback), ``rebalance``
+    gives it ``cores // busy`` threads. When the units run out, the workers still running
     take over the idle workers' cores (a 4-unit sweep on 2 workers no longer ends on one core). Markers of dead
     processes (kill -9) do not count.
     """
@@ -173,24 +173,3 @@ class CoreShare:
         want = self.threads()
         if torch.get_num_threads() != want:
             set_threads(want)
-
-
-_share: Optional[CoreShare] = None
-
-
-def join_share(folder: Optional[str]) -> Optional[CoreShare]:
-    """Make this process a member of the core share in ``folder`` (None: none) -> the share."""
-    global _share
-    _share = CoreShare(folder) if folder else None
-    return _share
-
-
-def rebalance() -> None:
-    """Between two forwards: take this worker's share of the idle cores (no-op outside a sized sweep worker)."""
-    if _share is not None:
-        _share.rebalance()
-
-
-def busy():
-    """Context of one unit of work: this worker counts as busy in its core share (no-op outside one)."""
-    return _share.busy() if _share is not None else contextlib.nullcontext()

@@ -52,7 +52,6 @@ def torch_threads():
     torch.set_num_threads(before)
     for v, x in env.items():
         os.environ.pop(v, None) if x is None else os.environ.__setitem__(v, x)
-    threads.join_share(None)
 
 
 def test_core_share_splits_cores_among_busy_workers(tmp_path, torch_threads):
@@ -81,18 +80,6 @@ def test_core_share_splits_cores_among_busy_workers(tmp_path, torch_threads):
     finally:
         sibling.kill()
         sibling.wait()
-
-
-def test_rebalance_is_a_no_op_outside_a_share(tmp_path, torch_threads):
-    threads.join_share(None)
-    torch.set_num_threads(1)
-    threads.rebalance()
-    with threads.busy():
-        threads.rebalance()
-    assert torch.get_num_threads() == 1
-    share = threads.join_share(str(tmp_path))
-    with threads.busy():
-        assert (tmp_path / str(os.getpid())).exists() and torch.get_num_threads() == share.cores
 
 
 def test_contention_is_measured_now_not_the_one_minute_average(monkeypatch):

@@ -25,7 +25,8 @@ import torch
 import achilles_fast as af
 from achilles_fast import ops
 from achilles_fast.method.result import versions
-from achilles_fast.method.stage1 import auto_batch_tokens, input_embeddings
+from achilles_fast.method.budget import stage1_batch_tokens
+from achilles_fast.method.stage1 import input_embeddings
 from achilles_fast.method.text import tokenize
 
 from .paper_baseline import paper_find_critical
@@ -135,7 +136,7 @@ def floor_time(model, ids, k: int, max_batch_tokens=None) -> float:
     """Plain batched forwards (full model, no hooks) over (K+1)*T tokens, chunked like Stage 1."""
     emb = input_embeddings(model, ids)
     T = emb.shape[0]
-    kb = max(1, min(k, (max_batch_tokens or auto_batch_tokens(emb.device)) // T))
+    kb = max(1, min(k, stage1_batch_tokens(max_batch_tokens, emb.device) // T))
     g = torch.Generator(device=emb.device).manual_seed(0)
     xs = [emb.unsqueeze(0)] + [emb + 5.0 * torch.randn(min(kb, k - k0), *emb.shape, device=emb.device,
                                                         generator=g, dtype=emb.dtype) for k0 in range(0, k, kb)]

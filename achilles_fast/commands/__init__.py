@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..utils import check_writable, write_json  # noqa: F401  (write_json: the commands' JSON writer)
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="local HF folder, .gguf file, Hugging Face Hub id (org/name, org/name@revision, "
@@ -61,25 +63,13 @@ def read_eval_text(args) -> Optional[str]:
     return read_text_file(path, "--eval-text-file") if path else None
 
 
-def parse_device_map(spec: Optional[str]):
-    """--device-map value -> what from_pretrained takes (a strategy name or a dict)."""
-    if spec is None or not spec.strip().startswith("{"):
-        return spec
-    import json
-    try:
-        dm = json.loads(spec)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--device-map: not a JSON object ({e})") from None
-    return {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in dm.items()}
-
-
 def load(args):
-    from ..models.loading import load_model
-    return load_model(args.model, dtype=args.dtype or "float32", device=args.device or "cpu",
-                      device_map=parse_device_map(getattr(args, "device_map", None)),
-                      offload_folder=getattr(args, "offload_folder", None),
-                      gguf_file=getattr(args, "gguf_file", None),
-                      trust_remote_code=getattr(args, "trust_remote_code", False))
+    """The command's model, tokenizer and display name, from its model arguments (``resolve_model`` checks them)."""
+    from ..models.loading import resolve_model
+    return resolve_model(args.model, None, args.device, args.dtype, device_map=getattr(args, "device_map", None),
+                         offload_folder=getattr(args, "offload_folder", None),
+                         gguf_file=getattr(args, "gguf_file", None),
+                         trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "summary_csv", "json")  # what commands write
@@ -108,52 +98,20 @@ def check_outputs(args) -> None:
             check_not_input(getattr(args, attr), inputs, "--" + attr.replace("_", "-"))
 
 
-def write_json(obj, path: str) -> None:
-    """``obj`` as indented JSON at ``path`` (a command's ``--out``); NaN/Inf are refused (ValueError)."""
-    import json
-    text = json.dumps(obj, indent=2, allow_nan=False)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-
-
 def check_output(path: Optional[str], flag: str, folder: bool = False) -> None:
-    """Fail now, in one line, when ``path`` (a command's ``--out`` file, or a ``folder`` such as ``--plot``) could
-    not be written at the end of the run: a folder given for a file, a missing or non-folder parent, no
-    permission, a read-only file system. Creates nothing (a probe file is made and removed)."""
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if folder:
-        if p.exists() and not p.is_dir():
-            raise ValueError(f"{flag} {path} exists and is not a folder")
-        base = p
-        while not base.exists():  # the folder is made at the end: check the nearest existing ancestor
-            base = base.parent
-        if not base.is_dir():
-            raise ValueError(f"{flag} {path}: {base} is a file, not a folder")
-    else:
-        if p.is_dir():
-            raise ValueError(f"{flag} {path} is a folder; give a file name such as {p / 'result.json'}")
-        base = p.parent
-        if not base.is_dir():
-            what = "is a file, not a folder" if base.exists() else "does not exist"
-            raise ValueError(f"{flag} {path}: folder {base} {what}")
-        if p.exists() and not os.access(p, os.W_OK):
-            raise ValueError(f"{flag} {path}: the file is not writable")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".achilles-fast-probe-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {base} ({e.strerror or e})") from None
+    """Fail now, in one line, when a command's ``--out`` file (or a ``folder`` such as ``--plot``) could not be
+    written at the end of the run (``utils.check_writable``)."""
+    if path is not None:
+        check_writable(path, flag, folder=folder)
 
 
 def save_output(path: str, flag: str, write: Callable[[str], Any], folder: bool = False) -> bool:
-    """``write(path)`` (a file, written to a temporary sibling and renamed into place, or a ``folder``). When that
-    fails with OSError (disk full, folder removed or made read-only during the run), write to a fallback path in
-    the system temp folder instead, say where on stderr and return False (the command then exits 2)."""
+    """``write(path)``: a file, written atomically by ``write`` (``write_json``, ``CriticalResult.to_json``), or a
+    ``folder``. When that fails with OSError (disk full, folder removed or made read-only during the run), write to
+    a fallback path in the system temp folder instead, say where on stderr and return False (the command then exits
+    2)."""
     try:
-        _write_at(path, write, folder)
+        write(path)
         if not folder:
             print(f"saved {path}", file=sys.stderr)
         return True
@@ -161,26 +119,9 @@ def save_output(path: str, flag: str, write: Callable[[str], Any], folder: bool 
         reason = e.strerror or str(e)
     fallback = os.path.join(tempfile.gettempdir(),
                             f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{Path(path).name or 'out'}")
-    _write_at(fallback, write, folder)
+    write(fallback)
     print(f"error: could not write {flag} {path} ({reason}); saved to {fallback} instead", file=sys.stderr)
     return False
-
-
-def _write_at(path: str, write: Callable[[str], Any], folder: bool) -> None:
-    if folder:
-        write(path)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).expanduser().parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give the file the permissions open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def print_paths(paths, stream=None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..utils import positive_int, positive_int_arg
 from . import add_model_args, check_output, load, print_paths, read_text, save_output, write_json
 
 
@@ -31,7 +32,8 @@ def register(sub) -> None:
                    "(all-linear: every Linear output, lm_head included, as the paper; targets: the scanned "
                    "modules), --runs draws per level, mean +- std (default: ours, one random ranking searched by "
                    "Stage 2)")
-    p.add_argument("--runs", type=int, default=None, help="random draws per level for the paper's protocol (the "
+    p.add_argument("--runs", type=positive_int_arg, default=None,
+                   help="random draws per level for the paper's protocol (the "
                    "paper: 10; given alone, the pool is the scanned targets)")
     p.add_argument("--levels", default=None, help="comma-separated numbers of random channels for the paper's "
                    f"protocol (default: {','.join(map(str, PAPER_LEVELS))})")
@@ -45,11 +47,11 @@ def _levels(spec):
     if spec is None:
         return list(PAPER_LEVELS)
     try:
-        levels = [int(x) for x in spec.split(",") if x.strip()]
+        levels = [positive_int(int(x), "--levels") for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--levels: expected comma-separated integers, got {spec!r}") from None
-    if not levels or min(levels) < 1:
-        raise ValueError(f"--levels: expected integers >= 1, got {spec!r}")
+        levels = []
+    if not levels:
+        raise ValueError(f"--levels: expected comma-separated integers >= 1, got {spec!r}")
     return levels
 
 
@@ -63,8 +65,6 @@ def run(args) -> int:
     if paper_random:
         if "random" not in methods:
             raise ValueError("--pool / --runs / --levels set the random baseline's protocol: add random to --methods")
-        if args.runs is not None and args.runs < 1:
-            raise ValueError(f"--runs must be >= 1, got {args.runs}")
         levels = _levels(args.levels)
         methods.remove("random")
     check_output(args.out, "--out")
@@ -76,7 +76,7 @@ def run(args) -> int:
     if paper_random:
         rnd = random_levels(model, tok, text, levels=levels, runs=args.runs or 10, pool=args.pool or "targets",
                             seed=cfg.seed, scope=cfg.scope, max_tokens=cfg.max_tokens,
-                            max_batch_tokens=cfg.max_batch_tokens or 8192, discover=cfg.discover)
+                            max_batch_tokens=cfg.max_batch_tokens, discover=cfg.discover)
     print(comparison_table(results, rnd, model_name=name, epsilon=cfg.epsilon, max_neurons=cfg.max_neurons))
     ok = True
     if args.out:

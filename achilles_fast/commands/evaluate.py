@@ -7,7 +7,8 @@ or any file with ``--field``) is evaluated sample by sample like the paper's C4 
 from __future__ import annotations
 
 from . import add_model_args, check_output, load, print_report, read_text_file, save_output, write_json
-from .mask import read_neurons
+from ..method.result import read_neurons
+from ..utils import positive_int, positive_int_arg
 
 
 def register(sub) -> None:
@@ -23,7 +24,8 @@ def register(sub) -> None:
                    "text; given, the corpus is read as JSON lines whatever its name)")
     p.add_argument("--max-tokens", type=int, default=512, help="--corpus JSON lines: each sample truncated to its "
                    "first N tokens (default: 512, the paper's C4 setting)")
-    p.add_argument("--max-samples", type=int, default=None, help="--corpus JSON lines: use the first N records")
+    p.add_argument("--max-samples", type=positive_int_arg, default=None,
+                   help="--corpus JSON lines: use the first N records")
     p.add_argument("--window", type=int, default=256, help="--corpus: tokens per window (non-overlapping)")
     p.add_argument("--max-windows", type=int, default=None, help="--corpus: use at most this many windows")
     p.add_argument("--no-bos", action="store_true", help="--corpus: do not prefix each window with BOS")
@@ -43,6 +45,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     names, _ = read_neurons(args.neurons)
     if not names:
         raise ValueError(f"{args.neurons} holds no neurons (did `find` converge?)")
@@ -54,8 +57,6 @@ def run(args) -> int:
     jsonl = args.field is not None or is_jsonl(args.corpus)
     if not jsonl:
         check_windows(args.window, args.max_windows)  # before the model loads
-    if args.max_samples is not None and args.max_samples < 1:
-        raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if not jsonl and args.max_samples is not None:
@@ -96,9 +97,10 @@ def run_tasks(args, names) -> int:
         raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     batch = args.batch_size
     if not batch.startswith("auto"):
-        if not batch.isdigit() or int(batch) < 1:
-            raise ValueError(f"--batch-size must be a positive integer or auto, got {batch!r}")
-        batch = int(batch)
+        try:
+            batch = positive_int(int(batch), "--batch-size")
+        except ValueError:
+            raise ValueError(f"--batch-size must be a positive integer or auto, got {batch!r}") from None
     out = args.out or "evaluate_tasks.json"
     check_output(out, "--out")
     manager = task_manager(args.include_path)  # lm-eval installed? tasks known? before loading the model

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from . import add_model_args, check_output, load, save_output, write_json
-from .mask import read_neurons
 
 
 def register(sub) -> None:
@@ -21,6 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..method.result import read_neurons
     from ..studies.generate import DEFAULT_PROMPTS, check_max_new_tokens, check_prompts, generations, side_by_side
     prompts = check_prompts(args.prompt if args.prompt is not None else DEFAULT_PROMPTS)  # before loading
     check_max_new_tokens(args.max_new_tokens)

@@ -1,9 +1,7 @@
 """``achilles-fast mask MODEL --neurons result.json``: re-evaluate PPL with a saved (or listed) neuron set."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from . import add_model_args, add_text_args, check_output, load, print_report, read_text
 
@@ -23,49 +21,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_neurons(spec: str):
-    """``--neurons``: a result JSON (``find --out``, or a plain JSON list of names) or comma-separated names ->
-    (names, the result's params)."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        raise ValueError(f"--neurons {spec} is a folder; give a result JSON file or neuron names")
-    if p.is_file():
-        return _neurons_from_json(p)
-    if spec.strip().lower().endswith(".json") or "/" in spec or "\\" in spec:  # a path, not neuron names
-        raise FileNotFoundError(f"--neurons {spec}: no such file")
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise ValueError("--neurons is empty")
-    return names, {}
-
-
-def _neurons_from_json(path: Path):
-    """A result JSON ({"neurons": [{"name": ...} | "name", ...], "params": ...}) or a JSON list of names."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--neurons {path}: not a JSON file ({e})") from None
-    params = {}
-    if isinstance(d, dict):
-        if "neurons" not in d:
-            raise ValueError(f"--neurons {path}: no 'neurons' key (keys: {', '.join(map(str, d)) or 'none'}); "
-                             "expected a result JSON from `find --out`")
-        params = d.get("params") if isinstance(d.get("params"), dict) else {}
-        d = d["neurons"]
-    if not isinstance(d, list):
-        raise ValueError(f"--neurons {path}: the neurons must be a JSON list of names, got {type(d).__name__} {d!r:.60}")
-    names = []
-    for item in d:
-        name = item.get("name") if isinstance(item, dict) else item
-        if not isinstance(name, str):
-            raise ValueError(f"--neurons {path}: each neuron must be a name like 'model.layers.0.mlp.down_proj:5' "
-                             f"or an object with a 'name', got {item!r:.60}")
-        names.append(name)
-    return names, params
-
-
 def run(args) -> int:
     from ..method.api import evaluate_mask
+    from ..method.result import read_neurons
     check_output(args.out, "--out")
     names, params = read_neurons(args.neurons)
     if not names:

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..studies.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
-                          write_csv, write_json, write_table)
+                          write_csv, write_runs_json, write_table)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
     if args.format == "parquet" and not args.out:
@@ -55,7 +55,7 @@ def run(args) -> int:
         write_csv(summary, args.summary_csv)
         print(f"saved {args.summary_csv}", file=sys.stderr)
     if args.json:
-        write_json(rows, args.json)
+        write_runs_json(rows, args.json)
         print(f"saved {args.json}", file=sys.stderr)
     if args.format:
         write_table(flat, args.out, args.format)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..utils import positive_int_arg
 
 EXAMPLE = """spec example (YAML):
   db: sweep.db
@@ -27,9 +28,9 @@ def register(sub) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray task (default: spec, else 0)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs per Ray task (default: spec, else 1)")
     p.add_argument("--retries", type=int, default=None, help="resubmissions of a crashed Ray task (default 2)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int_arg, default=1,
                    help="local worker processes splitting the jobs (default 1: this process)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int_arg, default=None,
                    help="torch intra-op threads per worker (default: cores // workers)")
     p.add_argument("--no-prefetch", action="store_true", help="do not load the next checkpoint in the background")
     p.add_argument("--dry-run", action="store_true",
@@ -38,10 +39,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import os
-
-    from ..studies.sweep import SweepDB, SweepSpec, plan_sweep, run_sweep
+    from ..studies.sweep import SweepSpec, run_sweep
     from ..studies.sweep.db import check_db_path, validate_db
+    from ..studies.sweep.dry_run import dry_run
     from ..threads import worker_threads
     spec = SweepSpec.load(args.spec)
     db = args.db or spec.db
@@ -51,16 +51,7 @@ def run(args) -> int:
     if args.ray is not None and args.workers != 1:
         raise ValueError("choose one: --ray (Ray tasks) or --workers (local processes)")
     if args.dry_run:
-        units, jobs = plan_sweep(spec)
-        done = set()
-        if os.path.exists(db):  # read-only: a dry run never creates or changes the database
-            with SweepDB(db, readonly=True) as store:
-                done = store.done_keys([j.key for j in jobs])
-        for u in units:
-            for j in u.jobs:
-                print(f"{'done   ' if j.key in done else 'pending'} {j.key} {j.checkpoint} / {j.text} / "
-                      f"{ {k: v for k, v in j.params.items() if k in spec.grid} } [unit {u.key[:8]}]")
-        print(f"{len(done)}/{len(jobs)} done; {len(units)} Stage 1 unit(s)")
+        print("\n".join(dry_run(spec, db)))
         return 0
     check_db_path(db)  # a folder, not writable: one line before any model loads
     from ..utils import check_not_input, path_inputs

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.devices import check_device
-from ..models.loading import model_source
+from ..models.loading import resolve_model
 from ..models.registry import discover_targets
 from ..utils import eval_mode
 from .config import FindConfig
@@ -21,32 +20,7 @@ from .rankers import make_ranker
 from .ranking import Ranking
 from .result import CriticalResult
 from .stage2 import PrefixNLL, critical_sizes, search_epsilons
-from .text import corpus_windows, model_context, sample_ids, tokenize
-
-
-def resolve_model(model, tokenizer, device, dtype):
-    """(model object or spec, tokenizer or None) -> (model, tokenizer, display name): loads a spec (folder, .gguf,
-    hub id, named model), or moves an object to ``device``/``dtype`` and loads its tokenizer by the same rules."""
-    name = None
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from ..models.loading import load_model
-        model, tok, name = load_model(str(model), dtype=dtype or "float32", device=device or "cpu")
-        tokenizer = tokenizer or tok
-    else:
-        if dtype is not None or device is not None:
-            from ..models.loading import parse_dtype
-            model.to(device=None if device is None else check_device(device), dtype=parse_dtype(dtype))
-        if tokenizer is None:
-            cfg = getattr(model, "config", None)
-            path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
-            if not path:
-                raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
-            from ..models.loading import load_tokenizer
-            tokenizer = load_tokenizer(path)
-    if name is None:
-        name = (model_source(model).get("name") or getattr(getattr(model, "config", None), "_name_or_path", None)
-                or type(model).__name__)
-    return model, tokenizer, name
+from .text import corpus_windows, model_context, sample_ids, text_ids, tokenize
 
 
 def _split_epsilons(config: Optional[FindConfig], params: Dict[str, Any]):
@@ -66,16 +40,14 @@ def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
     cfg = FindConfig.make(config, **params)
     model, tokenizer, name = resolve_model(model, tokenizer, device, dtype)
     targets = discover_targets(model, cfg.scope, allow_discovery=cfg.discover)
-    ctx = model_context(model)
-    ids = tokenize(tokenizer, text, cfg.max_tokens, "text", ctx)
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, cfg.max_tokens, "eval_text", ctx)
+    ids, eval_ids = text_ids(model, tokenizer, text, eval_text, cfg.max_tokens)
     return cfg, epsilons or [cfg.epsilon], model, name, targets, ids, eval_ids
 
 
 def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor]) -> None:
     """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run."""
     for what, x in [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)]):
-        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens or 8192, fused=False, what=what).nll()
+        NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens, fused=False, what=what).nll()
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
@@ -175,7 +147,7 @@ find_critical.__signature__ = inspect.signature(find_critical).replace(parameter
 
 def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = None, max_tokens: int = 512,
                   ids: Optional[torch.Tensor] = None, discover: bool = False,
-                  max_batch_tokens: int = 8192) -> Dict[str, float]:
+                  max_batch_tokens: Optional[int] = None) -> Dict[str, float]:
     """Mean NLL and log10 PPL ratio of ``text`` (or token windows ``ids`` [T] / [W, T]) with ``neurons`` masked in
     place (weights restored after). Duplicate names count once: ``n_neurons`` and ``neurons`` are the distinct
     neurons masked. A loss that is not finite raises ``NonFiniteError``."""
@@ -191,7 +163,7 @@ def evaluate_mask(model, tokenizer, neurons: Sequence, text: Optional[str] = Non
 
 
 def evaluate_corpus(model, tokenizer, neurons: Sequence, corpus: Union[str, Sequence[str]], window: int = 256,
-                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: int = 8192,
+                    max_windows: Optional[int] = None, bos: bool = True, max_batch_tokens: Optional[int] = None,
                     max_tokens: int = 512, discover: bool = False) -> Dict[str, Any]:
     """Corpus perplexity, clean and with ``neurons`` masked (weights restored bit-exact).
 

@@ -14,6 +14,8 @@ import typing
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from ..models.registry import SCOPES
+from ..utils import positive_int
+from .budget import HELP as BATCH_TOKENS_HELP
 from .rankers import ranker_help, ranker_names
 from .ranking import RANKINGS
 
@@ -69,7 +71,7 @@ class FindConfig:
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
     # -- execution ------------------------------------------------------------------------------------------------
-    max_batch_tokens: Optional[int] = _field(None, "tokens per forward, both stages (default: auto)", group="run")
+    max_batch_tokens: Optional[int] = _field(None, BATCH_TOKENS_HELP, group="run")
     kernels: bool = _field(True, "use the compiled/Triton ops (off: the pure-PyTorch references)", group="run")
     top_report: int = _field(50, "head of the ranking stored in the result", group="run")
 
@@ -77,20 +79,20 @@ class FindConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.k != "auto":
-            _positive_int(self, "k", "number of noisy samples")
-        _positive_int(self, "max_k")
+            positive_int(self.k, "k", "number of noisy samples")
+        positive_int(self.max_k, "max_k")
         if self.k == "auto" and self.max_k < AUTO_MIN_K:
             raise ValueError(f"k='auto' needs max_k >= {AUTO_MIN_K} (samples 2, 4, 8: two doublings), got {self.max_k}")
         _positive_finite(self, "alpha", "noise scale")
         _positive_finite(self, "epsilon", "log10 PPL ratio threshold")
-        _positive_int(self, "step")
-        _positive_int(self, "max_neurons")
-        _positive_int(self, "top_report")
+        positive_int(self.step, "step")
+        positive_int(self.max_neurons, "max_neurons")
+        positive_int(self.top_report, "top_report")
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens!r}")
         for name in ("batch_size", "max_batch_tokens"):
             if getattr(self, name) is not None:
-                _positive_int(self, name)
+                positive_int(getattr(self, name), name)
         if self.max_score_mb is not None:
             _positive_finite(self, "max_score_mb")
         for f in dataclasses.fields(self):
@@ -219,12 +221,6 @@ def _coerce(f: dataclasses.Field, v):
     if not isinstance(v, str):
         raise ValueError(f"{f.name} must be a string, got {v!r}")
     return v
-
-
-def _positive_int(cfg: FindConfig, name: str, what: str = "") -> None:
-    v = getattr(cfg, name)
-    if v < 1:
-        raise ValueError(f"{name}{f' ({what})' if what else ''} must be an integer >= 1, got {v!r}")
 
 
 def _positive_finite(cfg: FindConfig, name: str, what: str = "") -> None:

@@ -10,7 +10,6 @@ The folder is written beside ``out_dir`` and renamed into place: never half-writ
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -20,7 +19,7 @@ from torch import nn
 from ..models.devices import offloaded
 from ..models.loading import loaded_inputs, make_portable, model_source
 from ..models.registry import maskable_targets
-from ..utils import check_not_input, replace_dir, temp_dir_beside
+from ..utils import check_not_input, check_writable, replace_dir, temp_dir_beside, write_json
 from .masking import WeightMask
 from .ranking import Ranking
 from .result import versions
@@ -35,8 +34,7 @@ class OutputExistsError(FileExistsError, ValueError):
 def check_out_dir(out_dir, overwrite: bool = False) -> Path:
     """Refuse a file, or a non-empty folder unless ``overwrite``: checked before any long work."""
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a folder")
+    check_writable(out, folder=True, error=OutputExistsError)  # a file there, no permission: before any work
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} is not empty: pass --overwrite (overwrite=True) to replace it")
     return out
@@ -118,6 +116,6 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
         meta = {"masked_neurons": [n.name for n in ranking.neurons()], "n_masked": len(ranking),
                 "how": "output channels zeroed in the weights by achilles_fast.save_masked",
                 "source": model_source(model), "versions": versions()}
-        (tmp / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(meta, tmp / SIDECAR)
         replace_dir(tmp, out)
     return out

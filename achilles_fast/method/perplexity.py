@@ -19,7 +19,8 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import embedding_device, offloaded
-from ..threads import rebalance
+from .budget import eval_batch_tokens
+from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
 from .masking import BatchedMask
 
@@ -43,14 +44,15 @@ def ppl_or_none(nll: float) -> Optional[float]:
 class NLLEvaluator:
     """Evaluates mean NLL of fixed token windows [W, T] under different prefix masks of a ranking.
 
-    ``max_batch_tokens`` bounds the tokens per forward (B masks x W windows are split into sub-batches). A loss that
-    is not finite raises ``NonFiniteError`` (never returned): ``what`` names the text in that message.
+    ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows
+    are split into sub-batches). A loss that is not finite raises ``NonFiniteError`` (never returned): ``what`` names
+    the text in that message.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: int = 8192, fused: Optional[bool] = None,
-                 what: str = "the text"):
+    def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
+                 fused: Optional[bool] = None, what: str = "the text"):
         self.model = model
         self.what = what
         ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
@@ -58,7 +60,7 @@ class NLLEvaluator:
         self.W, self.T = ids.shape
         if self.T < 2:
             raise ValueError("need at least 2 tokens per window to compute a next-token loss")
-        self.max_batch_tokens = max(self.T, int(max_batch_tokens))
+        self.max_batch_tokens = max(self.T, int(eval_batch_tokens(max_batch_tokens)))
         self.forwards = 0
         self.device = embedding_device(model)
         self._head = None
@@ -106,7 +108,7 @@ class NLLEvaluator:
         return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
 
     def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
-        rebalance()  # a sized sweep worker: its share of idle cores
+        between_forwards()
         self.forwards += 1
         return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
 

@@ -5,16 +5,18 @@ import dataclasses
 import json
 import math
 import platform
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..models.neurons import Neuron
+from ..utils import atomic_write
 
 
 def versions() -> Dict[str, str]:
     import torch
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
     v = {"achilles_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
          "python": platform.python_version()}
     try:
@@ -88,8 +90,7 @@ class CriticalResult:
     def to_json(self, path: Optional[str] = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod
@@ -160,3 +161,45 @@ def fmt_ppl(nll: Optional[float]) -> str:
         return "n/a"
     l10 = nll / math.log(10)
     return f"{math.exp(nll):.4g}" if l10 < 6 else f"1e{l10:.2f}"
+
+
+def read_neurons(spec: str, what: str = "--neurons") -> Tuple[List[str], Dict[str, Any]]:
+    """A neuron set as the CLI's ``--neurons`` takes it: a result JSON file (``find --out`` / ``to_json``, or a plain
+    JSON list of names) or comma-separated names -> (names, the result's params, {} when none). A folder, a missing
+    file, bad JSON or no names: one-line ValueError / FileNotFoundError whose message starts with ``what``."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {spec} is a folder; give a result JSON file or neuron names")
+    if p.is_file():
+        return _neurons_from_json(p, what)
+    if spec.strip().lower().endswith(".json") or "/" in spec or "\\" in spec:  # a path, not neuron names
+        raise FileNotFoundError(f"{what} {spec}: no such file")
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"{what} is empty")
+    return names, {}
+
+
+def _neurons_from_json(path: Path, what: str):
+    """A result JSON ({"neurons": [{"name": ...} | "name", ...], "params": ...}) or a JSON list of names."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path}: not a JSON file ({e})") from None
+    params = {}
+    if isinstance(d, dict):
+        if "neurons" not in d:
+            raise ValueError(f"{what} {path}: no 'neurons' key (keys: {', '.join(map(str, d)) or 'none'}); "
+                             "expected a result JSON from `find --out`")
+        params = d.get("params") if isinstance(d.get("params"), dict) else {}
+        d = d["neurons"]
+    if not isinstance(d, list):
+        raise ValueError(f"{what} {path}: the neurons must be a JSON list of names, got {type(d).__name__} {d!r:.60}")
+    names = []
+    for item in d:
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str):
+            raise ValueError(f"{what} {path}: each neuron must be a name like 'model.layers.0.mlp.down_proj:5' "
+                             f"or an object with a 'name', got {item!r:.60}")
+        names.append(name)
+    return names, params

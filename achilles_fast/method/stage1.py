@@ -22,23 +22,14 @@ from torch import nn
 from .. import ops
 from ..models.devices import embedding_device
 from ..models.targets import Target
-from ..threads import rebalance
 from ..utils import available_ram
+from .budget import stage1_batch_tokens
+from .callbacks import between_forwards
 from .ranking import PositionMax, Ranking, Scores, ranking_from_scores
 
 
 class _StopForward(Exception):
     """Raised by the last target's hook: nothing after it is needed."""
-
-
-def auto_batch_tokens(device: torch.device) -> int:
-    """Tokens per noisy chunk when the user gives no budget."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        # ~64 KiB of transient activations per token per billion params is generous; cap at 64k tokens.
-        return int(max(512, min(65536, free // (256 * 1024))))
-    # CPU: 16k tokens per chunk keeps SmolLM2-135M's transient activations under ~0.5 GB
-    return 16384
 
 
 def input_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -115,7 +106,7 @@ class _Capture:
 
     def run(self, model: nn.Module, embeds: torch.Tensor) -> None:
         """One forward of embeds [B, T, H]; stops after the last target."""
-        rebalance()  # a sized sweep worker: its share of idle cores
+        between_forwards()
         self.fired = 0
         self.batch = embeds.shape[0]
         try:
@@ -211,8 +202,7 @@ def sensitivity_scores(
     k = ks[-1]
     T = int(ids.numel())
     embeds = input_embeddings(model, ids)  # [T, H]
-    budget = max_batch_tokens or auto_batch_tokens(embeds.device)
-    kb = max(1, min(k, budget // T))
+    kb = max(1, min(k, stage1_batch_tokens(max_batch_tokens, embeds.device) // T))
     if groups is None:
         groups = plan_groups(model, targets, T, per_position, max_score_mb)
     scores: Dict[int, List[Optional[Scores]]] = {K: [None] * len(targets) for K in ks}
@@ -303,7 +293,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
         raise ValueError("k='auto' keeps every target's Stage 1 scores and their variances in memory, and they do not "
                          "fit the score budget (max_score_mb): raise max_score_mb or use a fixed k")
     embeds = input_embeddings(model, ids)  # [T, H]
-    kb = max(1, (max_batch_tokens or auto_batch_tokens(embeds.device)) // T)
+    kb = max(1, stage1_batch_tokens(max_batch_tokens, embeds.device) // T)
     history: List[Optional[tuple]] = []  # per check: the sets (one per epsilon), None when not searched
     checks = []
     sizes: Optional[List[int]] = None

@@ -153,7 +153,7 @@ class PrefixNLL:
     """
 
     def __init__(self, model: nn.Module, eval_ids: torch.Tensor, max_batch_tokens: Optional[int] = None):
-        self._make = lambda: NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens or 8192)
+        self._make = lambda: NLLEvaluator(model, eval_ids, max_batch_tokens=max_batch_tokens)
         self._ev: Optional[NLLEvaluator] = None
         self._clean: Optional[float] = None
         self._nll: Dict[bytes, float] = {}

@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..utils import positive_int
+
 # Public domain: Lewis Carroll, "Alice's Adventures in Wonderland" (1865), opening paragraphs.
 DEFAULT_TEXT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
@@ -73,6 +75,17 @@ def tokenize(tokenizer, text: Optional[str], max_tokens: int = 512, what: str = 
     return ids
 
 
+def text_ids(model, tokenizer, text: Optional[str], eval_text: Optional[str],
+             max_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The scoring text's ids [T] and the evaluation text's [T'] (the same tensor when ``eval_text`` is None), each
+    cut to ``max_tokens`` and to the model's context (``model_context``): the one tokenization of the texts a ranking
+    is scored and searched on (the method, the baselines and the study)."""
+    ctx = model_context(model)
+    ids = tokenize(tokenizer, text, max_tokens, "text", ctx)
+    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text", ctx)
+    return ids, eval_ids
+
+
 def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, bos_id: Optional[int] = None):
     """Split a token stream [N] into non-overlapping windows of ``window`` tokens -> [W, window] ([W, window+1] when
     prefixed with ``bos_id``)."""
@@ -92,9 +105,8 @@ def check_windows(window, max_windows: Optional[int] = None) -> None:
     """``window`` an integer >= 2, ``max_windows`` None or an integer >= 1 (ValueError otherwise)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < MIN_TOKENS:
         raise ValueError(f"window must be an integer >= {MIN_TOKENS}, got {window!r}")
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
-                                    or max_windows < 1):
-        raise ValueError(f"max_windows must be an integer >= 1, got {max_windows!r}")
+    if max_windows is not None:
+        positive_int(max_windows, "max_windows")
 
 
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,

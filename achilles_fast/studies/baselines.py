@@ -21,9 +21,9 @@ from ..method.perplexity import NLLEvaluator, log10_ratio, ppl_or_none
 from ..method.rankers import paper_variants, ranker_names
 from ..method.ranking import Ranking
 from ..method.result import CriticalResult
-from ..method.text import tokenize
+from ..method.text import text_ids
 from ..models.registry import discover_targets, linear_targets
-from ..utils import eval_mode
+from ..utils import eval_mode, positive_int
 
 PAPER_LEVELS = tuple(range(100, 1001, 100))
 POOLS = ("all-linear", "targets")
@@ -48,7 +48,7 @@ def select_methods(methods: Sequence[str], signed_per_entry: bool = False) -> Li
 
 def random_levels(model: nn.Module, tokenizer, text: Optional[str] = None, *, levels: Sequence[int] = PAPER_LEVELS,
                   runs: int = 10, pool: str = "all-linear", seed: int = 0, scope: str = "down_proj",
-                  max_tokens: int = 512, eval_text: Optional[str] = None, max_batch_tokens: int = 8192,
+                  max_tokens: int = 512, eval_text: Optional[str] = None, max_batch_tokens: Optional[int] = None,
                   discover: bool = False) -> Dict[str, Any]:
     """The paper's random baseline: for each run, a random order of the pool's channels (seeded by (seed, run));
     level L masks its first L channels, so each level's set is a uniform random L-subset as in the paper (the
@@ -60,17 +60,15 @@ def random_levels(model: nn.Module, tokenizer, text: Optional[str] = None, *, le
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}: expected one of {', '.join(POOLS)}")
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
-    levels = sorted({int(x) for x in levels})
-    if not levels or levels[0] < 1:
-        raise ValueError(f"levels must be integers >= 1, got {levels!r}")
+    positive_int(runs, "runs")
+    levels = sorted({positive_int(x, "each level") for x in levels})
+    if not levels:
+        raise ValueError("levels: none given")
     targets = linear_targets(model) if pool == "all-linear" else discover_targets(model, scope, discover)
     total = sum(t.num_channels for t in targets)
     if levels[-1] > total:
         raise ValueError(f"level {levels[-1]} exceeds the {total} channels of the {pool!r} pool")
-    ids = tokenize(tokenizer, text, max_tokens, "text")
-    eval_ids = ids if eval_text is None else tokenize(tokenizer, eval_text, max_tokens, "eval_text")
+    ids, eval_ids = text_ids(model, tokenizer, text, eval_text, max_tokens)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     fused = False if any(t.module is head for t in targets) else None  # the fused NLL path skips lm_head's hooks
     per_run: List[List[float]] = []

@@ -18,7 +18,7 @@ from torch import nn
 from ..method.masking import masked
 from ..method.text import model_context
 from ..models.devices import embedding_device
-from ..utils import eval_mode
+from ..utils import eval_mode, positive_int
 
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, there was a little")
 DEFAULT_MAX_NEW_TOKENS = 40
@@ -46,9 +46,7 @@ def check_prompts(prompts: Sequence[str]) -> List[str]:
 
 
 def check_max_new_tokens(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {n!r}")
-    return n
+    return positive_int(n, "max_new_tokens")
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:

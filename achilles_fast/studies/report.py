@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..utils import write_json
 from .sweep.db import SweepDB
 
 PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scope", "ranking", "strategy",
@@ -132,11 +133,9 @@ def write_csv(records: Sequence[Mapping[str, Any]], path: str) -> None:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
 
 
-def write_json(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    """Full rows (params, versions, timing and the whole result) plus the summary."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"summary": summarize(rows), "runs": list(rows)}, f, indent=2, allow_nan=False)
-        f.write("\n")
+def write_runs_json(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Full rows (params, versions, timing and the whole result) plus the summary, as JSON at ``path``."""
+    write_json({"summary": summarize(rows), "runs": list(rows)}, path)
 
 
 def _column(values: List[Any]) -> List[Any]:
@@ -167,9 +166,10 @@ def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> No
     if fmt == "csv":
         return write_csv(records, path)
     if fmt == "json":
-        with _text_out(path) as f:
-            json.dump(list(records), f, indent=1, allow_nan=False)
-            f.write("\n")
+        if path == "-":
+            print(json.dumps(list(records), indent=1, allow_nan=False))
+        else:
+            write_json(list(records), path, indent=1)
         return None
     pa = require("pyarrow", "--format parquet", "pyarrow")
     import pyarrow.parquet as pq

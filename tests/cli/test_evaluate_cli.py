@@ -45,7 +45,7 @@ def test_evaluate_jsonl_and_text(tmp_path):
     ('{"text": "ok"}\n', ["--field", "content"], "line 1 has no field 'content'"),
     ("", [], "empty corpus"),
     ('{"text": "ok"}\n', ["--max-tokens", "1"], "--max-tokens must be >= 2"),
-    ('{"text": "ok"}\n', ["--max-samples", "0"], "--max-samples must be >= 1"),
+    ('{"text": "ok"}\n', ["--max-samples", "0"], "argument --max-samples: must be an integer >= 1"),
 ])
 def test_evaluate_bad_jsonl(tmp_path, body, extra, needle):
     p = tmp_path / "bad.jsonl"

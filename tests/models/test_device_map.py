@@ -194,3 +194,23 @@ def test_whole_model_offload(how, tmp_path):
     assert [n.name for n in r.top_ranked] == [n.name for n in r_ref.top_ranked]
     assert [v for _, v in r.curve] == pytest.approx([v for _, v in r_ref.curve], abs=1e-4)
     assert all(p.device.type == "meta" for p in model.parameters())  # nothing left materialised
+
+
+def test_resolve_model_takes_every_loader_option(tmp_path):
+    """resolve_model (the one resolver of API, study and CLI) passes device_map (a dict or the CLI's JSON string),
+    offload_folder and the rest to load_model; a model object refuses loader options in one line."""
+    import json
+    from conftest import STORIES, _need_shared
+    _need_shared(STORIES)
+    from achilles_fast.models.loading import resolve_model
+    model, tok, name = resolve_model(str(STORIES), device_map=json.dumps(STORY_MAP), offload_folder=tmp_path)
+    assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta" and tok is not None
+    assert name == str(STORIES.resolve()) and model.achilles_source["name"] == name
+    with pytest.raises(ValueError, match="device_map entry 'x': device 'tpu9' is not a device"):
+        resolve_model(str(STORIES), device_map='{"x": "tpu9"}')
+    with pytest.raises(ValueError, match="not a JSON object"):
+        resolve_model(str(STORIES), device_map="{not json")
+    same, tok2, name2 = resolve_model(model, tok)
+    assert same is model and tok2 is tok and name2 == name
+    with pytest.raises(ValueError, match="^device_map, gguf_file: loader options apply to a model spec"):
+        resolve_model(model, tok, device_map="auto", gguf_file="x.gguf")

@@ -16,7 +16,7 @@ import torch
 from conftest import STORIES
 
 from achilles_fast.bench.checkpoints import save_random_llama
-from achilles_fast.studies.report import flat_row, load_rows, summarize, table_text, write_csv, write_json, SUMMARY_COLUMNS
+from achilles_fast.studies.report import flat_row, load_rows, summarize, table_text, write_csv, write_runs_json, SUMMARY_COLUMNS
 from achilles_fast.studies.sweep import SweepSpec, run_sweep
 from achilles_fast.studies.sweep.db import SweepDB
 
@@ -227,7 +227,7 @@ def test_report_summary_and_exports(stories_db, tmp_path):
         got = list(csv.DictReader(f))
     assert len(got) == len(rows) and got[0]["checkpoint"] == rows[0]["checkpoint"]
     assert got[0]["neurons"].count(";") == max(0, rows[0]["n_critical"] - 1)
-    write_json(rows, str(tmp_path / "all.json"))
+    write_runs_json(rows, str(tmp_path / "all.json"))
     d = json.loads((tmp_path / "all.json").read_text())
     assert len(d["runs"]) == len(rows) and d["runs"][0]["result"]["curve"] == rows[0]["result"]["curve"]
 

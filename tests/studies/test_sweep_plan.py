@@ -424,6 +424,34 @@ def test_prefetch_in_a_sweep(ckpts, tmp_path):
     assert counts["prefetched"] == 2 and sink.written == len(jobs)  # tiny models fit: the 2nd and 3rd prefetched
 
 
+def test_sized_worker_rebalances_between_forwards(ckpts, tmp_path):
+    """A worker with a core share is marked busy while a unit runs and rebalances before the method's forwards
+    (the between-forwards callback); a worker without one never does."""
+    from achilles_fast.studies.sweep import _Sink
+    from achilles_fast.studies.sweep.worker import run_worker
+    from achilles_fast.threads import CoreShare
+
+    class Spy(CoreShare):
+        calls = 0
+
+        def rebalance(self, force: bool = False) -> None:
+            if not force:
+                assert self.marker.exists()  # only inside a unit
+                Spy.calls += 1
+            super().rebalance(force)
+
+    spec = SweepSpec.from_dict(_spec(ckpts[:1], tmp_path / "cs.db", eps=(0.02,)))
+    units, jobs = plan_sweep(spec)
+    (tmp_path / "cores").mkdir()
+    share = Spy(str(tmp_path / "cores"), n_cores=torch.get_num_threads())  # one busy worker: threads unchanged
+    with SweepDB(str(tmp_path / "cs.db")) as store:
+        sink = _Sink(store, len(jobs), 0, lambda s: None)
+        run_worker(units, {c.name: c for c in spec.checkpoints}, str(tmp_path / "cs.db"), sink, log=lambda s: None,
+                   prefetch=False, share=share)
+    assert sink.written == len(jobs) and Spy.calls > len(jobs)  # several forwards per job
+    assert not share.marker.exists()
+
+
 # ---- report --format ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_db(ckpts, tmp_path_factory):
@@ -467,3 +495,26 @@ def test_report_parquet_without_pyarrow(small_db, tmp_path, monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="pip install pandas"):
         rows_dataframe(load_rows(str(small_db)))
+
+
+def test_dry_run_lines_match_the_plan_and_the_database(ckpts, tmp_path, capsys):
+    """The library's dry run: one line per job (pending / done, in plan order) and the count; the CLI prints it."""
+    from achilles_fast.studies.sweep.dry_run import dry_run
+    db = tmp_path / "d.db"
+    d = _spec(ckpts[:1], db, eps=(0.02, 0.05))
+    spec = SweepSpec.from_dict(d)
+    units, jobs = plan_sweep(spec)
+    lines = dry_run(spec, str(db))
+    assert len(lines) == len(jobs) + 1 and lines[-1] == f"0/{len(jobs)} done; {len(units)} Stage 1 unit(s)"
+    assert [ln.split()[:2] for ln in lines[:-1]] == [["pending", j.key] for u in units for j in u.jobs]
+    assert not db.exists()
+    run_sweep({**d, "grid": {"epsilon": [0.02]}}, log=None)
+    done = set(db_keys(db))
+    lines = dry_run(spec, str(db))
+    assert [ln.split()[0] == "done" for ln in lines[:-1]] == [j.key in done for u in units for j in u.jobs]
+    assert lines[-1].startswith(f"{len(done)}/{len(jobs)} done")
+    import yaml
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines

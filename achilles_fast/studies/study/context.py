@@ -17,7 +17,7 @@ from ...method.perplexity import NLLEvaluator, log10_ratio
 from ...method.ranking import Ranking
 from ...method.result import CriticalResult
 from ...method.stage2 import search_ranking
-from ...method.text import DEFAULT_TEXT, tokenize
+from ...method.text import DEFAULT_TEXT, text_ids
 from ...models.loading import model_digest
 from ...models.registry import discover_targets
 from ...models.targets import Target
@@ -76,9 +76,8 @@ class StudyContext:
 
     def __post_init__(self):
         cfg = self.config
-        self.ids = tokenize(self.tokenizer, self.text, cfg.max_tokens, "text")  # [T]
-        self.eval_ids = self.ids if self.eval_text is None else tokenize(self.tokenizer, self.eval_text,
-                                                                         cfg.max_tokens, "eval_text")
+        self.ids, self.eval_ids = text_ids(self.model, self.tokenizer, self.text, self.eval_text,
+                                           cfg.max_tokens)  # [T], [T']
         self.targets: List[Target] = discover_targets(self.model, cfg.scope, allow_discovery=cfg.discover)
         self.all_targets: List[Target] = discover_targets(self.model, "all", allow_discovery=cfg.discover)
         names = {t.name for t in self.targets}
@@ -145,7 +144,7 @@ class StudyContext:
     # -- evaluation --------------------------------------------------------------------------------------------------
     def evaluator(self) -> NLLEvaluator:
         if self._ev is None:
-            self._ev = NLLEvaluator(self.model, self.eval_ids, max_batch_tokens=self.config.max_batch_tokens or 8192)
+            self._ev = NLLEvaluator(self.model, self.eval_ids, max_batch_tokens=self.config.max_batch_tokens)
             with eval_mode(self.model), torch.no_grad():
                 self._clean = self._ev.nll()
         return self._ev

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ...method.config import FindConfig
 from ...models.loading import parse_dtype
+from ...utils import positive_int
 from ..generate import DEFAULT_PROMPTS, check_max_new_tokens, check_prompts
 
 SECTIONS = ("critical", "cooperativity", "components", "stability", "mechanism", "generations")
@@ -49,9 +50,10 @@ class StudyParams:
         for n in self.component_ns:
             _check(lambda: cfg.replace(max_neurons=n), "component_ns")
         for name in ("exhaustive_max", "subsets_per_size", "max_sizes", "max_singles"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise StudyError(f"{name} must be an integer >= 1, got {v!r}")
+            try:
+                positive_int(getattr(self, name), name)
+            except ValueError as e:
+                raise StudyError(str(e)) from None
         if self.exhaustive_max > 16:
             raise StudyError(f"exhaustive_max must be <= 16 (2^n - 2 subsets), got {self.exhaustive_max}")
         for name in ("alphas", "ks", "lengths", "dtypes"):

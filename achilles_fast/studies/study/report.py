@@ -1,6 +1,6 @@
 """The study's report: ``report.md`` and a self-contained ``report.html`` (figures embedded as PNG data URIs),
-rendered from the same section blocks, and the atomic file writes the study uses (temp file + rename: an
-interrupted study never leaves a half-written file)."""
+rendered from the same section blocks, and its figures (each written atomically: an interrupted study never
+leaves a half-written file)."""
 from __future__ import annotations
 
 import base64
@@ -18,28 +18,7 @@ from .context import FAILS, HOLDS
 FIG_DIR = "figures"
 
 
-# ---- atomic files -------------------------------------------------------------------------------------------------
-def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
+# ---- figures ------------------------------------------------------------------------------------------------------
 def save_figure(fig: Figure, out_dir: Union[str, Path], stem: str) -> List[str]:
     """``fig`` as <out_dir>/figures/<stem>.png and .svg, each written atomically."""
     d = Path(out_dir) / FIG_DIR

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ... import ops
-from ...method.api import resolve_model
 from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
-from ...models.loading import model_source
+from ...models.loading import model_source, resolve_model
+from ...utils import atomic_write, check_writable, write_json
 from ..robustness import read_texts
 from . import components, cooperativity, critical, generations, mechanism, stability
 from .context import StudyContext, digest
 from .genres import GENRES
 from .params import SECTIONS, StudyError, StudyParams, parse_sections
-from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines, write_atomic
+from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines
 
 MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations)}
 assert tuple(MODULES) == SECTIONS
@@ -119,10 +119,10 @@ def _save_all(out_dir: Path, done: Dict, doc: Dict, final: bool) -> None:
     for s in done:
         if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
             _save_figures(MODULES[s], done[s], out_dir)
-    write_atomic(out_dir / "study.json", json.dumps(doc, indent=1, allow_nan=False))
+    write_json(doc, out_dir / "study.json", indent=1)
     if final:
-        write_atomic(out_dir / "report.md", render_markdown(doc))
-        write_atomic(out_dir / "report.html", render_html(doc, out_dir))
+        atomic_write(out_dir / "report.md", render_markdown(doc))
+        atomic_write(out_dir / "report.html", render_html(doc, out_dir))
 
 
 def _document(ctx: StudyContext, base_key: str, done: Dict, todo: Sequence[str], t_start: float,
@@ -163,21 +163,8 @@ def resolve_texts(texts, sp: StudyParams):
 def check_out(out) -> Optional[Path]:
     if out is None:
         return None
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise StudyError(f"--out {p}: exists and is not a folder")
-    base = p
-    while not base.exists():  # made by the first write: nothing is created before the study has a result
-        base = base.parent
-    if not base.is_dir():
-        raise StudyError(f"--out {p}: {base} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise StudyError(f"--out {p}: cannot write in {base} ({e.strerror})") from None
-    return p
+    check_writable(out, "--out", folder=True, error=StudyError)  # made by the first write: a failed study leaves none
+    return Path(out)
 
 
 def _load(out_dir: Optional[Path]) -> Dict[str, Any]:

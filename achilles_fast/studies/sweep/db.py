@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
 from urllib.parse import quote
 
+from ...utils import check_writable
+
 SCHEMA_VERSION = 3
 
 TABLES = {
@@ -104,18 +106,12 @@ def check_db_path(path: str, write: bool = True) -> bool:
     p = Path(path)
     if p.is_dir():
         raise SweepDBError(f"{path} is a folder, not a sweep database file")
-    if p.exists():
-        if not os.access(p, os.R_OK):
-            raise SweepDBError(f"{path} is not readable")
-        if write and not os.access(p, os.W_OK):
-            raise SweepDBError(f"{path} is not writable")
-    elif not write:
+    if p.exists() and not os.access(p, os.R_OK):
+        raise SweepDBError(f"{path} is not readable")
+    if write:  # the file and its folder (SQLite writes its journal beside the database)
+        check_writable(p, error=SweepDBError)
+    elif not p.exists():
         raise FileNotFoundError(f"{path}: no such sweep database")
-    parent = p.parent if str(p.parent) else Path(".")
-    if write and not parent.is_dir():
-        raise SweepDBError(f"{path}: folder {parent} does not exist")
-    if write and not os.access(parent, os.W_OK):
-        raise SweepDBError(f"{path}: folder {parent} is not writable (SQLite writes its journal beside the database)")
     return p.exists()
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ...method.config import FindConfig
 from ...method.ranking import Ranking
-from .spec import Job, _now, job_key
+from .spec import Job, SweepSpec, _now, job_key
 
 # fields that only Stage 2 (or the result) reads: jobs differing only in these share one Stage 1
 STAGE2_FIELDS = tuple(f.name for f in dataclasses.fields(FindConfig)
@@ -103,3 +103,12 @@ def ranking_from_record(rec: Dict[str, Any], targets) -> Optional[Ranking]:
     ch = torch.from_numpy(np.frombuffer(rec["channels"], dtype=np.int64).copy())
     sc = torch.from_numpy(np.frombuffer(rec["scores"], dtype=np.float32).copy())
     return Ranking(list(targets), ch, sc, info=dict(rec.get("info") or {}))
+
+
+def plan_sweep(spec: SweepSpec) -> Tuple[List[Unit], List[Job]]:
+    """The spec's jobs (checked: distinct keys) and their units, checkpoint by checkpoint."""
+    jobs = spec.jobs()
+    keys = [j.key for j in jobs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("sweep spec: two jobs have the same key (duplicate texts or grid values?)")
+    return plan_units(jobs, [c.name for c in spec.checkpoints]), jobs

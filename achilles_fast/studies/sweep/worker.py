@@ -11,6 +11,7 @@ worker's leases fresh. ``python -m achilles_fast.studies.sweep.worker`` runs one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -19,9 +20,10 @@ import sys
 import threading
 import time
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-from ...threads import busy
+from ...method.callbacks import calling_between_forwards
+from ...threads import CoreShare
 from .db import LEASE_TTL, SweepDB
 from .jobs import Loaded, _error, run_unit
 from .plan import Unit
@@ -88,8 +90,9 @@ class Pending:
 
 def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: str, sink: Callable[[Dict], None],
                log: Callable[[str], None] = print, worker: Optional[str] = None, ttl: float = LEASE_TTL,
-               poll: float = POLL_S, prefetch: bool = True) -> Dict[str, int]:
-    """Run units from ``db`` until none is left for this worker; ``sink`` writes each item. -> counts."""
+               poll: float = POLL_S, prefetch: bool = True, share: Optional[CoreShare] = None) -> Dict[str, int]:
+    """Run units from ``db`` until none is left for this worker; ``sink`` writes each item. -> counts.
+    ``share``: the core share of sized workers (marked busy while a unit runs, rebalanced between its forwards)."""
     worker = worker or worker_id()
     since = _now(precise=True)
     current: Optional[str] = None
@@ -111,7 +114,7 @@ def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: st
                     continue
                 pending.tried.add(unit.key)
                 try:
-                    with busy():  # sized workers: the busy ones share the cores of those waiting or gone
+                    with _sharing(share):  # sized workers: the busy ones share the cores of those waiting or gone
                         jobs = pending.missing(unit, store.done_keys(unit.keys))
                         if unit.checkpoint != current:
                             loaded = None  # free the previous model before loading the next
@@ -137,6 +140,17 @@ def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: st
     return counts
 
 
+@contextlib.contextmanager
+def _sharing(share: Optional[CoreShare]) -> Iterator[None]:
+    """One unit's block: this worker counts as busy in ``share`` and takes its share of the idle cores between the
+    method's forwards (no-op without a share)."""
+    if share is None:
+        yield
+        return
+    with share.busy(), calling_between_forwards(share.rebalance):
+        yield
+
+
 def _load(ck: Checkpoint):
     try:
         return Loaded(ck)
@@ -152,10 +166,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--name", default="worker")
     ap.add_argument("--no-prefetch", action="store_true")
     a = ap.parse_args(argv)
-    from ...threads import SHARE_VAR, join_share, set_threads
+    from ...threads import SHARE_VAR, set_threads
     set_threads(a.threads)  # the environment already holds the OpenMP/MKL counts (set by the parent)
-    join_share(os.environ.get(SHARE_VAR))  # sized workers: the busy ones take the cores of the idle ones
-    from . import SweepSpec, _Sink, plan_sweep
+    folder = os.environ.get(SHARE_VAR)
+    share = CoreShare(folder) if folder else None  # sized workers: the busy ones take the cores of the idle ones
+    from .plan import plan_sweep
+    from .sink import _Sink
+    from .spec import SweepSpec
     spec = SweepSpec.from_dict(json.load(sys.stdin))
 
     def log(s: str) -> None:
@@ -165,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with SweepDB(a.db) as store:
         sink = _Sink(store, len([k for u in units for k in u.keys]), 0, log)
         counts = run_worker(units, {c.name: c for c in spec.checkpoints}, a.db, sink, log=log,
-                            prefetch=not a.no_prefetch)
+                            prefetch=not a.no_prefetch, share=share)
     print(json.dumps(dict(counts, written=sink.written, failed=sink.failed)), flush=True)
     return 0
 

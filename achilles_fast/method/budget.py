@@ -1,0 +1,34 @@
+"""Tokens per forward pass: the one default of each stage (``max_batch_tokens=None`` means these).
+
+Stage 1 (noisy chunks) sizes its chunks to the device (``auto_batch_tokens``); Stage 2 and every evaluation of a
+mask (``NLLEvaluator``) use ``EVAL_BATCH_TOKENS``. A user's ``max_batch_tokens`` sets both.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+CPU_STAGE1_BATCH_TOKENS = 16384  # keeps SmolLM2-135M's transient activations under ~0.5 GB
+EVAL_BATCH_TOKENS = 8192  # Stage 2 / evaluation forwards (masks x windows per forward)
+HELP = (f"tokens per forward, both stages (default: auto: Stage 1 {CPU_STAGE1_BATCH_TOKENS} on CPU, from free "
+        f"memory on CUDA; Stage 2 and evaluations {EVAL_BATCH_TOKENS})")
+
+
+def auto_batch_tokens(device: torch.device) -> int:
+    """Tokens per noisy chunk when the user gives no budget."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # ~64 KiB of transient activations per token per billion params is generous; cap at 64k tokens.
+        return int(max(512, min(65536, free // (256 * 1024))))
+    return CPU_STAGE1_BATCH_TOKENS
+
+
+def stage1_batch_tokens(max_batch_tokens: Optional[int], device: torch.device) -> int:
+    """Stage 1's tokens per noisy chunk: the user's budget, else ``auto_batch_tokens``."""
+    return max_batch_tokens or auto_batch_tokens(device)
+
+
+def eval_batch_tokens(max_batch_tokens: Optional[int]) -> int:
+    """Tokens per Stage 2 / evaluation forward: the user's budget, else ``EVAL_BATCH_TOKENS``."""
+    return max_batch_tokens or EVAL_BATCH_TOKENS
