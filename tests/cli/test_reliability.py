@@ -95,10 +95,9 @@ def test_corpus_record_cut_before_tokenising(stories, wikitext_text):
 def test_argparse_errors_are_one_line(argv, needle, capsys):
     """9. an argparse error: its one line (and where to find the usage), not the 22-line usage first."""
     from achilles_fast import cli
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
+    code = cli.main(argv)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "usage" not in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "usage" not in err, err
     assert err.startswith("achilles-fast")
 
 
@@ -505,21 +504,22 @@ def test_study_on_a_full_disk_goes_to_a_fallback(stories, tmp_path, monkeypatch)
     import json as _json
     import tempfile
 
+    import achilles_fast.studies.study.run as run_mod
+    from achilles_fast import utils
     from achilles_fast.studies.study import StudyError, StudyParams, study
-    from achilles_fast.studies.study import report as rep
     fallback = tmp_path / "tmp"
     fallback.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     out = tmp_path / "out"
-    real = rep.write_atomic
+    real = utils.atomic_write
 
-    def full(path, text):
+    def full(path, data):
         if str(path).startswith(str(out)):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, text)
+        return real(path, data)
 
-    import achilles_fast.studies.study.run as run_mod
-    monkeypatch.setattr(run_mod, "write_atomic", full)
+    monkeypatch.setattr(utils, "atomic_write", full)  # write_json's writer too
+    monkeypatch.setattr(run_mod, "atomic_write", full)
     model, tok = stories
     sp = StudyParams(max_new_tokens=4)
     with pytest.raises(StudyError, match="could not write --out .*No space left on device.*saved to") as e:
@@ -558,3 +558,12 @@ def test_generate_out_on_a_full_disk_goes_to_a_fallback(tmp_path, capsys, monkey
     saved = list(fallback.glob("achilles-fast-*-g.json"))
     assert len(saved) == 1 and str(saved[0]) in err and _json.loads(saved[0].read_text())["generations"]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+
+
+def test_study_makes_its_out_folder_when_it_writes(stories, tmp_path):
+    from achilles_fast.studies.study import StudyParams, study
+    model, tok = stories
+    out = tmp_path / "a" / "b"
+    study(model, tok, out=out, sections="generations", study_params=StudyParams(max_new_tokens=4), progress=False,
+          k=4, max_tokens=32, epsilon=0.05, max_neurons=20)
+    assert (out / "study.json").is_file() and (out / "report.html").is_file()

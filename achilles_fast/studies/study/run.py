@@ -115,7 +115,9 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
 
 
 def _save_all(out_dir: Path, done: Dict, doc: Dict, final: bool) -> None:
-    """Every finished section's figures that are missing, study.json, and when ``final`` the reports."""
+    """Every finished section's figures that are missing, study.json, and when ``final`` the reports (the folder
+    made at the first write)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     for s in done:
         if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
             _save_figures(MODULES[s], done[s], out_dir)
