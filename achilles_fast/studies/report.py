@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import statistics
@@ -11,7 +12,7 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..utils import write_json
+from ..utils import atomic_write, write_json
 from .sweep.db import SweepDB
 
 PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scope", "ranking", "strategy",
@@ -113,12 +114,13 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
 
 @contextlib.contextmanager
 def _text_out(path: str):
-    """A text file for writing, or stdout for "-"."""
+    """A text file for writing (written atomically when the block ends), or stdout for "-"."""
     if path == "-":
         yield sys.stdout
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        yield f
+    buf = io.StringIO(newline="")
+    yield buf
+    atomic_write(path, buf.getvalue())
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: str) -> None:
@@ -177,7 +179,7 @@ def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> No
     for r in records:
         cols += [c for c in r if c not in cols]
     table = pa.table({c: _column([r.get(c) for r in records]) for c in cols})
-    pq.write_table(table, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return None
 
 

@@ -567,3 +567,15 @@ def test_study_makes_its_out_folder_when_it_writes(stories, tmp_path):
     study(model, tok, out=out, sections="generations", study_params=StudyParams(max_new_tokens=4), progress=False,
           k=4, max_tokens=32, epsilon=0.05, max_neurons=20)
     assert (out / "study.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--summary-csv", "--json", "--plot"])
+def test_report_outputs_checked_first(tmp_path, capsys, flag):
+    """3. report's outputs are checked before the database is read (one line), not when written."""
+    import sqlite3
+    db = tmp_path / "s.db"
+    sqlite3.connect(db).close()
+    (tmp_path / "a_file").write_text("x")
+    target = tmp_path / "a_file" if flag == "--plot" else tmp_path / "no" / "such" / "x"
+    code, _, err = run(capsys, "report", db, flag, target)
+    assert_one_line(code, err, "report", "exists and is not a folder" if flag == "--plot" else "does not exist")
