@@ -72,7 +72,7 @@ def load(args):
                          trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
-OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "summary_csv", "json")  # what commands write
+OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "summary_csv", "json", "offload_folder")  # what commands write
 INPUT_FLAGS = (("neurons", "the --neurons file"), ("text_file", "the --text-file"),
                ("eval_text_file", "the --eval-text-file"), ("corpus", "the --corpus"), ("texts", "the --texts"),
                ("results", "the result file"))  # what they read, besides the model
