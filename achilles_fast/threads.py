@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-from .utils import positive_int
+from .utils import pid_alive, positive_int
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHARE_VAR = "ACHILLES_FAST_CORE_SHARE"  # the folder where the sized workers of one sweep mark themselves busy
@@ -117,16 +117,6 @@ def cpu_load_warning(threads: Optional[int] = None) -> Optional[str]:
     return line
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CoreShare:
     """The cores of one machine split among the sweep workers that are busy (``sweep --workers N``, sized).
 
@@ -148,7 +138,7 @@ class CoreShare:
     def busy_workers(self) -> int:
         """Workers marked busy whose process is alive (at least 1: this one asks)."""
         pids = [int(p.name) for p in self.folder.iterdir() if p.name.isdigit()] if self.folder.is_dir() else []
-        return max(1, sum(1 for pid in pids if _alive(pid)))
+        return max(1, sum(1 for pid in pids if pid_alive(pid)))
 
     def threads(self) -> int:
         return max(1, self.cores // self.busy_workers())

@@ -175,7 +175,8 @@ def path_inputs(path, what: str, read_only: bool = False) -> list:
 
 
 # ---- folders written beside their target and renamed into place ----------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -199,7 +200,7 @@ def clean_stale_temps(out: Path) -> None:
         kind, _, tail = rest.partition("-")
         pid = tail.split("-")[0] if kind in ("tmp", "old") else ""
         if pid.isdigit():
-            if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
         elif len(rest) == 8 and rest.isalnum() or rest.endswith(".tmp"):  # tempfile.mkdtemp names, no pid
             shutil.rmtree(p, ignore_errors=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
 from urllib.parse import quote
 
-from ...utils import check_writable
+from ...utils import check_writable, pid_alive
 
 SCHEMA_VERSION = 3
 
@@ -146,16 +146,6 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> int:
         raise SweepDBError(f"{path} is an SQLite database but not a sweep database (tables: "
                            f"{', '.join(sorted(tables))})")
     return max(version, 1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 class SweepDB:
