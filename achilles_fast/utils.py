@@ -11,6 +11,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Type, Union
 
@@ -143,6 +144,12 @@ def check_writable(path: Union[str, Path], what: str = "", *, folder: bool = Fal
         os.unlink(probe)
     except OSError as e:
         raise error(f"{head}: cannot write in {base} ({e.strerror or e})") from None
+
+
+def fallback_path(name: str) -> Path:
+    """Where an output that could not be written goes instead: ``achilles-fast-<time>-<pid>-<name>`` in the system
+    temp folder (the message then names it)."""
+    return Path(tempfile.gettempdir()) / f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{name}"
 
 
 class InputOverwriteError(FileExistsError, ValueError):

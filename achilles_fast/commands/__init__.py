@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..utils import check_writable, write_json  # noqa: F401  (write_json: the commands' JSON writer)
+from ..utils import check_writable, fallback_path, write_json  # noqa: F401  (write_json: the commands' JSON writer)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -117,8 +115,7 @@ def save_output(path: str, flag: str, write: Callable[[str], Any], folder: bool 
         return True
     except OSError as e:
         reason = e.strerror or str(e)
-    fallback = os.path.join(tempfile.gettempdir(),
-                            f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{Path(path).name or 'out'}")
+    fallback = str(fallback_path(Path(path).name or "out"))
     write(fallback)
     print(f"error: could not write {flag} {path} ({reason}); saved to {fallback} instead", file=sys.stderr)
     return False

@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +22,7 @@ from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
 from ...models.loading import model_source, resolve_model
-from ...utils import atomic_write, check_writable, write_json
+from ...utils import atomic_write, check_writable, fallback_path, write_json
 from ..robustness import read_texts
 from . import components, cooperativity, critical, generations, mechanism, stability
 from .context import StudyContext, digest
@@ -91,8 +89,7 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
             if lost is not None:
                 raise
             lost = (out_dir, e.strerror or str(e))
-            out_dir = Path(tempfile.gettempdir()) / (f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-                                                     f"-{out_dir.name or 'study'}")
+            out_dir = fallback_path(out_dir.name or "study")
             _save_all(out_dir, done, doc, final)
     with ops.use_kernels(cfg.kernels):
         if "components" in todo or "stability" in todo or (todo and ctx.base is None):

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
-import time
 from typing import Any, Callable, Dict
 
+from ...utils import fallback_path
 from .db import SweepDB, SweepDBError
 from .spec import _now
 
@@ -31,8 +30,7 @@ class _Sink:
         where = f"{self.written} row(s) of this run are in {self.db.path}"
         if "ranking_key" in item:  # a Stage 1 ranking: recomputed by the rerun
             return SweepDBError(f"{self.db.path}: {e}; {where}; free space and rerun the sweep to resume")
-        path = os.path.join(tempfile.gettempdir(), f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
-                                                   f"{os.path.basename(self.db.path)}.jsonl")
+        path = fallback_path(f"{os.path.basename(self.db.path)}.jsonl")
         try:
             with open(path, "a") as f:
                 f.write(json.dumps(item, default=str) + "\n")
