@@ -16,7 +16,7 @@ from .method.result import CriticalResult, read_neurons  # noqa: E402
 from .method.stage2 import search_epsilons, search_ranking  # noqa: E402
 from .models.loading import load_model  # noqa: E402
 from .models.neurons import Neuron  # noqa: E402
-from .models.registry import FamilySpec, register_family  # noqa: E402
+from .models.families import FamilySpec, register_family  # noqa: E402
 from .studies.baselines import baseline_result, compare_rankers  # noqa: E402
 from .studies.robustness import critical_overlap  # noqa: E402
 from .studies.sweep import SweepSpec, run_sweep  # noqa: E402

@@ -54,7 +54,7 @@ def run_baseline(spec_dict: dict) -> tuple:
 
 
 def run_planned(spec_dict: dict, db: Path) -> tuple:
-    from achilles_fast.studies.report import load_rows
+    from achilles_fast.studies.sweep.report import load_rows
     from achilles_fast.studies.sweep import run_sweep
     t0 = time.perf_counter()
     rep = run_sweep(spec_dict, db=str(db), log=None)

@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..studies.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
+    from ..studies.sweep.report import (RUN_COLUMNS, SUMMARY_COLUMNS, flat_row, load_rows, open_errors, summarize, table_text,
                           write_csv, write_runs_json, write_table)
     if not os.path.isfile(args.db):
         raise FileNotFoundError(f"{args.db}: no such sweep database")
@@ -32,7 +32,7 @@ def run(args) -> int:
     if args.out and not args.format:
         raise ValueError("--out goes with --format csv|json|parquet")
     if args.format == "parquet":
-        from ..studies.report import require
+        from ..studies.sweep.report import require
         require("pyarrow", "--format parquet", "pyarrow")  # before any work
     for flag, path in (("--csv", args.csv), ("--summary-csv", args.summary_csv), ("--json", args.json),
                        ("--out", args.out)):

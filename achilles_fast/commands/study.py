@@ -8,7 +8,7 @@ from . import add_model_args, add_text_args, load, read_eval_text, read_text
 
 def register(sub) -> None:
     from ..method.config import FindConfig
-    from ..studies.study.params import SECTIONS
+    from ..studies.study.params import PARAMS, SECTIONS
     p = sub.add_parser("study", help="check the paper's claims on a model: report.md, report.html, study.json and "
                        "figures in --out")
     add_model_args(p)
@@ -22,13 +22,9 @@ def register(sub) -> None:
                    "cores)")
     p.add_argument("--sections", default=None, help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     g = p.add_argument_group("study grids (default: the paper's; --quick: smaller)")
-    g.add_argument("--alphas", default=None, help="noise scales, e.g. 0.5,1,2,5,10")
-    g.add_argument("--ks", default=None, help="noisy sample counts, e.g. 5,10,20,50,100 (one shared Stage 1 pass)")
-    g.add_argument("--lengths", default=None, help="input lengths in tokens, e.g. 8,16,32,64,128,256")
-    g.add_argument("--dtypes", default=None, help="precisions, e.g. float32,bfloat16")
-    g.add_argument("--prompt", action="append", default=None, help="generation prompt (repeat; default: two "
-                   "built-in prompts)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens per generated continuation")
+    for q in PARAMS.values():  # declared on the sections
+        if q.flag is not None:
+            q.add_argument(g)
     FindConfig.add_arguments(p, exclude=["ranker"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -37,13 +33,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..method.config import FindConfig
     from ..studies.study import StudyParams, study, verdict_lines
-    from ..studies.study.params import parse_grid, parse_sections
+    from ..studies.study.params import PARAMS, parse_sections
     from ..studies.study.run import check_out, resolve_texts
     cfg = FindConfig.from_args(args)  # every check before the model loads
-    sp = StudyParams.make(args.quick, alphas=parse_grid(args.alphas, float, "--alphas"),
-                          ks=parse_grid(args.ks, int, "--ks"), lengths=parse_grid(args.lengths, int, "--lengths"),
-                          dtypes=parse_grid(args.dtypes, str, "--dtypes"), prompts=args.prompt,
-                          max_new_tokens=args.max_new_tokens)
+    sp = StudyParams.make(args.quick, **{q.name: q.from_args(args) for q in PARAMS.values() if q.flag is not None})
     parse_sections(args.sections)
     resolve_texts(args.texts, sp)
     check_out(args.out)

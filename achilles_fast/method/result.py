@@ -8,7 +8,6 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..models.neurons import Neuron
 from ..utils import atomic_write
 
 
@@ -74,9 +73,6 @@ class CriticalResult:
     @property
     def log10_final_ppl(self) -> Optional[float]:
         return None if self.final_nll is None else self.final_nll / math.log(10)
-
-    def as_neurons(self) -> List[Neuron]:
-        return [Neuron(n.module, n.channel, n.layer, n.kind) for n in self.neurons]
 
     # -- I/O ----------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

@@ -22,9 +22,6 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-LAYOUTS = ("linear", "conv1d", "hook", "expert", "producer")
-
-
 @dataclasses.dataclass(eq=False)
 class Target:
     name: str  # HF module path, e.g. "model.layers.2.mlp.down_proj"

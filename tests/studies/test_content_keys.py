@@ -57,7 +57,7 @@ def spec(ck, db):
 
 
 def test_changed_checkpoint_is_a_new_sweep_job(tmp_path, monkeypatch):
-    from achilles_fast.studies.report import load_rows, summarize
+    from achilles_fast.studies.sweep.report import load_rows, summarize
     from achilles_fast.studies.sweep import run_sweep
     monkeypatch.setenv("ACHILLES_FAST_CACHE", str(tmp_path / "cache"))
     ck, db = tmp_path / "ck", tmp_path / "s.db"

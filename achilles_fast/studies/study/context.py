@@ -1,5 +1,5 @@
-"""What the sections share: the model and texts, the one Stage 1 pass, the default critical set, evaluation helpers,
-and the pieces every section's report block is made of (verdict lines, tables, cache keys)."""
+"""What the sections share: the model and texts, the one Stage 1 pass, the default critical set, evaluation helpers
+and cache keys."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,36 +22,10 @@ from ...models.loading import model_digest
 from ...models.registry import discover_targets
 from ...models.targets import Target
 from ...utils import eval_mode
-from .params import StudyParams
 from .scores import rank_subset, snapshot_scores
 
-HOLDS, FAILS, NA = "holds", "does not hold", "not applicable"
 
-
-# ---- report pieces ------------------------------------------------------------------------------------------------
-def verdict(claim: str, ok: Optional[bool], detail: str) -> Dict[str, str]:
-    """One verdict line: ``ok`` True -> holds, False -> does not hold, None -> not applicable."""
-    return {"claim": claim, "verdict": NA if ok is None else HOLDS if ok else FAILS, "detail": detail}
-
-
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Dict[str, Any]:
-    return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows]}
-
-
-def block(name: str, title: str, claim: str, measured: Sequence[str], verdicts: Sequence[Dict], *,
-          tables: Sequence[Dict] = (), figures: Sequence[Dict] = (), data: Optional[Dict] = None) -> Dict[str, Any]:
-    """A section's report block: the paper's claim, what was measured, verdict lines, tables, figure captions
-    (``{"stem", "caption"}``; the runner saves the images) and every number (``data``)."""
-    return {"name": name, "title": title, "claim": claim, "measured": list(measured), "verdicts": list(verdicts),
-            "tables": list(tables), "figures": list(figures), "data": data or {}}
-
-
-def fmt(x: Optional[float], digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
-
-
+# ---- cache keys ---------------------------------------------------------------------------------------------------
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -63,7 +37,7 @@ class StudyContext:
     tokenizer: Any
     name: str
     config: FindConfig
-    params: StudyParams
+    params: Any  # params.StudyParams (built from the sections, which import this module)
     text: Optional[str]
     eval_text: Optional[str]
     texts: Dict[str, str]  # stability across texts: {name: text}

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Union
 from matplotlib.figure import Figure
 
 from .. import plots
-from .context import FAILS, HOLDS
+from .section import FAILS, HOLDS
 
 FIG_DIR = "figures"
 

@@ -24,14 +24,12 @@ from ...method.text import tokenize
 from ...models.loading import model_source, resolve_model
 from ...utils import atomic_write, check_writable, fallback_path, write_json
 from ..robustness import read_texts
-from . import components, cooperativity, critical, generations, mechanism, stability
 from .context import StudyContext, digest
 from .genres import GENRES
-from .params import SECTIONS, StudyError, StudyParams, parse_sections
+from .params import StudyError, StudyParams, parse_sections
 from .report import figure_paths, render_html, render_markdown, save_figure, verdict_lines
+from .section import Section, registered
 
-MODULES = {m.NAME: m for m in (critical, cooperativity, components, stability, mechanism, generations)}
-assert tuple(MODULES) == SECTIONS
 KEY_VERSION = 1  # part of every section key: bump when a section's numbers change meaning
 
 
@@ -70,11 +68,12 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
     ctx = StudyContext(model, tokenizer, name, cfg, sp, text, eval_text, texts_d, texts_source, progress)
     previous = _load(out_dir)
     base_key = digest(ctx.base_key())
-    keys = {s: digest({"base": ctx.base_key(), "section": s, "params": MODULES[s].key_params(ctx),
-                       "version": KEY_VERSION}) for s in SECTIONS}
+    registry = registered()
+    keys = {s: digest({"base": ctx.base_key(), "section": s, "params": registry[s].key_params(ctx),
+                       "version": KEY_VERSION}) for s in registry}
     done = {s: b for s, b in previous.get("sections", {}).items() if s in keys and b.get("key") == keys[s]}
     for s, b in done.items():  # wording from the current code
-        b.update(title=MODULES[s].TITLE, claim=MODULES[s].CLAIM)
+        b.update(title=registry[s].title, claim=registry[s].claim)
     if previous.get("base", {}).get("key") == base_key:
         ctx.base = CriticalResult.from_dict(previous["base"]["result"])
     todo = [s for s in names if s not in done]
@@ -92,14 +91,16 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
             out_dir = fallback_path(out_dir.name or "study")
             _save_all(out_dir, done, doc, final)
     with ops.use_kernels(cfg.kernels):
-        if "components" in todo or "stability" in todo or (todo and ctx.base is None):
-            ctx.prepare_scores(sp.ks if "stability" in todo else [], union="components" in todo)
+        needs = [n for n in (registry[s].stage1(sp) for s in todo) if n is not None]
+        if needs or (todo and ctx.base is None):  # one Stage 1 pass for every section to run
+            ctx.prepare_scores(sorted({k for n in needs for k in n.ks}), union=any(n.all_targets for n in needs))
         for i, s in enumerate(todo, 1):
+            sec = registry[s]
             if progress:
-                print(f"study: {MODULES[s].TITLE} ({i}/{len(todo)})", file=sys.stderr, flush=True)
+                print(f"study: {sec.title} ({i}/{len(todo)})", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            b = MODULES[s].run(ctx)
-            b.update(key=keys[s], params=MODULES[s].key_params(ctx), seconds=time.perf_counter() - t0)
+            b = sec.run(ctx, sp)
+            b.update(key=keys[s], params=sec.key_params(ctx), seconds=time.perf_counter() - t0)
             done[s] = b
             if out_dir is not None:
                 save(_document(ctx, base_key, done, todo, t_start))
@@ -117,7 +118,7 @@ def _save_all(out_dir: Path, done: Dict, doc: Dict, final: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for s in done:
         if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
-            _save_figures(MODULES[s], done[s], out_dir)
+            _save_figures(registered()[s], done[s], out_dir)
     write_json(doc, out_dir / "study.json", indent=1)
     if final:
         atomic_write(out_dir / "report.md", render_markdown(doc))
@@ -132,14 +133,14 @@ def _document(ctx: StudyContext, base_key: str, done: Dict, todo: Sequence[str],
         "complete": complete, "config": ctx.config.params(), "study_params": ctx.params.to_dict(),
         "texts": ctx.texts_source, "key": ctx.base_key(),
         "base": None if ctx.base is None else {"key": base_key, "result": ctx.base.to_dict()},
-        "sections": [done[s] for s in SECTIONS if s in done],
-        "reused": [s for s in SECTIONS if s in done and s not in todo],
+        "sections": [done[s] for s in registered() if s in done],
+        "reused": [s for s in registered() if s in done and s not in todo],
         "seconds": time.perf_counter() - t_start, "timings": dict(ctx.timings), "versions": versions(),
     }
 
 
-def _save_figures(mod, b: Dict, out_dir: Path) -> None:
-    for stem, fig in mod.figures(b):
+def _save_figures(sec: Section, b: Dict, out_dir: Path) -> None:
+    for stem, fig in sec.figures(b["data"]):
         save_figure(fig, out_dir, stem)
 
 
@@ -179,4 +180,4 @@ def _load(out_dir: Optional[Path]) -> Dict[str, Any]:
     return d
 
 
-__all__ = ["study", "verdict_lines", "MODULES"]
+__all__ = ["study", "verdict_lines"]

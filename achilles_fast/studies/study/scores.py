@@ -4,7 +4,7 @@ The noise of sample k depends only on (seed, k) (``ops.noisy_embeds``), and the 
 first K samples' |noisy - clean|, so one pass up to max(K) yields every K on the way: the accumulators are read
 (divided by K, reduced to ``PositionMax``) when the sample count reaches each K (``sensitivity_scores(...,
 snapshots=ks)``). The chunks are cut at those K as well; apart from the float32 summation order (chunking), the
-scores at each K are those of ``sensitivity_scores(k=K)`` (``tests/studies/test_study_sections.py`` checks it).
+scores at each K are those of ``sensitivity_scores(k=K)`` (``tests/studies/study/test_study_sections.py`` checks it).
 """
 from __future__ import annotations
 

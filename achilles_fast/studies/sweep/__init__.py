@@ -1,8 +1,9 @@
 """Sweeps: checkpoints x texts x parameter grids, streamed into a SQLite database, locally or on Ray.
 
 ``spec`` (the YAML spec and job keys), ``plan`` (units of jobs sharing one Stage 1, stored rankings), ``jobs``
-(running units), ``worker`` (the lease loop: several workers split one database), ``prefetch`` (the next checkpoint
-loads in the background), ``db`` (the SQLite store), ``ray`` (Ray backend); ``run_sweep`` here drives them.
+(running units), ``worker`` (the one lease loop: several workers split one database; the local runner),
+``prefetch`` (the next checkpoint loads in the background), ``db`` (the SQLite store), ``ray`` (the Ray runner),
+``report`` (tables and summaries of a database); ``run_sweep`` here drives them.
 """
 from __future__ import annotations
 

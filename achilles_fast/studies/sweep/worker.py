@@ -1,11 +1,12 @@
 """A sweep worker: claims units of the database by lease, runs them, writes their rows; several workers (processes,
 hosts, Ray drivers) split one database.
 
-The loop: take the first unit that is not done, not tried by this worker yet, not failed since this worker
-started, and whose lease it can take (free or stale); prefer the checkpoint already loaded; run it; release the
-lease. When every remaining unit is leased by live workers, wait for them (taking over leases that go stale).
-It ends when the database is complete or every remaining unit failed in this round. A heartbeat thread keeps the
-worker's leases fresh. ``python -m achilles_fast.studies.sweep.worker`` runs one worker process (``sweep
+The loop (``lease_loop``, shared with the Ray driver, ``ray.py``): take the first unit that is not done, not
+tried by this worker yet, not failed since this worker started, and whose lease it can take (free or stale); hand
+it to the runner (``LocalRunner``: the checkpoint already loaded first; runs it, releases the lease). When every
+remaining unit is leased by live workers, wait for them (taking over leases that go stale). It ends when the
+database is complete or every remaining unit failed in this round. A heartbeat thread keeps the worker's leases
+fresh. ``python -m achilles_fast.studies.sweep.worker`` runs one worker process (``sweep
 --workers N``): the spec comes as JSON on stdin, and the worker's counts go to stdout as one JSON line.
 """
 from __future__ import annotations
@@ -88,56 +89,119 @@ class Pending:
         return len(self.store.done_keys(self.all_keys)) == len(self.all_keys)
 
 
+def lease_loop(units: Sequence[Unit], store: SweepDB, runner: "Runner", worker: str, ttl: float = LEASE_TTL,
+               poll: float = POLL_S) -> int:
+    """The lease loop every worker runs (local processes and Ray drivers): take open units by lease, in the
+    runner's groups, and hand them to the runner; wait while the rest is leased by live workers (taking over leases
+    that go stale); end when nothing is left for this worker. A heartbeat keeps the leases fresh; every lease of
+    this worker is released at the end, also on an exception. -> how many times it waited for other workers."""
+    pending = Pending(units, store, _now(precise=True))
+    waits = 0
+    with Heartbeat(store.path, worker, every=min(ttl / 8, 15.0)):
+        try:
+            while True:
+                open_units, started, slots = None, False, runner.slots()
+                if slots > 0:
+                    open_units = pending.open()
+                    for group in runner.groups(open_units):
+                        if slots == 0:
+                            break
+                        mine = [u for u in group if store.claim(u.key, worker, ttl)]
+                        if mine:
+                            pending.tried.update(u.key for u in mine)
+                            done = store.done_keys([k for u in mine for k in u.keys])
+                            runner.start([(u, pending.missing(u, done)) for u in mine])
+                            slots, started = slots - 1, True
+                if runner.busy():
+                    runner.wait()
+                    continue
+                if started:
+                    continue
+                if not (pending.open() if open_units is None else open_units):
+                    break
+                waits += 1  # all held by live workers: wait for them (or for their leases to go stale)
+                time.sleep(poll)
+        finally:
+            store.release_all(worker)
+    return waits
+
+
+class Runner:
+    """What runs the units ``lease_loop`` claims: ``slots()`` groups it can start now; ``groups(open units)``:
+    candidate groups, preferred first (each group's claimed units start together); ``start([(unit, missing jobs)])``
+    runs them (to the end, or submits them and releases their leases when they finish); ``busy()``: something
+    submitted is unfinished; ``wait()``: handle what finished (up to the poll interval)."""
+
+    def slots(self) -> int:
+        return 1
+
+    def groups(self, open_units: List[Unit]) -> List[List[Unit]]:
+        return [[u] for u in open_units]
+
+    def start(self, parts: List) -> None:
+        raise NotImplementedError
+
+    def busy(self) -> bool:
+        return False
+
+    def wait(self) -> None:
+        pass
+
+
+class LocalRunner(Runner):
+    """One unit at a time in this process, the loaded checkpoint's units first, the next checkpoint prefetched."""
+
+    def __init__(self, checkpoints: Dict[str, Checkpoint], store: SweepDB, worker: str,
+                 sink: Callable[[Dict], None], prefetch: bool = True, share: Optional[CoreShare] = None):
+        self.checkpoints, self.store, self.worker, self.sink, self.share = checkpoints, store, worker, sink, share
+        self.current: Optional[str] = None
+        self.loaded: object = None  # Loaded, or the exception its load raised
+        self.cand: List[Unit] = []
+        self.units = 0
+        self.pre = Prefetcher(Loaded, enabled=prefetch)
+
+    def groups(self, open_units: List[Unit]) -> List[List[Unit]]:
+        self.cand = sorted(open_units, key=lambda u: u.checkpoint != self.current)  # stable: loaded one first
+        return [[u] for u in self.cand]
+
+    def start(self, parts: List) -> None:
+        (unit, jobs), = parts
+        try:
+            with _sharing(self.share):  # sized workers: the busy ones share the cores of those waiting or gone
+                if unit.checkpoint != self.current:
+                    self.loaded = None  # free the previous model before loading the next
+                    self.loaded = self.pre.take(unit.checkpoint) or _load(self.checkpoints[unit.checkpoint])
+                    self.current = unit.checkpoint
+                    nxt = next((u.checkpoint for u in self.cand if u.checkpoint != self.current), None)
+                    if nxt is not None and not isinstance(self.loaded, Exception):
+                        self.pre.start(self.checkpoints[nxt])
+                if isinstance(self.loaded, Exception):
+                    for j in jobs:
+                        self.sink(_error(j, self.loaded))
+                else:
+                    stored = self.store.rankings([unit.key])
+                    for item in run_unit(self.loaded, unit, jobs, stored):
+                        self.sink(item)
+                self.units += 1
+        finally:
+            self.store.release(unit.key, self.worker)
+
+
 def run_worker(units: Sequence[Unit], checkpoints: Dict[str, Checkpoint], db: str, sink: Callable[[Dict], None],
                log: Callable[[str], None] = print, worker: Optional[str] = None, ttl: float = LEASE_TTL,
                poll: float = POLL_S, prefetch: bool = True, share: Optional[CoreShare] = None) -> Dict[str, int]:
-    """Run units from ``db`` until none is left for this worker; ``sink`` writes each item. -> counts.
-    ``share``: the core share of sized workers (marked busy while a unit runs, rebalanced between its forwards)."""
+    """Run units from ``db`` in this process until none is left for this worker; ``sink`` writes each item.
+    -> counts. ``share``: the core share of sized workers (marked busy while a unit runs, rebalanced between its
+    forwards)."""
     worker = worker or worker_id()
-    since = _now(precise=True)
-    current: Optional[str] = None
-    loaded: object = None  # Loaded, or the exception its load raised
-    counts = {"units": 0, "waits": 0}
-    pre = Prefetcher(Loaded, enabled=prefetch)
-    with SweepDB(db) as store, Heartbeat(db, worker, every=min(ttl / 8, 15.0)):
-        pending = Pending(units, store, since)
+    with SweepDB(db) as store:
+        runner = LocalRunner(checkpoints, store, worker, sink, prefetch, share)
         try:
-            while True:
-                cand = pending.open()
-                if not cand:
-                    break
-                cand.sort(key=lambda u: u.checkpoint != current)  # stable: the loaded checkpoint first
-                unit = next((u for u in cand if store.claim(u.key, worker, ttl)), None)
-                if unit is None:  # all held by live workers: wait for them (or for their leases to go stale)
-                    counts["waits"] += 1
-                    time.sleep(poll)
-                    continue
-                pending.tried.add(unit.key)
-                try:
-                    with _sharing(share):  # sized workers: the busy ones share the cores of those waiting or gone
-                        jobs = pending.missing(unit, store.done_keys(unit.keys))
-                        if unit.checkpoint != current:
-                            loaded = None  # free the previous model before loading the next
-                            loaded = pre.take(unit.checkpoint) or _load(checkpoints[unit.checkpoint])
-                            current = unit.checkpoint
-                            nxt = next((u.checkpoint for u in cand if u.checkpoint != current), None)
-                            if nxt is not None and not isinstance(loaded, Exception):
-                                pre.start(checkpoints[nxt])
-                        if isinstance(loaded, Exception):
-                            for j in jobs:
-                                sink(_error(j, loaded))
-                        else:
-                            stored = store.rankings([unit.key])
-                            for item in run_unit(loaded, unit, jobs, stored):
-                                sink(item)
-                        counts["units"] += 1
-                finally:
-                    store.release(unit.key, worker)
+            waits = lease_loop(units, store, runner, worker, ttl, poll)
         finally:
-            pre.close()
-            store.release_all(worker)
-    counts.update(prefetched=pre.started, prefetch_skipped=pre.skipped)
-    return counts
+            runner.pre.close()
+    return {"units": runner.units, "waits": waits, "prefetched": runner.pre.started,
+            "prefetch_skipped": runner.pre.skipped}
 
 
 @contextlib.contextmanager

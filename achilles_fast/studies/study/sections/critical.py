@@ -7,24 +7,16 @@ from typing import Dict, List, Tuple
 
 from matplotlib.figure import Figure
 
-from ...method.masking import BatchedMask
-from ...method.perplexity import log10_ratio
-from ...method.result import CriticalResult
-from ...utils import eval_mode
-from .. import plots
-from .context import StudyContext, block, fmt, table, verdict
+from ....method.masking import BatchedMask
+from ....method.perplexity import log10_ratio
+from ....method.result import CriticalResult
+from ....utils import eval_mode
+from ... import plots
+from ..context import StudyContext
+from ..section import Section, figure, fmt, register, table, verdict
 
-NAME = "critical"
-TITLE = "Critical set"
-CLAIM = ("Masking an ultra-sparse set of neurons (a handful out of millions) collapses the model: perplexity rises "
-         "by orders of magnitude, in a sharp phase transition rather than a gradual decline; the neurons sit in the "
-         "outer layers, mostly in MLP down_proj.")
 TINY = 0.01  # "ultra-sparse": at most 1% of the scanned channels
 MAX_ROWS = 50
-
-
-def key_params(ctx: StudyContext) -> Dict:
-    return {}
 
 
 def dense_curve(ctx: StudyContext, r: CriticalResult) -> List[List[float]]:
@@ -44,39 +36,6 @@ def dense_curve(ctx: StudyContext, r: CriticalResult) -> List[List[float]]:
                 have[n] = log10_ratio(nll, ctx.clean_nll)
     have.setdefault(0, 0.0)  # nothing masked: the clean model
     return [[n, have[n]] for n in sorted(have)]
-
-
-def run(ctx: StudyContext) -> Dict:
-    r = ctx.default_result()
-    curve = dense_curve(ctx, r)
-    total = sum(t.num_channels for t in ctx.targets)
-    n = len(r.neurons)
-    thirds = Counter(ctx.third(x.layer) for x in r.neurons)
-    kinds = Counter(x.kind for x in r.neurons)
-    rows = [[i + 1, x.name, "-" if x.layer is None else x.layer, ctx.third(x.layer), x.kind, float(x.score)]
-            for i, x in enumerate(r.neurons[:MAX_ROWS])]
-    measured = [
-        f"Stage 1 with K = {ctx.config.k}, alpha = {ctx.config.alpha:g} on {int(ctx.ids.numel())} tokens, scope "
-        f"'{ctx.config.scope}' ({len(ctx.targets)} modules, {total:,} channels); Stage 2 ({ctx.config.strategy}) "
-        f"until log10(PPL masked / PPL clean) >= epsilon = {ctx.config.epsilon:g} on {int(ctx.eval_ids.numel())} "
-        f"evaluation tokens.",
-        f"Clean log10 PPL {fmt(r.log10_clean_ppl)}; with the set masked {fmt(r.log10_final_ppl)} "
-        f"(log10 ratio {fmt(r.log10_ratio)}).",
-    ]
-    if n > MAX_ROWS:
-        measured.append(f"The table lists the first {MAX_ROWS} of {n} neurons (study.json has all).")
-    verdicts = [_tiny(r, n, total), _sharp(r, curve), _outer(n, thirds, ctx.n_layers),
-                _down_proj(ctx, n, kinds)]
-    return block(NAME, TITLE, CLAIM, measured, verdicts,
-                 tables=[table("critical neurons (ranking order)",
-                               ["#", "neuron", "layer", "depth", "component", "score"], rows)],
-                 figures=[{"stem": "critical_curve", "caption": "Phase transition: log10 PPL ratio against the "
-                           "number of masked ranking-prefix neurons (the search's points, every n up to about 2|S| "
-                           "and a 1-2-5 grid)."},
-                          {"stem": "critical_layers", "caption": "Where the neurons sit: layer x component counts "
-                           "of the critical set and of the top-ranked channels."}],
-                 data={"result": r.to_dict(), "curve": curve, "n_critical": n, "n_channels": total, "n_layers": ctx.n_layers,
-                       "thirds": dict(thirds), "kinds": dict(kinds)})
 
 
 def _tiny(r: CriticalResult, n: int, total: int) -> Dict:
@@ -126,11 +85,53 @@ def _down_proj(ctx: StudyContext, n: int, kinds: Counter) -> Dict:
                    ", ".join(f"{k}: {v}" for k, v in kinds.most_common()))
 
 
-def figures(b: Dict) -> List[Tuple[str, Figure]]:
-    r = dict(b["data"]["result"], curve=b["data"]["curve"])
-    curve = plots.curve_figure(r, title="phase transition")
-    curve.axes[0].set_xscale("symlog", linthresh=1)  # n = 0 (clean) on the same axis as n = 1 .. 1000
-    curve.axes[0].set_xlim(left=0)
-    return [("critical_curve", curve),
-            ("critical_layers", plots.layer_map_figure(r, n_layers=b["data"]["n_layers"],
-                                                       title="where the neurons sit"))]
+@register
+class CriticalSet(Section):
+    name = "critical"
+    title = "Critical set"
+    claim = ("Masking an ultra-sparse set of neurons (a handful out of millions) collapses the model: perplexity "
+             "rises by orders of magnitude, in a sharp phase transition rather than a gradual decline; the neurons sit "
+             "in the outer layers, mostly in MLP down_proj.")
+    order = 10
+
+    def run(self, ctx: StudyContext, p) -> Dict:
+        r = ctx.default_result()
+        curve = dense_curve(ctx, r)
+        total = sum(t.num_channels for t in ctx.targets)
+        n = len(r.neurons)
+        thirds = Counter(ctx.third(x.layer) for x in r.neurons)
+        kinds = Counter(x.kind for x in r.neurons)
+        rows = [[i + 1, x.name, "-" if x.layer is None else x.layer, ctx.third(x.layer), x.kind, float(x.score)]
+                for i, x in enumerate(r.neurons[:MAX_ROWS])]
+        measured = [
+            f"Stage 1 with K = {ctx.config.k}, alpha = {ctx.config.alpha:g} on {int(ctx.ids.numel())} tokens, scope "
+            f"'{ctx.config.scope}' ({len(ctx.targets)} modules, {total:,} channels); Stage 2 ({ctx.config.strategy}) "
+            f"until log10(PPL masked / PPL clean) >= epsilon = {ctx.config.epsilon:g} on {int(ctx.eval_ids.numel())} "
+            f"evaluation tokens.",
+            f"Clean log10 PPL {fmt(r.log10_clean_ppl)}; with the set masked {fmt(r.log10_final_ppl)} "
+            f"(log10 ratio {fmt(r.log10_ratio)}).",
+        ]
+        if n > MAX_ROWS:
+            measured.append(f"The table lists the first {MAX_ROWS} of {n} neurons (study.json has all).")
+        verdicts = [_tiny(r, n, total), _sharp(r, curve), _outer(n, thirds, ctx.n_layers),
+                    _down_proj(ctx, n, kinds)]
+        return self.block(
+            measured, verdicts,
+            tables=[table("critical neurons (ranking order)",
+                          ["#", "neuron", "layer", "depth", "component", "score"], rows)],
+            figures=[figure("critical_curve", "Phase transition: log10 PPL ratio against the number of masked "
+                            "ranking-prefix neurons (the search's points, every n up to about 2|S| and a 1-2-5 "
+                            "grid)."),
+                     figure("critical_layers", "Where the neurons sit: layer x component counts of the critical "
+                            "set and of the top-ranked channels.")],
+            data={"result": r.to_dict(), "curve": curve, "n_critical": n, "n_channels": total,
+                  "n_layers": ctx.n_layers, "thirds": dict(thirds), "kinds": dict(kinds)})
+
+    def figures(self, data: Dict) -> List[Tuple[str, Figure]]:
+        r = dict(data["result"], curve=data["curve"])
+        curve = plots.curve_figure(r, title="phase transition")
+        curve.axes[0].set_xscale("symlog", linthresh=1)  # n = 0 (clean) on the same axis as n = 1 .. 1000
+        curve.axes[0].set_xlim(left=0)
+        return [("critical_curve", curve),
+                ("critical_layers", plots.layer_map_figure(r, n_layers=data["n_layers"],
+                                                           title="where the neurons sit"))]

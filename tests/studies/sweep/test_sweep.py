@@ -16,7 +16,7 @@ import torch
 from conftest import STORIES
 
 from achilles_fast.bench.checkpoints import save_random_llama
-from achilles_fast.studies.report import flat_row, load_rows, summarize, table_text, write_csv, write_runs_json, SUMMARY_COLUMNS
+from achilles_fast.studies.sweep.report import flat_row, load_rows, summarize, table_text, write_csv, write_runs_json, SUMMARY_COLUMNS
 from achilles_fast.studies.sweep import SweepSpec, run_sweep
 from achilles_fast.studies.sweep.db import SweepDB
 
@@ -128,7 +128,7 @@ def test_failed_checkpoint_is_recorded_and_retried(ckpts, tmp_path):
     with SweepDB(str(db)) as s:
         errs = s.errors()
     assert len(errs) == 2 and all("not found" in e["error"] for e in errs)
-    from achilles_fast.studies.report import open_errors
+    from achilles_fast.studies.sweep.report import open_errors
     assert len(open_errors(str(db))) == 2
     make_checkpoint(missing, seed=7)
     rep2 = run_sweep(spec, log=None)

@@ -111,7 +111,7 @@ def test_cooperativity_subsets_by_plain_hooks(stories_study):
 
 
 def test_subset_plan_large_sets():
-    from achilles_fast.studies.study.cooperativity import subset_plan
+    from achilles_fast.studies.study.sections.cooperativity import subset_plan
     plan = subset_plan(30, 10, 5, 4, seed=0)
     assert len(set(plan)) == len(plan) and all(0 < len(s) < 30 for s in plan)
     assert sum(len(s) == 29 for s in plan) == 30  # leave-one-out complete

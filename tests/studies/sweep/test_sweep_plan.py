@@ -18,7 +18,7 @@ import torch
 from test_sweep import db_keys, make_checkpoint, spec_dict
 
 from achilles_fast.cli import main
-from achilles_fast.studies.report import load_rows
+from achilles_fast.studies.sweep.report import load_rows
 from achilles_fast.studies.sweep import SweepSpec, plan_sweep, run_sweep
 from achilles_fast.studies.sweep.db import SCHEMA_VERSION, SweepDB, SweepDBError
 from achilles_fast.studies.sweep.jobs import run_job
@@ -491,7 +491,7 @@ def test_report_parquet_without_pyarrow(small_db, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install pyarrow" in err[0]
     assert not (tmp_path / "r.parquet").exists()
-    from achilles_fast.studies.report import rows_dataframe
+    from achilles_fast.studies.sweep.report import rows_dataframe
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="pip install pandas"):
         rows_dataframe(load_rows(str(small_db)))

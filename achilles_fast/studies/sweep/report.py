@@ -12,8 +12,8 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..utils import atomic_write, write_json
-from .sweep.db import SweepDB
+from ...utils import atomic_write, write_json
+from .db import SweepDB
 
 PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scope", "ranking", "strategy",
                  "max_tokens")

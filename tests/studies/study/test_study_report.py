@@ -104,7 +104,7 @@ def test_rerun_reuses_sections_and_changed_params_rerun(report, monkeypatch):
 
 
 def test_interrupted_study_leaves_no_report_and_weights_unchanged(stories, tmp_path, monkeypatch):
-    from achilles_fast.studies.study import mechanism
+    from achilles_fast.studies.study.sections import mechanism
     model, tok = stories
     snap = weights_snapshot(model)
 
