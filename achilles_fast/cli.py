@@ -49,12 +49,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help, --version, a bad flag (one line already printed)
         return int(e.code or 0)
     try:
+        from .commands import check_outputs
+        check_outputs(args)  # no output over an input, before anything runs
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted (model weights restored)", file=sys.stderr)
         return 130
     except (ValueError, KeyError, OSError, ImportError) as e:  # OSError: FileNotFoundError, PermissionError, ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())  # one line, always
         print(f"achilles-fast {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

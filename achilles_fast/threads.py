@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-from .utils import positive_int
+from .utils import pid_alive, positive_int
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHARE_VAR = "ACHILLES_FAST_CORE_SHARE"  # the folder where the sized workers of one sweep mark themselves busy
@@ -54,25 +54,60 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(int(threads))
 
 
-def load_warning(threads: int, load: Optional[float] = None, n_cores: Optional[int] = None) -> Optional[str]:
-    """One line when the machine's load (1-minute average, without this run) leaves fewer cores free than this
-    run's ``threads``; None otherwise or where the load is unknown."""
+SAMPLE_S = 0.2  # seconds over which the CPU time of other processes is measured
+
+
+def _cpu_ticks():
+    """(busy ticks of all CPUs, total ticks of all CPUs, this process's ticks) from /proc (None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v[:8]) - idle, sum(v[:8]), int(own[11]) + int(own[12])  # utime + stime of this process
+
+
+def _n_cpus() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cores(window: float = SAMPLE_S) -> Optional[float]:
+    """Cores kept busy by other processes right now: their CPU time over ``window`` seconds (this process's own
+    excluded); None where /proc is not available."""
+    a = _cpu_ticks()
+    if a is None:
+        return None
+    time.sleep(window)
+    b = _cpu_ticks()
+    if b is None or b[1] <= a[1]:
+        return None
+    return max(0.0, ((b[0] - a[0]) - (b[2] - a[2])) / (b[1] - a[1]) * _n_cpus())
+
+
+def load_warning(threads: int, load: Optional[float] = None, n_cores: Optional[int] = None,
+                 hint: str = "OMP_NUM_THREADS") -> Optional[str]:
+    """One line when other processes (``load``: cores they keep busy, measured now by ``busy_cores``) leave fewer
+    cores free than this run's ``threads``; None otherwise or where it cannot be measured. ``hint``: how this
+    command sets its thread count."""
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
+        load = busy_cores()
+        if load is None:
             return None
     n_cores = cores() if n_cores is None else n_cores
     free = n_cores - load
     if free >= threads - 0.5:
         return None
-    return (f"warning: load average {load:.1f} on {n_cores} core(s) leaves the {threads} torch thread(s) of this run "
-            f"without a core each: expect much slower forwards (threads wait for cores); use fewer threads "
-            f"(--threads, OMP_NUM_THREADS) or a quieter machine")
+    return (f"warning: other processes keep {load:.1f} of {n_cores} core(s) busy right now, leaving the {threads} "
+            f"torch thread(s) of this run without a core each: expect much slower forwards (threads wait for "
+            f"cores); use fewer threads ({hint}) or a quieter machine")
 
 
 def cpu_load_warning(threads: Optional[int] = None) -> Optional[str]:
-    """Print ``load_warning`` for this process's torch threads to stderr (once per call); returns the line."""
+    """Print ``load_warning`` for this process's torch threads to stderr (once per call); returns the line.
+    torch sizes its threads from OMP_NUM_THREADS, so that is the hint."""
     import sys
 
     import torch
@@ -80,16 +115,6 @@ def cpu_load_warning(threads: Optional[int] = None) -> Optional[str]:
     if line:
         print(line, file=sys.stderr, flush=True)
     return line
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CoreShare:
@@ -113,7 +138,7 @@ class CoreShare:
     def busy_workers(self) -> int:
         """Workers marked busy whose process is alive (at least 1: this one asks)."""
         pids = [int(p.name) for p in self.folder.iterdir() if p.name.isdigit()] if self.folder.is_dir() else []
-        return max(1, sum(1 for pid in pids if _alive(pid)))
+        return max(1, sum(1 for pid in pids if pid_alive(pid)))
 
     def threads(self) -> int:
         return max(1, self.cores // self.busy_workers())

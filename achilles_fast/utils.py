@@ -1,12 +1,17 @@
 """Small helpers shared across the package: the cache folder, eval mode, progress bars, and the one way files are
-written (``atomic_write``, ``write_json``) and output paths checked (``check_writable``)."""
+written (``atomic_write``, ``write_json``; folders: ``temp_dir_beside`` + ``replace_dir``) and output paths checked
+(``check_writable``; never over an input: ``check_not_input``)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import numbers
 import os
+import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Type, Union
 
@@ -139,3 +144,129 @@ def check_writable(path: Union[str, Path], what: str = "", *, folder: bool = Fal
         os.unlink(probe)
     except OSError as e:
         raise error(f"{head}: cannot write in {base} ({e.strerror or e})") from None
+
+
+def fallback_path(name: str) -> Path:
+    """Where an output that could not be written goes instead: ``achilles-fast-<time>-<pid>-<name>`` in the system
+    temp folder (the message then names it)."""
+    return Path(tempfile.gettempdir()) / f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{name}"
+
+
+class InputOverwriteError(FileExistsError, ValueError):
+    """An output path that is, holds, or lies inside a read-only tree of, something the command reads."""
+
+
+def check_not_input(out, inputs, flag: str = "", error=InputOverwriteError) -> None:
+    """Refuse ``out`` (``error``, one line) when, resolved with symlinks followed, it is one of ``inputs`` or a
+    folder holding one, or lies inside an input marked read-only. inputs: iterable of (what, path, read_only)."""
+    o = Path(out).expanduser().resolve()
+    for what, p, read_only in inputs:
+        i = Path(p).expanduser().resolve()
+        if o == i or o in i.parents:
+            raise error(f"{flag + ' ' if flag else ''}{out} holds {what} ({p}), an input of this command: choose "
+                        "another path")
+        if read_only and i in o.parents:
+            raise error(f"{flag + ' ' if flag else ''}{out} is inside {what} ({p}), which is read-only here: "
+                        "choose another path")
+
+
+def path_inputs(path, what: str, read_only: bool = False) -> list:
+    """An input path for ``check_not_input``: the file, or the folder and the files directly inside it; [] when
+    it does not exist."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return []
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else []
+    return [(what, p, read_only)] + [(what, f, read_only) for f in files]
+
+
+
+# ---- folders written beside their target and renamed into place ----------------------------------------------------
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def clean_stale_temps(out: Path) -> None:
+    """Remove what interrupted saves into ``out`` left beside it: ``.<name>.tmp-PID-*`` and ``.<name>.old-PID``
+    of processes that are gone (kill -9, power loss), and ``.<name>.XXXXXXXX`` folders of earlier versions."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    prefix = f".{out.name}."
+    for p in out.parent.iterdir():
+        rest = p.name[len(prefix):] if p.name.startswith(prefix) else None
+        if rest is None or not p.is_dir() or p.is_symlink():
+            continue
+        kind, _, tail = rest.partition("-")
+        pid = tail.split("-")[0] if kind in ("tmp", "old") else ""
+        if pid.isdigit():
+            if int(pid) != os.getpid() and not pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+        elif len(rest) == 8 and rest.isalnum() or rest.endswith(".tmp"):  # tempfile.mkdtemp names, no pid
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """In the main thread, SIGTERM and SIGHUP raise SystemExit inside the block (so ``finally`` clauses run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError, OSError):
+                old[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def temp_dir_beside(out):
+    """A new folder ``.<name>.tmp-PID-XXXX`` beside ``out`` (0777 & ~umask, like any folder) for a save that is
+    renamed into place (``replace_dir``); removed on leaving, also on errors, SIGTERM and SIGHUP. Leftovers of
+    interrupted saves into ``out`` are removed first (``clean_stale_temps``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # not mkdtemp's private 0700
+        with _signals_raise():
+            yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside (``.<name>.old-PID``) first and
+    deleted last (put back if the move fails)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -41,7 +41,7 @@ def test_load_warning():
     assert threads.load_warning(2, load=0.2, n_cores=2) is None
     assert threads.load_warning(1, load=1.0, n_cores=2) is None
     w = threads.load_warning(2, load=1.3, n_cores=2)
-    assert w and "\n" not in w and "load average 1.3 on 2 core(s)" in w and "2 torch thread(s)" in w
+    assert w and "\n" not in w and "1.3 of 2 core(s) busy" in w and "2 torch thread(s)" in w
     assert threads.load_warning(4, load=0.0, n_cores=2)  # more threads than cores
 
 
@@ -80,3 +80,23 @@ def test_core_share_splits_cores_among_busy_workers(tmp_path, torch_threads):
     finally:
         sibling.kill()
         sibling.wait()
+
+
+def test_contention_is_measured_now_not_the_one_minute_average(monkeypatch):
+    """Issue 20.7: just after a build the 1-minute load average is high on an idle machine: no warning then; the
+    busy time of other processes over a short window is what counts, this process's own excluded."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    samples = iter([(1000, 10000, 50), (1000, 10200, 50)])  # (busy ticks, total ticks, own ticks): all idle now
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda: next(samples))
+    monkeypatch.setattr(threads, "_n_cpus", lambda: 2)
+    assert threads.load_warning(2, n_cores=2) is None
+    # other processes busy on 1.5 of 2 cores, while this process itself spun one core: counted without it
+    samples = iter([(1000, 10000, 50), (1000 + 150 + 100, 10200, 50 + 100)])
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda: next(samples))
+    w = threads.load_warning(2, n_cores=2)
+    assert w and "1.5 of 2 core(s) busy" in w and "\n" not in w
+
+
+def test_sweep_warning_does_not_suggest_omp_num_threads():
+    w = threads.load_warning(2, load=1.3, n_cores=2, hint="--threads")
+    assert "OMP_NUM_THREADS" not in w and "--threads" in w

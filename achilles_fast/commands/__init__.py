@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..utils import check_writable, write_json  # noqa: F401  (write_json: the commands' JSON writer)
+from ..utils import check_writable, fallback_path, write_json  # noqa: F401  (write_json: the commands' JSON writer)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +70,32 @@ def load(args):
                          trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
+OUTPUT_FLAGS = ("out", "plot", "save_pretrained", "csv", "summary_csv", "json", "offload_folder")  # what commands write
+INPUT_FLAGS = (("neurons", "the --neurons file"), ("text_file", "the --text-file"),
+               ("eval_text_file", "the --eval-text-file"), ("corpus", "the --corpus"), ("texts", "the --texts"),
+               ("results", "the result file"))  # what they read, besides the model
+
+
+def check_outputs(args) -> None:
+    """Before anything runs: no output of the command (``OUTPUT_FLAGS``: --out, --plot, ...) is, holds,
+    or lies inside a read-only one of, its inputs (the model's folder and files, the GGUF conversion cache,
+    --neurons, --text-file, --eval-text-file, --corpus, --texts, result files, report's database), resolved with
+    symlinks followed: one line (InputOverwriteError)."""
+    from ..models.loading import model_inputs
+    from ..utils import check_not_input, path_inputs
+    inputs = []
+    if getattr(args, "model", None):
+        inputs += model_inputs(args.model, getattr(args, "gguf_file", None))
+    named = INPUT_FLAGS + ((("db", "the sweep database"),) if args.command == "report" else ())
+    for attr, what in named:
+        value = getattr(args, attr, None)
+        for v in value if isinstance(value, list) else [value] if value else []:
+            inputs += path_inputs(v, what)
+    for attr in OUTPUT_FLAGS:
+        if getattr(args, attr, None):
+            check_not_input(getattr(args, attr), inputs, "--" + attr.replace("_", "-"))
+
+
 def check_output(path: Optional[str], flag: str, folder: bool = False) -> None:
     """Fail now, in one line, when a command's ``--out`` file (or a ``folder`` such as ``--plot``) could not be
     written at the end of the run (``utils.check_writable``)."""
@@ -91,8 +115,7 @@ def save_output(path: str, flag: str, write: Callable[[str], Any], folder: bool 
         return True
     except OSError as e:
         reason = e.strerror or str(e)
-    fallback = os.path.join(tempfile.gettempdir(),
-                            f"achilles-fast-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{Path(path).name or 'out'}")
+    fallback = str(fallback_path(Path(path).name or "out"))
     write(fallback)
     print(f"error: could not write {flag} {path} ({reason}); saved to {fallback} instead", file=sys.stderr)
     return False

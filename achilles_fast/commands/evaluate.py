@@ -52,9 +52,11 @@ def run(args) -> int:
     if args.tasks is not None:
         return run_tasks(args, names)
     from ..method.api import evaluate_corpus
-    from ..method.text import is_jsonl, read_jsonl_texts
+    from ..method.text import check_windows, is_jsonl, read_jsonl_texts
     check_output(args.out, "--out")
     jsonl = args.field is not None or is_jsonl(args.corpus)
+    if not jsonl:
+        check_windows(args.window, args.max_windows)  # before the model loads
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if not jsonl and args.max_samples is not None:

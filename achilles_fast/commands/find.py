@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from . import (add_model_args, add_text_args, check_output, load, print_paths, quiet_loading, read_eval_text,
-               read_text, save_output)
+               read_text, save_output, write_json)
 
 
 def register(sub) -> None:
@@ -14,7 +14,9 @@ def register(sub) -> None:
     add_text_args(p, "scoring text", max_tokens=False)
     p.add_argument("--eval-text-file", default=None, help="evaluation text for Stage 2 (default: the scoring text)")
     FindConfig.add_arguments(p)
-    p.add_argument("--out", default=None, help="write the result as JSON here")
+    eps = next(a for a in p._actions if a.dest == "epsilon")
+    eps.type, eps.help = _epsilons, eps.help + "; a comma-separated list (0.5,1,2) gives one result per value"
+    p.add_argument("--out", default=None, help="write the result as JSON here (a list for an epsilon list)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the curve and layer map (PNG and SVG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--show-generation", nargs="?", const="The capital of France is", default=None, metavar="PROMPT",
@@ -23,10 +25,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _epsilons(v: str):
+    """--epsilon: a number, or a comma-separated list of them (as find_critical's epsilon=[...])."""
+    return [float(x) for x in v.split(",")] if "," in v else float(v)
+
+
+_epsilons.__name__ = "number or list"  # argparse names the type in its error message
+
+
 def run(args) -> int:
     from ..method.api import find_critical
     from ..method.config import FindConfig
-    cfg = FindConfig.from_args(args)  # fail before loading anything
+    epsilons = args.epsilon if isinstance(args.epsilon, list) else None
+    cfg = FindConfig.from_args(args, epsilon=max(epsilons) if epsilons else args.epsilon)  # before loading anything
+    if epsilons is not None:
+        for e in epsilons:
+            FindConfig.make(cfg, epsilon=e)  # every value validated like one epsilon
+        if args.plot or args.show_generation is not None:
+            raise ValueError("--plot and --show-generation take one --epsilon, not a list")
     check_output(args.out, "--out")
     check_output(args.plot, "--plot", folder=True)
     if args.show_generation is not None:
@@ -40,6 +56,9 @@ def run(args) -> int:
     if (args.device or "cpu") == "cpu":
         from ..threads import cpu_load_warning
         cpu_load_warning()
+    if epsilons is not None:
+        return _run_list(find_critical(model, tok, text, eval_text=eval_text, config=cfg, epsilon=epsilons,
+                                       progress=not args.quiet), name, args.out)
     res = find_critical(model, tok, text, eval_text=eval_text, config=cfg, progress=not args.quiet)
     res.model = name
     print_result(res)
@@ -58,6 +77,16 @@ def run(args) -> int:
     if not ok:
         return 2
     return 0 if res.converged else 1
+
+
+def _run_list(results, name: str, out) -> int:
+    """One result per epsilon: each printed, all saved as one JSON list."""
+    for res in results:
+        res.model = name
+        print_result(res)
+    if out and not save_output(out, "--out", lambda p: write_json([r.to_dict() for r in results], p)):
+        return 2
+    return 0 if all(r.converged for r in results) else 1
 
 
 def print_result(res) -> None:

@@ -1,9 +1,7 @@
 """``achilles-fast generate MODEL --neurons result.json --prompt "..."``: clean vs masked greedy continuations."""
 from __future__ import annotations
 
-import sys
-
-from . import add_model_args, check_output, load, write_json
+from . import add_model_args, check_output, load, save_output, write_json
 
 
 def register(sub) -> None:
@@ -34,6 +32,5 @@ def run(args) -> int:
     pairs = generations(model, tok, names, prompts, args.max_new_tokens, discover=args.discover)
     print(f"model {name}")
     print(side_by_side(pairs))
-    write_json({"model": name, "neurons": names, "generations": pairs}, args.out)
-    print(f"saved {args.out}", file=sys.stderr)
-    return 0
+    doc = {"model": name, "neurons": names, "generations": pairs}
+    return 0 if save_output(args.out, "--out", lambda p: write_json(doc, p)) else 2

@@ -31,13 +31,17 @@ def run(args) -> int:
     text = read_text(args)
     if args.save_pretrained:
         from ..method.export import check_out_dir
-        check_out_dir(args.save_pretrained, args.overwrite)  # before loading anything
+        check_out_dir(args.save_pretrained, args.overwrite)  # before loading anything (inputs: cli.check_outputs)
     model, tok, name = load(args)
     r = evaluate_mask(model, tok, names, text=text, max_tokens=args.max_tokens, discover=args.discover)
+    lost = None
     if args.save_pretrained:
         from ..method.export import save_masked
-        r["saved"] = str(save_masked(model, tok, names, args.save_pretrained, overwrite=args.overwrite,
-                                     discover=args.discover))
+        try:
+            r["saved"] = str(save_masked(model, tok, names, args.save_pretrained, overwrite=args.overwrite,
+                                         discover=args.discover))
+        except OSError as e:  # disk full, folder made read-only meanwhile: the evaluation is still reported
+            lost, r["saved"] = f"could not write --save-pretrained {args.save_pretrained} ({e.strerror or e})", None
     r["model"] = name
     dup = len(names) - r["n_neurons"]
     l10 = 1 / math.log(10)
@@ -45,5 +49,8 @@ def run(args) -> int:
                        ("neurons masked", f"{r['n_neurons']}" + (f" ({dup} duplicate name(s) ignored)" if dup else "")),
                        ("tokens", r["n_tokens"]), ("clean log10 PPL", f"{r['clean_nll'] * l10:.4f}"),
                        ("masked log10 PPL", f"{r['masked_nll'] * l10:.4f}"), ("log10 PPL ratio", f"{r['log10_ratio']:.4f}")]
-                      + ([("saved checkpoint", r["saved"])] if args.save_pretrained else []), r, args.out)
+                      + ([("saved checkpoint", r["saved"])] if r.get("saved") else []), r, args.out)
+    if lost:
+        where = f"the evaluation is in --out {args.out}" if args.out and ok else "the evaluation is printed above"
+        raise OSError(f"{lost}; nothing was left there; {where}")
     return 0 if ok else 2

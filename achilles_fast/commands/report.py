@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import check_output, print_paths, save_output
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="summarise a sweep database (tables, CSV/JSON, plots)")
@@ -32,6 +34,10 @@ def run(args) -> int:
     if args.format == "parquet":
         from ..studies.sweep.report import require
         require("pyarrow", "--format parquet", "pyarrow")  # before any work
+    for flag, path in (("--csv", args.csv), ("--summary-csv", args.summary_csv), ("--json", args.json),
+                       ("--out", args.out)):
+        check_output(path, flag)  # every output, before the database is read
+    check_output(args.plot, "--plot", folder=True)
     rows = load_rows(args.db)
     for e in open_errors(args.db):
         print(f"failed, no row yet: {e['checkpoint']} / {e['text']}: {e['error']} (re-run the sweep to retry)",
@@ -48,20 +54,17 @@ def run(args) -> int:
     if args.runs:
         print()
         print(table_text(flat, RUN_COLUMNS))
+    ok = True  # each output atomic; one that fails at the end goes to the temp folder (save_output says where)
     if args.csv:
-        write_csv(flat, args.csv)
-        print(f"saved {args.csv}", file=sys.stderr)
+        ok &= save_output(args.csv, "--csv", lambda p: write_csv(flat, p))
     if args.summary_csv:
-        write_csv(summary, args.summary_csv)
-        print(f"saved {args.summary_csv}", file=sys.stderr)
+        ok &= save_output(args.summary_csv, "--summary-csv", lambda p: write_csv(summary, p))
     if args.json:
-        write_runs_json(rows, args.json)
-        print(f"saved {args.json}", file=sys.stderr)
+        ok &= save_output(args.json, "--json", lambda p: write_runs_json(rows, p))
     if args.format:
-        write_table(flat, args.out, args.format)
-        print(f"saved {args.out}", file=sys.stderr)
+        ok &= save_output(args.out, "--out", lambda p: write_table(flat, p, args.format))
     if args.plot:
         from ..studies.plots import plot_sweep
-        for p in plot_sweep(rows, args.plot, per_row=not args.no_run_plots):
-            print(f"plot {p}")
-    return 0
+        ok &= save_output(args.plot, "--plot", lambda d: print_paths(plot_sweep(rows, d, per_row=not args.no_run_plots),
+                                                                      sys.stdout), folder=True)
+    return 0 if ok else 2

@@ -54,6 +54,8 @@ def run(args) -> int:
         print("\n".join(dry_run(spec, db)))
         return 0
     check_db_path(db)  # a folder, not writable: one line before any model loads
+    from ..utils import check_not_input, path_inputs
+    check_not_input(db, path_inputs(args.spec, "the sweep spec") + spec.inputs(), "--db")  # written over no input
     validate_db(db)  # not SQLite, another program's, a newer schema: the same
 
     def log(s: str) -> None:

@@ -10,9 +10,6 @@ The folder is written beside ``out_dir`` and renamed into place: never half-writ
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -20,9 +17,9 @@ import torch
 from torch import nn
 
 from ..models.devices import offloaded
-from ..models.loading import make_portable, model_source
+from ..models.loading import loaded_inputs, make_portable, model_source
 from ..models.registry import maskable_targets
-from ..utils import check_writable, write_json
+from ..utils import check_not_input, check_writable, replace_dir, temp_dir_beside, write_json
 from .masking import WeightMask
 from .ranking import Ranking
 from .result import versions
@@ -88,29 +85,8 @@ def weights_masked(ranking: Ranking):
 
 
 def _guard_source(model: nn.Module, out: Path) -> None:
-    """Never replace the folder the model was loaded from (or one holding it)."""
-    src = model_source(model).get("path") or getattr(model, "name_or_path", None)
-    if not src:
-        return
-    src_p, out_p = Path(src).expanduser().resolve(), out.resolve()
-    if src_p == out_p or out_p in src_p.parents:
-        raise OutputExistsError(f"{out} holds the model being exported ({src}): choose another folder")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Never write into what the model was loaded from (its folder, a folder holding it, its conversion cache)."""
+    check_not_input(out, loaded_inputs(model), error=OutputExistsError)
 
 
 def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, overwrite: bool = False,
@@ -131,12 +107,7 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
     if len(ranking) == 0:
         raise ValueError("no neurons to mask: the export would be the unmodified model")
     _check_exportable(ranking)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a folder like any other, not mkdtemp's private 0700
+    with temp_dir_beside(out) as tmp:  # leftovers of interrupted saves removed first; ours on errors and signals
         kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         with weights_masked(ranking):
             model.save_pretrained(str(tmp), **kw)
@@ -146,8 +117,5 @@ def save_masked(model: nn.Module, tokenizer, neurons: Iterable, out_dir, *, over
                 "how": "output channels zeroed in the weights by achilles_fast.save_masked",
                 "source": model_source(model), "versions": versions()}
         write_json(meta, tmp / SIDECAR)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(tmp, out)
     return out

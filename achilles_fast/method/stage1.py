@@ -39,6 +39,10 @@ def input_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return emb(ids.to(dev).unsqueeze(0))[0]
 
 
+class NoiseResolutionError(ValueError):
+    """Stage 1 scores that rank nothing: all zero (the noise vanished in the model's precision) or not finite."""
+
+
 class _Capture:
     """Hooks that record the clean output of each target, or reduce noisy outputs into accumulators."""
 
@@ -116,8 +120,12 @@ class _Capture:
         forwards = 0
         for k0 in range(start, stop, kb):
             n = min(kb, stop - k0)
+            noisy = ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n)  # [n, T, H]
+            if k0 == 0 and torch.equal(noisy[0], embeds):
+                raise NoiseResolutionError(f"alpha {alpha:g} leaves the embeddings unchanged: the noise is below the "
+                                           "model's resolution: raise alpha")
             with autocast(model, dtype):
-                self.run(model, ops.noisy_embeds(embeds, float(alpha), int(seed), k0, n))  # [n, T, H]
+                self.run(model, noisy)
             forwards += 1
             if progress is not None:
                 progress(n)
@@ -221,6 +229,19 @@ def sensitivity_scores(
     return scores if snapshots else scores[k]
 
 
+def check_scores(ranking: Ranking, alpha: float) -> Ranking:
+    """``ranking`` unchanged when its best score is finite and > 0; NoiseResolutionError otherwise (an all-zero
+    ranking is index order, not a ranking)."""
+    s = ranking.scores  # [n] best first
+    if s.numel() and not bool(torch.isfinite(s).all()):
+        raise NoiseResolutionError(f"the Stage 1 scores are not finite (alpha {alpha:g}): the noise overflows the "
+                                   "model's precision: lower alpha")
+    if s.numel() and not float(s[0]) > 0:
+        raise NoiseResolutionError(f"every Stage 1 score is 0 (alpha {alpha:g}): the noise is below the model's "
+                                   "resolution: raise alpha")
+    return ranking
+
+
 AUTO_START_K = 2  # k="auto": samples at the first check (then 4, 8, 16, ...)
 AUTO_Z = 3.0  # k="auto": the set's scores must exceed the next candidates' by this many combined standard errors
 
@@ -293,7 +314,7 @@ def adaptive_ranking(model: nn.Module, targets: Sequence[Target], ids: torch.Ten
             mean = [a / k for a in cap.acc]
             var = [(a2 / k - m.square()).clamp_min(0) * (k / max(k - 1, 1)) for a2, m in zip(cap.acc2, mean)]
             scores, values, se = _flat_stats(mean, var, k, mode, T)
-            wide = ranking_from_scores(targets, scores, mode, 2 * top + 8)  # the candidates after a set of top
+            wide = check_scores(ranking_from_scores(targets, scores, mode, 2 * top + 8), alpha)  # + candidates
             ranking = wide.head(top)
             if k >= max_k:
                 break

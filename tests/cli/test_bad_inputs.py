@@ -158,7 +158,8 @@ def CASES(b: Path):
         (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "corpus.txt", "--out", b / "folder"], "evaluate",
          "is a folder"),
         (["baselines", S, "--out", b / "folder"], "baselines", "is a folder"),
-        (["robustness", S, "--texts", b, "--plot", b / "a_file"], "robustness", "exists and is not a folder"),
+        (["robustness", S, "--texts", b, "--plot", b / "nan_model" / "config.json"], "robustness",
+         "exists and is not a folder"),
         (["plot", b / "number.json", "--out", b / "a_file"], "plot", "exists and is not a folder"),
         (["plot", b / "wrong_key.json", "--out", b / "plots"], "plot", "not a result JSON"),
     ]

@@ -10,7 +10,7 @@ from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
 from ..ranking import EntryCount, Ranking, ranking_from_scores
-from ..stage1 import adaptive_ranking, plan_groups, sensitivity_scores
+from ..stage1 import adaptive_ranking, check_scores, plan_groups, sensitivity_scores
 from . import Ranker, register_ranker
 
 
@@ -44,7 +44,7 @@ class SensitivityRanker(Ranker):
                                         entries=entries)
         if cfg.ranking == "mean":  # [C] sums over positions -> means
             scores = [sc / ids.numel() for sc in scores]
-        ranking = ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons)
+        ranking = check_scores(ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons), cfg.alpha)
         if entries is not None:  # the paper's unit: per_token entries up to each channel
             ranking.info["paper_entries"] = entries.first_entries(ranking.scores)
         return ranking

@@ -18,6 +18,7 @@ from ...method.ranking import Ranking
 from ...method.result import CriticalResult
 from ...method.stage2 import search_ranking
 from ...method.text import DEFAULT_TEXT, text_ids
+from ...models.loading import model_digest
 from ...models.registry import discover_targets
 from ...models.targets import Target
 from ...utils import eval_mode
@@ -27,24 +28,6 @@ from .scores import rank_subset, snapshot_scores
 # ---- cache keys ---------------------------------------------------------------------------------------------------
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A cheap content fingerprint of the weights (per tensor: name, shape, dtype, float64 sum and abs-sum), part of
-    every section's cache key so a changed model never reuses old numbers."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            if p.device.type == "meta":
-                continue
-            x = p.detach()
-            h.update(f"{name}{tuple(x.shape)}{x.dtype}".encode())
-            if x.is_floating_point() or x.is_complex():
-                h.update(f"{float(x.sum(dtype=torch.float64)):.17g},{float(x.abs().sum(dtype=torch.float64)):.17g}"
-                         .encode())
-            else:
-                h.update(f"{int(x.sum())}".encode())
-    return h.hexdigest()[:16]
 
 
 # ---- the shared state --------------------------------------------------------------------------------------------
@@ -84,7 +67,7 @@ class StudyContext:
         """What every section's numbers depend on: the model's weights, the texts and the method's parameters."""
         if not hasattr(self, "_base_key"):
             sha = lambda s: hashlib.sha256((s or "").encode()).hexdigest()[:16]  # noqa: E731
-            self._base_key = {"model": self.name, "weights": weights_fingerprint(self.model),
+            self._base_key = {"model": self.name, "weights": model_digest(self.model),
                               "text": sha(self.text if self.text is not None else DEFAULT_TEXT),
                               "eval_text": None if self.eval_text is None else sha(self.eval_text),
                               "config": self.config.params()}

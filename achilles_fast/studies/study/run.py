@@ -22,7 +22,7 @@ from ...method.config import FindConfig
 from ...method.result import CriticalResult, versions
 from ...method.text import tokenize
 from ...models.loading import model_source, resolve_model
-from ...utils import atomic_write, check_writable, write_json
+from ...utils import atomic_write, check_writable, fallback_path, write_json
 from ..robustness import read_texts
 from .context import StudyContext, digest
 from .genres import GENRES
@@ -78,6 +78,18 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
         ctx.base = CriticalResult.from_dict(previous["base"]["result"])
     todo = [s for s in names if s not in done]
     doc = _document(ctx, base_key, done, todo, t_start)
+    lost = None  # (the --out that failed, why): the study goes on in a fallback folder
+
+    def save(doc, final: bool = False) -> None:
+        nonlocal out_dir, lost
+        try:
+            _save_all(out_dir, done, doc, final)
+        except OSError as e:  # disk full, folder gone or read-only: everything again in the temp folder
+            if lost is not None:
+                raise
+            lost = (out_dir, e.strerror or str(e))
+            out_dir = fallback_path(out_dir.name or "study")
+            _save_all(out_dir, done, doc, final)
     with ops.use_kernels(cfg.kernels):
         needs = [n for n in (registry[s].stage1(sp) for s in todo) if n is not None]
         if needs or (todo and ctx.base is None):  # one Stage 1 pass for every section to run
@@ -91,19 +103,26 @@ def study(model, tokenizer=None, text: Optional[str] = None, *, eval_text: Optio
             b.update(key=keys[s], params=sec.key_params(ctx), seconds=time.perf_counter() - t0)
             done[s] = b
             if out_dir is not None:
-                _save_figures(sec, b, out_dir)
-                doc = _document(ctx, base_key, done, todo, t_start)
-                write_json(doc, out_dir / "study.json", indent=1)
-    if out_dir is not None:
-        for s in done:
-            if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
-                _save_figures(registry[s], done[s], out_dir)
+                save(_document(ctx, base_key, done, todo, t_start))
     doc = _document(ctx, base_key, done, todo, t_start, complete=True)
     if out_dir is not None:
-        write_json(doc, out_dir / "study.json", indent=1)
+        save(doc, final=True)
+    if lost is not None:
+        raise StudyError(f"could not write --out {lost[0]} ({lost[1]}); the study is saved to {out_dir} instead")
+    return doc
+
+
+def _save_all(out_dir: Path, done: Dict, doc: Dict, final: bool) -> None:
+    """Every finished section's figures that are missing, study.json, and when ``final`` the reports (the folder
+    made at the first write)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for s in done:
+        if any(not p.is_file() for f in done[s]["figures"] for p in figure_paths(out_dir, f["stem"])):
+            _save_figures(registered()[s], done[s], out_dir)
+    write_json(doc, out_dir / "study.json", indent=1)
+    if final:
         atomic_write(out_dir / "report.md", render_markdown(doc))
         atomic_write(out_dir / "report.html", render_html(doc, out_dir))
-    return doc
 
 
 def _document(ctx: StudyContext, base_key: str, done: Dict, todo: Sequence[str], t_start: float,
@@ -144,10 +163,8 @@ def resolve_texts(texts, sp: StudyParams):
 def check_out(out) -> Optional[Path]:
     if out is None:
         return None
-    check_writable(out, "--out", folder=True, error=StudyError)
-    p = Path(out)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    check_writable(out, "--out", folder=True, error=StudyError)  # made by the first write: a failed study leaves none
+    return Path(out)
 
 
 def _load(out_dir: Optional[Path]) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Union
 
 from ...threads import SHARE_VAR, load_warning, set_threads, thread_env, worker_threads
+from ...utils import check_not_input
 from .db import SweepDB
 from .jobs import run_checkpoint
 from .plan import plan_sweep
@@ -69,6 +70,7 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
     if ray_address is not None and workers != 1:
         raise ValueError("choose one: Ray tasks (ray_address) or local worker processes (workers)")
     n_threads = worker_threads(workers, threads)
+    check_not_input(db, spec.inputs(), "the database")  # never written over a checkpoint
     log = log or (lambda s: None)
     units, jobs = plan_sweep(spec)
     keys = [j.key for j in jobs]
@@ -81,7 +83,7 @@ def run_sweep(spec: Union[SweepSpec, Dict[str, Any], str], db: Optional[str] = N
             f"Stage 1 unit(s)" + ("" if ray_address is None else f" on Ray ({ray_address})")
             + ("" if workers == 1 else f" by {workers} workers x {n_threads} thread(s)"))
         if ray_address is None:
-            warn = load_warning(n_threads * workers)
+            warn = load_warning(n_threads * workers, hint="--threads")  # sweep sizes its own threads
             if warn:
                 log(warn)
         sink = _Sink(store, len(jobs), len(done), log)

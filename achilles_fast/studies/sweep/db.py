@@ -10,7 +10,7 @@ heartbeat is older than the TTL or whose process on this host is gone, is taken 
 local or on Ray, split one database's work. ``PRAGMA user_version`` holds the schema version: a database of the
 previous schema (1: no version, runs + errors) is migrated in place (its rows are valid as they are); one of a
 newer version, an SQLite file of another program, or a file that is not SQLite is refused with one line and left
-unchanged.
+unchanged. Schema 3 adds the ``weights`` column: the checkpoint's content digest (rows of older schemas have none).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
 from urllib.parse import quote
 
-from ...utils import check_writable
+from ...utils import check_writable, pid_alive
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = {
     "runs": """CREATE TABLE IF NOT EXISTS runs (
@@ -51,7 +51,8 @@ TABLES = {
     pid INTEGER,
     device TEXT,
     versions TEXT,
-    result TEXT NOT NULL
+    result TEXT NOT NULL,
+    weights TEXT
 )""",
     "errors": """CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,7 +88,8 @@ INDEXES = ("CREATE INDEX IF NOT EXISTS rankings_unit ON rankings (unit)",
 
 ROW_COLUMNS = ("key", "checkpoint", "checkpoint_path", "model", "text", "text_sha", "params", "n_critical",
                "converged", "log10_ratio", "clean_nll", "epsilon", "seconds", "load_seconds", "started_at",
-               "finished_at", "host", "pid", "device", "versions", "result")
+               "finished_at", "host", "pid", "device", "versions", "result", "weights")
+ADDED_COLUMNS = {"weights": "ALTER TABLE runs ADD COLUMN weights TEXT"}  # schema 3: the checkpoint's digest
 RANKING_COLUMNS = ("key", "unit", "checkpoint", "n", "targets", "channels", "scores", "info", "created_at")
 LEASE_TTL = 120.0  # seconds without a heartbeat after which another worker takes a lease over
 
@@ -140,20 +142,10 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> int:
                            f"reads up to {SCHEMA_VERSION}): upgrade achilles_fast or use another --db")
     if not tables:
         return 0
-    if "runs" not in tables or not set(ROW_COLUMNS) <= _columns(conn, "runs"):
+    if "runs" not in tables or not set(ROW_COLUMNS) - set(ADDED_COLUMNS) <= _columns(conn, "runs"):
         raise SweepDBError(f"{path} is an SQLite database but not a sweep database (tables: "
                            f"{', '.join(sorted(tables))})")
     return max(version, 1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 class SweepDB:
@@ -193,6 +185,10 @@ class SweepDB:
             if version < SCHEMA_VERSION:
                 for ddl in list(TABLES.values()) + list(INDEXES):
                     self.conn.execute(ddl)
+                have = _columns(self.conn, "runs")
+                for col, ddl in ADDED_COLUMNS.items():
+                    if col not in have:
+                        self.conn.execute(ddl)
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 if version:
                     self.migrated_from = version
@@ -275,6 +271,8 @@ class SweepDB:
 
     # -- reads --------------------------------------------------------------------------------------
     def done_keys(self, keys: Optional[Iterable[str]] = None) -> Set[str]:
+        if not self._has("runs"):  # an empty SQLite file opened read-only: nothing done yet
+            return set()
         got = {r[0] for r in self.conn.execute("SELECT key FROM runs")}
         return got if keys is None else got & set(keys)
 
@@ -299,7 +297,11 @@ class SweepDB:
 
     def rows(self) -> List[Dict[str, Any]]:
         """All finished rows, in insertion order, with params/versions/result parsed from JSON."""
-        cur = self.conn.execute(f"SELECT id, {', '.join(ROW_COLUMNS)} FROM runs ORDER BY id")
+        if not self._has("runs"):
+            return []
+        have = _columns(self.conn, "runs")  # a database of an older schema opened read-only lacks added columns
+        cols = ", ".join(c if c in have else f"NULL AS {c}" for c in ROW_COLUMNS)
+        cur = self.conn.execute(f"SELECT id, {cols} FROM runs ORDER BY id")
         names = [d[0] for d in cur.description]
         out = []
         for r in cur:
@@ -311,11 +313,15 @@ class SweepDB:
         return out
 
     def errors(self) -> List[Dict[str, Any]]:
+        if not self._has("errors"):
+            return []
         cur = self.conn.execute("SELECT key, checkpoint, text, params, error, at FROM errors ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur]
 
     def count(self) -> int:
+        if not self._has("runs"):
+            return 0
         return int(_one(self.conn, "SELECT COUNT(*) FROM runs")[0])
 
 

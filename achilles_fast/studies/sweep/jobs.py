@@ -17,9 +17,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ...method.api import find_critical, rank_neurons
 from ...method.config import FindConfig
-from ...models.loading import load_model
+from ...models.loading import load_model, model_digest
 from ...models.registry import discover_targets
-from .plan import Unit, ranking_from_record, ranking_key, ranking_record, weights_hash
+from .plan import Unit, ranking_from_record, ranking_key, ranking_record
 from .spec import Checkpoint, Job, _now
 
 
@@ -45,7 +45,7 @@ class Loaded:
     @property
     def weights_hash(self) -> str:
         if self._hash is None:
-            self._hash = weights_hash(self.model)
+            self._hash = model_digest(self.model)
         return self._hash
 
 
@@ -137,7 +137,7 @@ def _row(lc: Loaded, j: Job, res, seconds: float, started: str) -> Dict[str, Any
         "converged": res.converged, "log10_ratio": res.log10_ratio, "clean_nll": res.clean_nll,
         "epsilon": res.epsilon, "seconds": seconds, "load_seconds": lc.load_s, "started_at": started,
         "finished_at": _now(), "host": socket.gethostname(), "pid": os.getpid(), "device": lc.device,
-        "versions": res.versions, "result": res.to_dict(),
+        "versions": res.versions, "result": res.to_dict(), "weights": lc.weights_hash,
     }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -63,7 +62,7 @@ class Unit:
 
 
 def unit_key(job: Job, defaults: Dict[str, Any]) -> str:
-    return "u" + job_key(job.checkpoint, job.text_sha, stage1_params(job.params), defaults)[1:]
+    return "u" + job_key(job.checkpoint, job.text_sha, stage1_params(job.params), defaults, job.weights)[1:]
 
 
 def plan_units(jobs: Sequence[Job], checkpoint_order: Optional[Sequence[str]] = None) -> List[Unit]:
@@ -78,18 +77,9 @@ def plan_units(jobs: Sequence[Job], checkpoint_order: Optional[Sequence[str]] = 
 
 
 # ---- rankings stored with the sweep ---------------------------------------------------------------------------------
-def weights_hash(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer as loaded (names, dtypes, shapes, bytes); 'meta' tensors by shape only."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.device.type != "meta":
-            h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
 def ranking_key(weights: str, text_sha: str, params: Dict[str, Any], device: str) -> str:
-    """Content address of a unit's ranking: weights' hash, text hash, Stage 1 parameters (non-default), device."""
+    """Content address of a unit's ranking: the weights' digest (``models.loading.model_digest``), text hash,
+    Stage 1 parameters (non-default), device."""
     defaults = FindConfig.defaults()
     own = {k: v for k, v in stage1_params(params).items() if k not in defaults or defaults[k] != v}
     blob = json.dumps({"weights": weights, "text_sha": text_sha, "stage1": own,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import statistics
@@ -11,7 +12,7 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ...utils import write_json
+from ...utils import atomic_write, write_json
 from .db import SweepDB
 
 PARAM_COLUMNS = ("ranker", "epsilon", "k", "alpha", "seed", "max_neurons", "scope", "ranking", "strategy",
@@ -23,16 +24,34 @@ TABLE_FORMATS = ("csv", "json", "parquet")
 
 
 def load_rows(db: str) -> List[Dict[str, Any]]:
+    """The database's rows; a checkpoint label run with several weight versions (changed in place) is split into
+    one label per version, ``label@digest`` (first 8 hex digits; ``@?`` for rows written before digests were
+    recorded), so no table or plot mixes two versions."""
     with SweepDB(db, readonly=True) as store:
-        return store.rows()
+        rows = store.rows()
+    versions: Dict[str, set] = {}
+    for r in rows:
+        versions.setdefault(r["checkpoint"], set()).add(r.get("weights"))
+    for r in rows:
+        if len(versions[r["checkpoint"]]) > 1:
+            r["checkpoint"] = f"{r['checkpoint']}@{(r.get('weights') or '?')[:8]}"
+    return rows
 
 
 def open_errors(db: str) -> List[Dict[str, Any]]:
-    """Failures whose job has no row yet (latest error per key)."""
+    """Failures whose job has no row yet (latest error per key; a job also counts as done when a row has its
+    checkpoint, text and parameters under another key: a checkpoint missing then, whose key now holds its digest)."""
     with SweepDB(db, readonly=True) as store:
         done = store.done_keys()
         latest = {e["key"]: e for e in store.errors()}
-    return [e for k, e in latest.items() if k not in done]
+        ran = {(r["checkpoint"], r["text"], json.dumps(r["params"], sort_keys=True)) for r in store.rows()}
+
+    def same_job_done(e) -> bool:
+        with contextlib.suppress(TypeError, ValueError):
+            return (e["checkpoint"], e["text"], json.dumps(json.loads(e["params"]), sort_keys=True)) in ran
+        return False
+
+    return [e for k, e in latest.items() if k not in done and not same_job_done(e)]
 
 
 def _where(neurons: Sequence[Mapping], field: str) -> str:
@@ -95,12 +114,13 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
 
 @contextlib.contextmanager
 def _text_out(path: str):
-    """A text file for writing, or stdout for "-"."""
+    """A text file for writing (written atomically when the block ends), or stdout for "-"."""
     if path == "-":
         yield sys.stdout
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        yield f
+    buf = io.StringIO(newline="")
+    yield buf
+    atomic_write(path, buf.getvalue())
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: str) -> None:
@@ -159,7 +179,7 @@ def write_table(records: Sequence[Mapping[str, Any]], path: str, fmt: str) -> No
     for r in records:
         cols += [c for c in r if c not in cols]
     table = pa.table({c: _column([r.get(c) for r in records]) for c in cols})
-    pq.write_table(table, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return None
 
 

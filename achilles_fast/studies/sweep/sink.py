@@ -1,9 +1,13 @@
 """The sweep's sink: what the units yield, written to the database (rows, errors, rankings), with progress lines."""
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
 from typing import Any, Callable, Dict
 
-from .db import SweepDB
+from ...utils import fallback_path
+from .db import SweepDB, SweepDBError
 from .spec import _now
 
 
@@ -15,6 +19,27 @@ class _Sink:
         self.written = self.failed = self.rankings = 0
 
     def __call__(self, item: Dict[str, Any]) -> None:
+        try:
+            self._store(item)
+        except sqlite3.OperationalError as e:  # disk full, I/O error: committed rows stay, this one is kept aside
+            raise self._lost(item, e) from None
+
+    def _lost(self, item: Dict[str, Any], e: Exception) -> SweepDBError:
+        """The row (or error) the database could not take, written to a JSON-lines file in the temp folder; the
+        one-line error saying what is where."""
+        where = f"{self.written} row(s) of this run are in {self.db.path}"
+        if "ranking_key" in item:  # a Stage 1 ranking: recomputed by the rerun
+            return SweepDBError(f"{self.db.path}: {e}; {where}; free space and rerun the sweep to resume")
+        path = fallback_path(f"{os.path.basename(self.db.path)}.jsonl")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(item, default=str) + "\n")
+            kept = f"the row being written is saved to {path}"
+        except OSError as e2:
+            kept = f"the row being written could not be saved anywhere ({e2.strerror or e2})"
+        return SweepDBError(f"{self.db.path}: {e}; {where}; {kept}; free space and rerun the sweep to resume")
+
+    def _store(self, item: Dict[str, Any]) -> None:
         if "ranking_key" in item:
             self.db.put_ranking(item)
             self.rankings += 1

@@ -111,16 +111,22 @@ class Job:
     params: Dict[str, Any]  # full (defaults filled in); recorded in the row
     key: str  # see job_key
     text_body: Optional[str] = dataclasses.field(default=None, repr=False)
+    weights: Optional[str] = None  # the checkpoint's content digest (models.loading.weights_digest) when planned
 
 
-def job_key(checkpoint: str, text_sha: str, params: Dict[str, Any], defaults: Dict[str, Any]) -> str:
-    """Hash of checkpoint label, text hash and the parameters that differ from their defaults.
+def job_key(checkpoint: str, text_sha: str, params: Dict[str, Any], defaults: Dict[str, Any],
+            weights: Optional[str] = None) -> str:
+    """Hash of checkpoint label, its weights' content digest (when known: a checkpoint changed in place is a new
+    job), text hash and the parameters that differ from their defaults.
 
     Leaving defaults out makes "k: 100" written out the same job as k omitted, and keeps the keys of an existing
     database valid when a later version adds a parameter (with a default) to find_critical.
     """
     own = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
-    blob = json.dumps({"checkpoint": checkpoint, "text_sha": text_sha, "params": own}, sort_keys=True)
+    key = {"checkpoint": checkpoint, "text_sha": text_sha, "params": own}
+    if weights is not None:
+        key["weights"] = weights
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -211,9 +217,18 @@ class SweepSpec:
     def defaults() -> Dict[str, Any]:
         return FindConfig.defaults()
 
+    def inputs(self) -> list:
+        """What the sweep reads (each checkpoint's folder and files, GGUF conversion caches) for
+        ``utils.check_not_input``: the database must be none of them."""
+        from ...models.loading import model_inputs
+        return [x for c in self.checkpoints for x in model_inputs(c.path)]
+
     def jobs(self) -> List[Job]:
+        from ...models.loading import spec_digest
         sets, d = self.param_sets(), self.defaults()
-        return [Job(c.name, t.name, t.sha, p, job_key(c.name, t.sha, p, d), t.text)
+        digests = {c.name: spec_digest(c.path) for c in self.checkpoints}  # each file hashed once, remembered
+        return [Job(c.name, t.name, t.sha, p, job_key(c.name, t.sha, p, d, digests[c.name]), t.text,
+                    digests[c.name])
                 for c in self.checkpoints for t in self.texts for p in sets]
 
 

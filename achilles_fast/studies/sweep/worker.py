@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from ...method.callbacks import calling_between_forwards
 from ...threads import CoreShare
-from .db import LEASE_TTL, SweepDB
+from .db import LEASE_TTL, SweepDB, SweepDBError
 from .jobs import Loaded, _error, run_unit
 from .plan import Unit
 from .prefetch import Prefetcher
@@ -245,8 +245,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     units, _ = plan_sweep(spec)
     with SweepDB(a.db) as store:
         sink = _Sink(store, len([k for u in units for k in u.keys]), 0, log)
-        counts = run_worker(units, {c.name: c for c in spec.checkpoints}, a.db, sink, log=log,
-                            prefetch=not a.no_prefetch, share=share)
+        try:
+            counts = run_worker(units, {c.name: c for c in spec.checkpoints}, a.db, sink, log=log,
+                                prefetch=not a.no_prefetch, share=share)
+        except SweepDBError as e:  # the database cannot be written (disk full): one line, the rows kept say where
+            log(f"error: {e}")
+            return 2
     print(json.dumps(dict(counts, written=sink.written, failed=sink.failed)), flush=True)
     return 0
 

@@ -68,9 +68,11 @@ def test_keys_survive_a_new_default_parameter(ckpts, tmp_path):
     spec = SweepSpec.from_dict(d)
     defaults = spec.defaults()
     for j in spec.jobs():
-        with_knob = job_key(j.checkpoint, j.text_sha, {**j.params, "new_knob": 3}, {**defaults, "new_knob": 3})
+        with_knob = job_key(j.checkpoint, j.text_sha, {**j.params, "new_knob": 3}, {**defaults, "new_knob": 3},
+                            j.weights)
         assert with_knob == j.key
-        assert job_key(j.checkpoint, j.text_sha, {**j.params, "new_knob": 4}, {**defaults, "new_knob": 3}) != j.key
+        assert job_key(j.checkpoint, j.text_sha, {**j.params, "new_knob": 4}, {**defaults, "new_knob": 3},
+                       j.weights) != j.key
 
 
 def test_spec_errors(ckpts, tmp_path):

@@ -22,7 +22,8 @@ from achilles_fast.studies.sweep.report import load_rows
 from achilles_fast.studies.sweep import SweepSpec, plan_sweep, run_sweep
 from achilles_fast.studies.sweep.db import SCHEMA_VERSION, SweepDB, SweepDBError
 from achilles_fast.studies.sweep.jobs import run_job
-from achilles_fast.studies.sweep.plan import ranking_key, weights_hash
+from achilles_fast.models.loading import model_digest, weights_digest
+from achilles_fast.studies.sweep.plan import ranking_key
 
 OLD_SCHEMA = """
 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, checkpoint TEXT NOT NULL,
@@ -127,19 +128,22 @@ def test_rerun_with_new_stage2_params_reuses_stored_rankings(ckpts, tmp_path):
 def test_ranking_key_is_content_addressed(ckpts):
     from achilles_fast.models.loading import load_model
     model, _, _ = load_model(str(ckpts[0]))
-    h = weights_hash(model)
+    h = model_digest(model)
+    assert h == weights_digest(ckpts[0])  # a loaded model: the digest of its files
     p = dict(SweepSpec.defaults(), k=3)
     assert ranking_key(h, "t", p, "cpu") == ranking_key(h, "t", dict(p, epsilon=7.0, step=2, max_neurons=9), "cpu")
     assert ranking_key(h, "t", p, "cpu") != ranking_key(h, "t", dict(p, k=4), "cpu")
     assert ranking_key(h, "t", p, "cpu") != ranking_key(h, "u", p, "cpu")
     assert ranking_key(h, "t", p, "cpu") != ranking_key(h, "t", p, "cuda:1")
+    del model.achilles_source  # a model built in memory: the digest of its tensors' bytes
+    h = model_digest(model)
     with torch.no_grad():
         w = model.model.layers[0].mlp.down_proj.weight
         old = w[0, 0].item()
         w[0, 0] += 1e-3
-        assert weights_hash(model) != h
+        assert model_digest(model) != h
         w[0, 0] = old
-    assert weights_hash(model) == h
+    assert model_digest(model) == h
 
 
 # ---- the database: schema, bad files ------------------------------------------------------------------------------
