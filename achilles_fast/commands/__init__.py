@@ -86,6 +86,8 @@ def check_outputs(args) -> None:
     inputs = []
     if getattr(args, "model", None):
         inputs += model_inputs(args.model, getattr(args, "gguf_file", None))
+    for spec in getattr(args, "checkpoints", None) or []:  # compare: every checkpoint is an input
+        inputs += model_inputs(spec)
     named = INPUT_FLAGS + ((("db", "the sweep database"),) if args.command == "report" else ())
     for attr, what in named:
         value = getattr(args, attr, None)

@@ -124,6 +124,7 @@ def test_bad_inputs_one_line_exit_2(family, tmp_path, capsys):
     blocker.write_text("x")
     capsys.readouterr()
     cases.append(([str(family[0]), str(family[1]), "--out", str(blocker)], "not a folder"))
+    cases.append(([str(family[0]), str(family[1]), "--out", str(family[1])], "--out"))  # an input itself
     for args, msg in cases:
         if "--out" not in args:
             args = args + ["--out", str(tmp_path / "o")]
