@@ -20,6 +20,7 @@ def files(tmp_path):
     (tmp_path / "empty_result.json").write_text(json.dumps({"neurons": []}))
     (tmp_path / "broken.json").write_text("{\"neurons\": [")
     (tmp_path / "folder").mkdir()
+    (tmp_path / "outdir").mkdir()
     (tmp_path / "readonly").mkdir()
     (tmp_path / "readonly").chmod(0o555)
     yield tmp_path
@@ -62,7 +63,7 @@ def CASES(f):
         (["protect-list", M, "--neurons", f / "folder", "--out", f / "p.safetensors"], "protect-list", "is a folder"),
         (["protect-list", M, "--neurons", f"{DOWN}:1", "--out", f / "missing" / "p.safetensors"], "protect-list",
          "does not exist"),
-        (["protect-list", M, "--neurons", f"{DOWN}:1", "--out", f / "folder"], "protect-list", "is a folder"),
+        (["protect-list", M, "--neurons", f"{DOWN}:1", "--out", f / "outdir"], "protect-list", "is a folder"),
         (["protect-list", M, "--neurons", f"{DOWN}:1", "--out", f / "readonly" / "p.safetensors"], "protect-list",
          "cannot write"),
         (["protect-list", M, "--neurons", f"{DOWN}:1", "--out", "/proc/p.safetensors"], "protect-list",

@@ -200,8 +200,7 @@ def test_resolve_model_takes_every_loader_option(tmp_path):
     """resolve_model (the one resolver of API, study and CLI) passes device_map (a dict or the CLI's JSON string),
     offload_folder and the rest to load_model; a model object refuses loader options in one line."""
     import json
-    from conftest import STORIES, _need_shared
-    _need_shared(STORIES)
+    from conftest import STORIES
     from achilles_fast.models.loading import resolve_model
     model, tok, name = resolve_model(str(STORIES), device_map=json.dumps(STORY_MAP), offload_folder=tmp_path)
     assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta" and tok is not None
