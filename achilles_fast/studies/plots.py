@@ -189,8 +189,8 @@ def heatmap_figure(rows: Sequence[str], cols: Sequence[str], matrix, title: str,
             if np.isfinite(m[i, j]):
                 dark = (m[i, j] - lo) < 0.5 * (hi - lo) if hi > lo else True
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
-    ax.set_xticks(range(len(cols)), [_short(c, 24) for c in cols], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), [_short(r, 24) for r in rows], fontsize=8)
+    ax.set_xticks(range(len(cols)), [_short(c, 24, tail=True) for c in cols], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [_short(r, 24, tail=True) for r in rows], fontsize=8)
     ax.set_title(title, fontsize=10)
     cb = fig.colorbar(im, ax=ax, fraction=0.05)
     if label:
@@ -220,11 +220,15 @@ def plot_sweep(rows: Sequence[Mapping], out_dir, formats: Sequence[str] = FORMAT
     return paths
 
 
-def _short(s: str, n: int = 48) -> str:
+def _short(s: str, n: int = 48, tail: bool = False) -> str:
+    """A label of at most ``n`` characters: the last path segment cut at its end, or (``tail``) the whole label cut
+    at its start, keeping what tells checkpoints apart (``...@step400``)."""
     s = str(s)
-    if "/" in s:
+    if "/" in s and not tail:
         s = s.rstrip("/").rsplit("/", 1)[-1]
-    return s if len(s) <= n else s[: n - 1] + "…"
+    if len(s) <= n:
+        return s
+    return "…" + s[-(n - 1):] if tail else s[: n - 1] + "…"
 
 
 MAX_STEM = 100  # characters of a label kept in a file name (a hash of the whole label follows a cut)

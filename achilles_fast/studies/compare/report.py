@@ -44,8 +44,8 @@ def figures(doc: Dict[str, Any], run: Dict[str, Any]) -> Dict[str, Figure]:
     names = _names(doc)
     eps = run["params"]["epsilon"]
     figs = {"jaccard": plots.jaccard_figure(names, doc["jaccard"]),
-            "transfer": plots.heatmap_figure(names, names, doc["transfer"], f"row's set masked in column's "
-                                             f"checkpoint (log10 PPL ratio; epsilon {eps:g})", cmap="magma",
+            "transfer": plots.heatmap_figure(names, names, doc["transfer"], f"transfer: row's set masked in\n"
+                                             f"column's checkpoint (epsilon {eps:g})", cmap="magma",
                                              label="log10 PPL ratio", gid="transfer")}
     if doc["persistence"]:
         figs["persistence"] = persistence_figure(doc["persistence"], names)
@@ -65,7 +65,7 @@ def persistence_figure(entries: Sequence[Dict], names: Sequence[str], max_rows: 
         for j, c in enumerate(names):
             if c in e["critical_in"]:
                 ax.plot(j, i, "o", color="r", markersize=4)
-    ax.set_xticks(range(len(names)), [plots._short(n, 24) for n in names], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), [plots._short(n, 24, tail=True) for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(entries)), [e["neuron"] for e in entries], fontsize=6)
     ax.set_title("persistence: rank of each critical neuron (red dot: in the critical set)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.05).set_label("log10(1 + rank); blank: not ranked", fontsize=8)
@@ -87,10 +87,10 @@ def series_figure(series: Dict, epsilon: float) -> Figure:
     first = [np.nan if v is None else v for v in series["first_set_log10_ratio"]]
     a2.plot(x, first, "s-", color="C3", gid="first_set")
     a2.axhline(epsilon, color="k", ls="--", lw=0.8, label=f"epsilon {epsilon:g}")
-    a2.set_ylabel(f"log10 ratio of\n{plots._short(names[0], 20)}'s set")
+    a2.set_ylabel(f"log10 ratio of\n{plots._short(names[0], 20, tail=True)}'s set")
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
-    a2.set_xticks(x, [plots._short(n, 24) for n in names], rotation=45, ha="right", fontsize=8)
+    a2.set_xticks(x, [plots._short(n, 24, tail=True) for n in names], rotation=45, ha="right", fontsize=8)
     a1.set_title("series along the checkpoints", fontsize=10)
     fig.tight_layout()
     return fig
