@@ -43,6 +43,11 @@ def _as_result(r) -> CriticalResult:
 
 
 # ---- (1) phase-transition curve --------------------------------------------------------------------------
+def epsilon_line(ax, eps: float):
+    """The epsilon threshold as every figure draws it: a dashed red line, labelled for the legend."""
+    return ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}", gid="epsilon")
+
+
 def curve_figure(result, title: Optional[str] = None) -> Figure:
     """log10(PPL_masked / PPL_clean) at every evaluated n; epsilon as a dashed line, the critical n marked."""
     r = _as_result(result)
@@ -50,7 +55,7 @@ def curve_figure(result, title: Optional[str] = None) -> Figure:
     pts = sorted((int(n), float(v)) for n, v in r.curve)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     ax.plot(xs, ys, marker="o", ms=4, lw=1.2, label="evaluated prefix", gid="curve")
-    ax.axhline(r.epsilon, color="tab:red", ls="--", lw=1, label=f"epsilon = {r.epsilon:g}", gid="epsilon")
+    epsilon_line(ax, r.epsilon)
     if r.converged and r.neurons:
         n = len(r.neurons)
         ax.axvline(n, color="tab:green", ls=":", lw=1, label=f"critical set: {n}", gid="critical")
@@ -81,7 +86,7 @@ def curves_figure(results: Mapping[str, object], title: str = "rankers through t
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.2, label=label, gid=f"curve:{name}")
         eps = r.epsilon
     if eps is not None:
-        ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}", gid="epsilon")
+        epsilon_line(ax, eps)
     ax.set_xscale("log")  # n >= 1
     ax.set_xlabel("number of masked neurons")
     ax.set_ylabel("log10(PPL masked / PPL clean)")

@@ -86,7 +86,7 @@ def series_figure(series: Dict, epsilon: float) -> Figure:
     a1.set_xticks(x, [""] * len(names))
     first = [np.nan if v is None else v for v in series["first_set_log10_ratio"]]
     a2.plot(x, first, "s-", color="C3", gid="first_set")
-    a2.axhline(epsilon, color="k", ls="--", lw=0.8, label=f"epsilon {epsilon:g}")
+    plots.epsilon_line(a2, epsilon)
     a2.set_ylabel(f"log10 ratio of\n{plots._short(names[0], 20, tail=True)}'s set")
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)

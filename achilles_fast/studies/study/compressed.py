@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ...method.perplexity import log10_ppl, log10_ratio
 from ...utils import eval_mode
+from ..plots import epsilon_line
 from ..compression.params import PROTECT_MODES
 from ..compression.protect import protect_list, random_down_proj
 from .context import StudyContext
@@ -97,7 +98,7 @@ def protect_axes(ax, xs: Sequence, rows: List[Dict], setting: str, eps: float, x
         ys = [next((top if r["log10_ratio"] is None else r["log10_ratio"]) for r in rows
                    if r[setting] == x and r["protect"] == m) for x in xs]
         ax.plot(range(len(xs)), ys, marker="o", color=COLORS[m], label=f"protect {m}", gid=f"protect-{m}")
-    ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}")
+    epsilon_line(ax, eps)
     ax.set_ylim(bottom=min([0.0] + finite))
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_xlabel(xlabel)

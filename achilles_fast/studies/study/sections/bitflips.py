@@ -19,6 +19,7 @@ from ....method.perplexity import log10_ratio
 from ....utils import progress_bar
 from ...compression.activations import input_norms
 from ...compression.bitflips import critical_candidates, greedy_flips, int8_model, random_trials, replay_flips
+from ...plots import epsilon_line
 from ...compression.protect import protect_list
 from ...compression.weights import block_weights
 from ..compressed import logs, new_figure, nll_now
@@ -155,7 +156,7 @@ class Bitflips(Section):
         rs = [top if t["log10_ratio"] is None else t["log10_ratio"] for t in d["random"]]
         ax.scatter([n + 0.15 * ((i % 7) - 3) / 3 for i in range(len(rs))], rs, s=10, alpha=0.5, color="tab:gray",
                    label=f"random ({len(rs)} draws)", gid="random")
-        ax.axhline(eps, color="tab:red", ls="--", lw=1, label=f"epsilon = {eps:g}")
+        epsilon_line(ax, eps)
         ax.set_xlabel("single-bit flips")
         ax.set_ylabel("log10(PPL flipped / PPL int8)")
         ax.set_title("int8 bit flips: critical set vs random positions", fontsize=10)

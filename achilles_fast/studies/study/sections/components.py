@@ -16,6 +16,7 @@ from ....method.config import FindConfig
 from ....method.masking import BatchedMask
 from ....method.perplexity import log10_ratio
 from ....method.rankers import make_ranker
+from ...plots import epsilon_line
 from ....utils import eval_mode
 from ..context import StudyContext
 from ..section import Param, Section, Stage1, figure, fmt, grid_of, register, table, verdict
@@ -117,7 +118,7 @@ class Components(Section):
         for i, n in enumerate(ns):
             ys = [c["log10_ratio"][str(n)] for c in comps]
             ax.bar(x - 0.4 + w * (i + 0.5), ys, width=w * 0.95, label=f"N = {n}", gid=f"bars:{n}")
-        ax.axhline(d["epsilon"], color="tab:red", ls="--", lw=1, label=f"epsilon = {d['epsilon']:g}")
+        epsilon_line(ax, d["epsilon"])
         ax.set_yscale("symlog", linthresh=0.01)
         ax.set_xticks(x, [c["component"] for c in comps], rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("log10(PPL masked / PPL clean)")

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from ....method.ranking import Ranking
 from ....utils import progress_bar
+from ...plots import epsilon_line
 from ..context import StudyContext
 from ..section import Param, Section, figure, fmt, positive_int, register, table, verdict
 
@@ -135,7 +136,7 @@ class Cooperativity(Section):
         ax.scatter([1] * len(d["alone"]), [a["log10_ratio"] for a in d["alone"]], s=14, marker="x", color="tab:orange",
                    label="neuron alone", gid="alone")
         ax.scatter([d["n"]], [d["full"]], s=40, marker="*", color="tab:red", label="full set", gid="full")
-        ax.axhline(d["epsilon"], color="tab:red", ls="--", lw=1, label=f"epsilon = {d['epsilon']:g}")
+        epsilon_line(ax, d["epsilon"])
         ax.set_xlabel("subset size")
         ax.set_ylabel("log10(PPL masked / PPL clean)")
         ax.set_title("cooperativity: proper subsets vs the full set", fontsize=10)
