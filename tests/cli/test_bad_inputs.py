@@ -124,7 +124,7 @@ def CASES(b: Path):
         (["mask", S, "--neurons", b / "objects.json"], "mask", "an object with a 'name'"),
         (["mask", S, "--neurons", b / "broken.json"], "mask", "not a JSON file"),
         (["mask", S, "--neurons", b / "missing.json"], "mask", "missing.json: no such file"),
-        (["mask", S, "--neurons", "result.json"], "mask", "--neurons result.json: no such file"),
+        (["mask", S, "--neurons", str(b / "result.json")], "mask", f"--neurons {b / 'result.json'}: no such file"),
         (["mask", S, "--neurons", b / "folder"], "mask", "is a folder"),
         (["evaluate", S, "--neurons", b / "missing.json", "--corpus", b / "latin1.txt"], "evaluate", "no such file"),
         (["evaluate", S, "--neurons", f"{DOWN}:1", "--corpus", b / "folder"], "evaluate", "is a folder"),
