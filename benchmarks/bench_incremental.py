@@ -89,7 +89,9 @@ def main(argv=None) -> None:
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     p.add_argument("--stage2-dtypes", default="", help="also incremental with these stage2_dtype values (e.g. "
                    "bfloat16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up rounds (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (0 for long cases: the first "
+                   "variant then pays the one-off start-up)")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--prefixes", type=int, default=48, help="smollm2: linear prefixes evaluated")
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
     variants = _variants([d for d in a.stage2_dtypes.split(",") if d])
     rows = []
     print(f"# incremental Stage 2, K={a.k}, T<={a.max_tokens}, torch {torch.__version__}, {a.threads} threads, "
-          f"{a.repeats} rounds + 1 warm-up, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{a.repeats} rounds + {a.warmup} warm-up, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| case | timed | variant | n | evaluations | layers/eval | seconds (median) | load 1m | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case in a.cases.split(","):
@@ -117,11 +119,13 @@ def main(argv=None) -> None:
         times = {label: [] for label, _ in variants}
         loads = {label: [] for label, _ in variants}
         last = {}
-        for i in range(a.repeats + 1):  # round 0 is the warm-up; variants interleaved in every round
+        for i in range(a.warmup + a.repeats):  # warm-up rounds first; variants interleaved in every round
             for label, over in variants:
                 s, r = run(cfg.replace(**over))
                 last[label] = r
-                if i:
+                print(f"# {case} round {i}{' (warm-up)' if i < a.warmup else ''} {label}: {s:.1f} s, "
+                      f"n={len(r.neurons)}, load {os.getloadavg()[0]:.2f}", flush=True)
+                if i >= a.warmup:
                     times[label].append(s)
                     loads[label].append(os.getloadavg()[0])
         base = statistics.median(times["full"])

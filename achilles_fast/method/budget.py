@@ -9,7 +9,10 @@ from typing import Optional
 
 import torch
 
-CPU_STAGE1_BATCH_TOKENS = 16384  # keeps SmolLM2-135M's transient activations under ~0.5 GB
+# Stage 1 at K=100 on 2 cores, alone, by tokens per noisy chunk: SmolLM2-135M paper scope 14.6 s at 16384, 11.6 s at
+# 2048, 9.9 s at 1536, 10.1 s at 1024, 11.6 s at 512; Gemma-3-270M down_proj 13.1 s at 16384, 8.7 s at 1536-2048,
+# 9.1 s at 1024, 9.2 s at 4096; stories260K 0.34-0.40 s at any. Small chunks keep activations near the caches.
+CPU_STAGE1_BATCH_TOKENS = 1536
 EVAL_BATCH_TOKENS = 8192  # Stage 2 / evaluation forwards (masks x windows per forward)
 HELP = (f"tokens per forward, both stages (default: auto: Stage 1 {CPU_STAGE1_BATCH_TOKENS} on CPU, from free "
         f"memory on CUDA; Stage 2 and evaluations {EVAL_BATCH_TOKENS})")

@@ -262,6 +262,10 @@ at::Tensor batched_channel_mask_cpu(const at::Tensor& y, const at::Tensor& keep)
   return out;
 }
 
+at::Tensor token_nll_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets) {
+  return token_nll_chunked(hidden, weight, targets, kCpuLogitChunkBytes);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(achilles_fast, CPU, m) {
@@ -270,7 +274,7 @@ TORCH_LIBRARY_IMPL(achilles_fast, CPU, m) {
   m.impl("mask_channels_", &mask_channels_cpu);
   m.impl("restore_channels_", &restore_channels_cpu);
   m.impl("batched_channel_mask", &batched_channel_mask_cpu);
-  m.impl("token_nll", &token_nll_chunked);
+  m.impl("token_nll", &token_nll_cpu);
 }
 
 }  // namespace achilles_fast

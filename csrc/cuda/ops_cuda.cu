@@ -302,7 +302,7 @@ at::Tensor batched_channel_mask_cuda(const at::Tensor& y, const at::Tensor& keep
 
 at::Tensor token_nll_cuda(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets) {
   const c10::cuda::CUDAGuard guard(hidden.device());
-  return token_nll_chunked(hidden, weight, targets);
+  return token_nll_chunked(hidden, weight, targets, kCudaLogitChunkBytes);
 }
 
 }  // namespace
