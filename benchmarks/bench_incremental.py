@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,7 +32,8 @@ from achilles_fast.models.loading import ModelNotFoundError, load_model
 from achilles_fast.models.registry import discover_targets
 from achilles_fast.utils import eval_mode
 
-STORIES = Path(os.environ.get("ACHILLES_FAST_SHARED", "../shared")) / "models" / "stories260K"
+from _throughput_common import STORIES  # benchmarks/: the one path to ../shared
+
 CASES = ("smollm2", "gemma3", "stories")
 
 

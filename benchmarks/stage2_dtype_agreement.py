@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,8 @@ from achilles_fast.models.loading import ModelNotFoundError, load_model
 from achilles_fast.models.registry import SCOPES, discover_targets
 from achilles_fast.utils import eval_mode
 
-STORIES = Path(os.environ.get("ACHILLES_FAST_SHARED", "../shared")) / "models" / "stories260K"
+from _throughput_common import STORIES  # benchmarks/: the one path to ../shared
+
 MODELS = {"stories": None, "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 
 
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
                 low = r.stats.get("stage2_dtype") if d else None
                 low = low if isinstance(low, dict) else {}
                 names = [n.name for n in r.neurons]
-                ref = ref or names
+                ref = names if ref is None else ref
                 row = dict(model=name, scope=scope, stage2_dtype=d or "float32", n=len(names), converged=r.converged,
                            same=names == ref, evaluations=r.stats.get("stage2_evaluations"),
                            exact_reevaluations=low.get("exact_reevaluations"), margin=low.get("margin"),
