@@ -64,6 +64,10 @@ class LowPrecision:
                                   "exact_reevaluations": self.exact_evaluations, "safety": SAFETY,
                                   "max_error": max(self.errors, default=None)}
         out["margin"] = self.margin if math.isfinite(self.margin) else None
+        lowp = self.ev.lowp
+        out["weight_copy_bytes"] = lowp.nbytes if lowp is not None else 0
+        if lowp is not None and lowp.reason is not None:
+            out["weight_copies_skipped"] = lowp.reason
         if self.reason is not None:
             out["fallback"] = self.reason
         return out

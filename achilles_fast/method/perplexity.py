@@ -10,6 +10,7 @@ scaling fall back to the full forward automatically).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from .. import ops
 from ..models.devices import autocast, embedding_device, offloaded
+from ..models.lowp_weights import LowPrecisionWeights
 from .budget import eval_batch_tokens
 from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
@@ -48,8 +50,9 @@ class NLLEvaluator:
     ``max_batch_tokens`` (default ``budget.EVAL_BATCH_TOKENS``) bounds the tokens per forward (B masks x W windows
     are split into sub-batches). A loss that is not finite raises ``NonFiniteError`` (never returned): ``what`` names
     the text in that message. ``incremental``: prefix evaluations run from their first changed decoder layer
-    (``PrefixCache``; exact, with a fallback to full forwards). ``dtype``: forwards under autocast in this dtype
-    (None: the model's own).
+    (``PrefixCache``; exact, with a fallback to full forwards). ``dtype``: forwards under autocast in this dtype with
+    the Linear weights swapped for cast copies (``LowPrecisionWeights``) and the LM head's logits in that dtype
+    (``ops.token_nll_lowp``); None: the model's own.
     """
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
@@ -68,12 +71,16 @@ class NLLEvaluator:
         self.forwards = 0
         self.device = embedding_device(model)
         self._head = None
+        self.dtype = dtype if dtype != "float32" else None
+        self.lowp = None
+        if self.dtype:
+            from .stage1 import auto_score_bytes
+            self.lowp = LowPrecisionWeights(model, getattr(torch, dtype), auto_score_bytes(self.device))
         self.fused = False
         if fused is not False:
             self.fused = self._check_fused()
             if fused is True and not self.fused:
                 raise RuntimeError("fused NLL requested but it does not reproduce this model's logits")
-        self.dtype = dtype
         self.cache = (PrefixCache(model, self.W, self.T, self.max_batch_tokens // self.T) if incremental
                       else None)
 
@@ -95,7 +102,9 @@ class NLLEvaluator:
         B, Tm1, H = h.shape
         hf, tf = h.reshape(-1, H), tgt.reshape(-1)
         chunk = max(1, self.LOGIT_CHUNK_BYTES // (4 * head.weight.shape[0]))
-        parts = [ops.token_nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
+        low = self.dtype is not None and head.weight.dtype == getattr(torch, self.dtype)  # its copy swapped in
+        nll = ops.token_nll_lowp if low else ops.token_nll
+        parts = [nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
         return torch.cat(parts).view(B, Tm1)
 
     def _check_fused(self) -> bool:
@@ -117,7 +126,7 @@ class NLLEvaluator:
     def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
         between_forwards()
         self.forwards += 1
-        with autocast(self.model, self.dtype):
+        with autocast(self.model, self.dtype), (self.lowp.swapped() if self.lowp else contextlib.nullcontext()):
             return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
 
     def _masked_nll(self, bmask: BatchedMask, ns: Sequence[int], windows: Sequence[int]) -> torch.Tensor:

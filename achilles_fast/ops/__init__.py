@@ -15,7 +15,7 @@ from .noise import noisy_embeds
 from .absdiff import absdiff_accum_
 from .channel_mask import mask_channels_, restore_channels_
 from .batched_mask import batched_channel_mask
-from .nll import token_nll
+from .nll import token_nll, token_nll_lowp
 
 __all__ = ["noisy_embeds", "absdiff_accum_", "mask_channels_", "restore_channels_", "batched_channel_mask",
-           "token_nll", "use_kernels", "kernels_enabled", "backend_info"]
+           "token_nll", "token_nll_lowp", "use_kernels", "kernels_enabled", "backend_info"]

@@ -3,6 +3,8 @@
 
 Kernels: reference (below; defines the semantics), C++ CPU and CUDA (both csrc/common/token_nll.h: ATen ops chunked
 over the vocabulary with an online log-sum-exp), Triton (below). Targets equal to -100 give 0 (ignore_index).
+``token_nll_lowp``: the low-precision variant (``stage2_dtype``): logits from a GEMM in the inputs' dtype, the
+log-sum-exp in float32.
 """
 from __future__ import annotations
 
@@ -16,6 +18,36 @@ def token_nll_ref(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch.
     """Per-token NLL in float32: hidden [N, H], lm_weight [V, H], targets [N] -> [N]."""
     logits = hidden.float() @ lm_weight.float().t()
     return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def token_nll_lowp_ref(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL in float32 of logits computed in the inputs' dtype: hidden [N, H], lm_weight [V, H] -> [N]."""
+    logits = torch.nn.functional.linear(hidden, lm_weight).float()  # [N, V]
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+# fp32-equivalent logits per vocabulary chunk of token_nll_lowp (as kCpuLogitChunkBytes: the chunk stays in cache;
+# Gemma-3-270M's head, N=150, H=640, 2 cores, bf16: 0.066 s chunked against 0.13 s in one GEMM, fp32 0.16 s)
+LOWP_CHUNK_BYTES = 4 << 20
+
+
+def token_nll_lowp(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``token_nll_lowp_ref`` chunked over the vocabulary with an online log-sum-exp: hidden [N, H] and lm_weight
+    [V, H] in one low dtype (bf16/fp16), targets [N] (-100 -> 0) -> NLL [N] float32."""
+    N, V = hidden.shape[0], lm_weight.shape[0]
+    if lm_weight.dtype != hidden.dtype:
+        raise TypeError(f"token_nll_lowp: hidden is {hidden.dtype} but lm_weight is {lm_weight.dtype}")
+    vchunk = max(256, min(V, LOWP_CHUNK_BYTES // (4 * max(N, 1)) // 256 * 256))
+    lse = hidden.new_full((N,), -float("inf"), dtype=torch.float32)
+    tgt_logit = hidden.new_zeros((N,), dtype=torch.float32)
+    for v0 in range(0, V, vchunk):
+        logits = torch.nn.functional.linear(hidden, lm_weight[v0:v0 + vchunk]).float()  # [N, len]
+        inside = (targets >= v0) & (targets < v0 + logits.shape[1])
+        local = (targets - v0).clamp(0, logits.shape[1] - 1).unsqueeze(1)
+        tgt_logit = torch.where(inside, logits.gather(1, local).squeeze(1), tgt_logit)
+        lse = torch.logaddexp(lse, logits.logsumexp(1))
+    nll = lse - tgt_logit
+    return torch.where(targets == -100, torch.zeros_like(nll), nll)
 
 
 def _fake(hidden, lm_weight, targets):

@@ -234,6 +234,7 @@ def test_stage2_dtype_same_answer_exact_near_epsilon(strategy):
     assert_bit_identical(model, snap)
     st = low.stats["stage2_dtype"]
     assert st["dtype"] == "bfloat16" and st["margin"] >= lowprec.MIN_MARGIN and st["exact_reevaluations"] >= 3
+    assert st["weight_copy_bytes"] > 0 and "weight_copies_skipped" not in st  # bf16 copies, not per-forward casts
     assert [n.name for n in low.neurons] == [n.name for n in ref.neurons] and low.log10_ratio == ref.log10_ratio
     exact = dict(full)
     for n, v in low.curve:

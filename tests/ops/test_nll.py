@@ -53,3 +53,29 @@ def test_triton_token_nll_vocab_split(monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
     opcheck(backend, "token_nll")
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_token_nll_lowp_matches_reference(dtype, monkeypatch):
+    """The low-precision head (stage2_dtype) chunked over the vocabulary equals its one-GEMM reference, and both
+    stay near the fp32 NLL (the logits are rounded to ``dtype``)."""
+    g = torch.Generator().manual_seed(11)
+    monkeypatch.setattr(nll, "LOWP_CHUNK_BYTES", 4 * 13 * 256)  # a few chunks for the larger cases
+    for N, H, V in [(1, 24, 97), (13, 40, 1001), (29, 72, 4099)]:
+        h = torch.randn(N, H, generator=g)
+        w = torch.randn(V, H, generator=g) / H ** 0.5
+        t = torch.randint(0, V, (N,), generator=g)
+        if N > 2:
+            t[1], t[2] = -100, V - 1
+        got = nll.token_nll_lowp(h.to(dtype), w.to(dtype), t)
+        want = nll.token_nll_lowp_ref(h.to(dtype), w.to(dtype), t)
+        want[t == -100] = 0
+        assert got.dtype == torch.float32 and got.shape == (N,)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        exact = token_nll_ref(h, w, t)
+        exact[t == -100] = 0
+        torch.testing.assert_close(got, exact, rtol=0, atol=0.05)
+
+
+def test_token_nll_lowp_rejects_mixed_dtypes():
+    with pytest.raises(TypeError, match="lm_weight is torch.float32"):
+        nll.token_nll_lowp(torch.randn(3, 8).bfloat16(), torch.randn(11, 8), torch.zeros(3, dtype=torch.long))
