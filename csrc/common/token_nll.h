@@ -33,21 +33,29 @@ inline at::Tensor token_nll_chunked(const at::Tensor& hidden, const at::Tensor& 
   // reference's own fused log_softmax path, so it is never slower than the reference.
   int64_t vchunk = chunk_bytes / (4 * N);
   vchunk = std::max<int64_t>(256, std::min<int64_t>(V, (vchunk / 256) * 256));
-  at::Tensor lse = at::full({N}, -std::numeric_limits<float>::infinity(), f32);
+  // One logits buffer for every chunk, and the log-sum-exp in place on it: a fresh [N, vchunk] tensor per chunk
+  // (GEMM output, then amax/sub/exp temporaries) costs page faults and passes over memory that the GEMM pays for
+  // again (Gemma-3-270M's head, 2 cores: 0.219 s per call with at::logsumexp on fresh chunks, 0.156 s so).
+  const at::Tensor buf = at::empty({N * vchunk}, f32);
+  at::Tensor m_run = at::full({N}, -std::numeric_limits<float>::infinity(), f32);  // running max
+  at::Tensor s_run = at::zeros({N}, f32);  // running sum of exp(logit - m_run)
   at::Tensor tl = at::zeros({N}, f32);
   for (int64_t v0 = 0; v0 < V; v0 += vchunk) {
     const int64_t len = std::min(vchunk, V - v0);
-    const at::Tensor logits = at::mm(h, weight.narrow(0, v0, len).to(at::kFloat).t());  // [N, len]
-    if (len == V) {  // single chunk: -log_softmax at the target
+    at::Tensor logits = buf.narrow(0, 0, N * len).view({N, len});  // [N, len], contiguous
+    at::mm_out(logits, h, weight.narrow(0, v0, len).to(at::kFloat).t());
+    if (len == V) {  // single chunk: -log_softmax at the target (the reference's own path)
       at::Tensor nll = at::log_softmax(logits, 1).gather(1, tgt.clamp(0, V - 1).unsqueeze(1)).squeeze(1).neg_();
       return at::where(tgt.eq(-100), at::zeros_like(nll), nll);
     }
     const at::Tensor in = tgt.ge(v0).logical_and_(tgt.lt(v0 + len));
     const at::Tensor local = (tgt - v0).clamp_(0, len - 1).unsqueeze(1);
     tl = at::where(in, logits.gather(1, local).squeeze(1), tl);
-    lse = at::logaddexp(lse, at::logsumexp(logits, {1}));
+    const at::Tensor m_new = at::maximum(m_run, logits.amax(1));
+    s_run = s_run.mul_((m_run - m_new).exp_()).add_(logits.sub_(m_new.unsqueeze(1)).exp_().sum(1));
+    m_run = m_new;
   }
-  at::Tensor nll = lse.sub_(tl);
+  at::Tensor nll = s_run.log_().add_(m_run).sub_(tl);
   return at::where(tgt.eq(-100), at::zeros_like(nll), nll);
 }
 
