@@ -68,8 +68,7 @@ class FindConfig:
                            "costs), linear (the paper's n = step, 2 step, ...) or bisect (exponential + bracketing "
                            "probes, ~log2(n) evaluations; on a non-monotone curve it may return a later crossing)",
                            choices=STRATEGIES, group="stage2")
-    batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: CUDA 16; CPU 1 for "
-                                          "bisect, else batches of 1, 2, then 4)",
+    batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: 1 on CPU, 16 on CUDA)",
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
     incremental: bool = _field(True, "run each prefix evaluation from the first decoder layer whose mask changed, on "

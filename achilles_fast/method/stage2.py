@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -36,24 +36,16 @@ from .ranking import Ranking
 from .result import CriticalNeuron, CriticalResult, versions
 
 
-# CPU scans (``first``, ``linear``): batches ramp 1, 2, 4 then stay at 4. Gemma-3-270M (T=129, 2 cores, fp32): 0.290 s
-# per prefix one at a time, 0.256 s two per forward, 0.245 s four; a ramp keeps a crossing at n = 1 (SmolLM2-135M)
-# at one forward, and wastes at most 3 evaluations past the first crossing.
-CPU_SCAN_BATCH = 4
-
-
-def default_batch(device: torch.device, strategy: str = "first") -> Tuple[int, bool]:
-    """Stage 2 candidates per forward when the user gives none -> (batch size, ramp: scans start at 1 and double)."""
-    if device.type == "cuda":  # a forward of 16 sequences costs about one of a single sequence
-        return 16, False
-    if strategy == "bisect":  # the fewest evaluations win: B=1 is a plain binary search (stories260K n=143: 17 vs 27)
-        return 1, False
-    return CPU_SCAN_BATCH, True
-
-
-def batch_plan(config: FindConfig, device: torch.device) -> Tuple[int, bool]:
-    """(batch size, ramp) of a search: the user's ``batch_size`` as given, else ``default_batch``."""
-    return (config.batch_size, False) if config.batch_size else default_batch(device, config.strategy)
+def default_batch(device: torch.device) -> int:
+    """Stage 2 candidates per forward when the user gives none."""
+    # CPU: a batched forward costs ~B single forwards (SmolLM2-135M, T=132: 0.8x per sequence at B=4; Gemma-3-270M,
+    # T=129: 0.245 vs 0.290 s per prefix), so the fewest evaluations win: B=1 makes bisect a plain binary search
+    # (stories260K n=143: 17 evaluations vs 27 at B=4), and a batch runs from the lowest first-changed layer of its
+    # candidates (tried, 2026-12-03: scans of 1, 2, then 4 per forward took SmolLM2's 48 incremental linear prefixes
+    # from 3.79 to 5.18 s and stories260K's paper-scope find from 1.34x to 1.02x over full forwards) and rounds like
+    # another batch composition (~1e-7): one candidate per forward keeps every curve bit-identical to full forwards.
+    # GPU: a forward of 16 sequences costs about one of a single sequence.
+    return 16 if device.type == "cuda" else 1
 
 
 @dataclasses.dataclass
@@ -76,17 +68,13 @@ def _grid(max_n: int, step: int) -> List[int]:
 
 def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: float, n_ranked: int,
                   epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000, strategy: str = "first",
-                  batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None,
-                  ramp: bool = False) -> SearchOutcome:
-    """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix.
-    ``ramp``: the scans of ``first`` and ``linear`` evaluate 1, 2, 4, ... candidates per batch up to ``batch_size``
-    (an early crossing costs one small batch)."""
+                  batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
+    """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix."""
     max_n = min(max_neurons, n_ranked)
     grid = _grid(max_n, step)
     curve: Dict[int, float] = {}
     nlls: Dict[int, float] = {}
     counts = {"evals": 0, "batches": 0}
-    size = [1 if ramp else batch_size]  # candidates of the next scan batch
 
     def run(ns: Sequence[int]) -> None:
         ns = [n for n in ns if n not in curve]
@@ -108,16 +96,13 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
         return next((n for n in part if crosses(n)), None)
 
     def scan(ns: Sequence[int]) -> Optional[int]:
-        """Evaluate ``ns`` (increasing) ``size`` at a time; the first crossing, stopping at its batch."""
-        i = 0
-        while i < len(ns):
-            part = ns[i:i + size[0]]
-            i += len(part)
+        """Evaluate ``ns`` (increasing) ``batch_size`` at a time; the first crossing, stopping at its batch."""
+        for i in range(0, len(ns), batch_size):
+            part = ns[i:i + batch_size]
             run(part)
             hit = first_of(part)
             if hit is not None:
                 return hit
-            size[0] = min(batch_size, 2 * size[0])
         return None
 
     # exponential probes over grid indices 0, 1, 3, 7, ... (n = step, 2 step, 4 step, ...) and the last
@@ -261,19 +246,19 @@ class PrefixNLL:
         return log10_ratio(self._verified[k], self.clean)
 
 
-def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float,
+def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float, batch_size: int,
             progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
-    batch_size, ramp = batch_plan(cfg, pn.ev.device)
     return greedy_search(lambda ns: pn.nll_prefixes(bm, ranking, ns, epsilon), pn.clean, len(ranking), epsilon=epsilon,
                          step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=batch_size,
-                         progress=progress, ramp=ramp)
+                         progress=progress)
 
 
 def critical_sizes(pn: PrefixNLL, ranking: Ranking, config: FindConfig, epsilons: Sequence[float]) -> List[int]:
     """Size of the critical set of ``ranking`` for each epsilon (0: not converged), searched as ``search_ranking``
     searches, without verification; every evaluation goes through ``pn``."""
+    bsz = config.batch_size or default_batch(pn.ev.device)
     with BatchedMask(ranking, config.max_neurons) as bm:
-        return [_search(pn, bm, ranking, config, e).n for e in epsilons]
+        return [_search(pn, bm, ranking, config, e, bsz).n for e in epsilons]
 
 
 def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,
@@ -292,7 +277,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     with eval_mode(model), torch.no_grad():
         pn = prefix_nll or PrefixNLL(model, eval_ids, cfg)
         ev, clean = pn.ev, pn.clean
-        bsz, ramp = batch_plan(cfg, ev.device)
+        bsz = cfg.batch_size or default_batch(ev.device)
         f0, r0 = ev.forwards, pn.reused
         with progress_bar(min(cfg.max_neurons, len(ranking)), "Stage 2: greedy", "eval", progress) as bar, \
                 BatchedMask(ranking, cfg.max_neurons) as bm:
@@ -300,7 +285,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
-            out = _search(pn, bm, ranking, cfg, cfg.epsilon, progress=on_eval)
+            out = _search(pn, bm, ranking, cfg, cfg.epsilon, bsz, progress=on_eval)
             n_final = out.n if out.converged else max(out.curve, default=0)
             if n_final and pn.low is not None:  # the reported value exact (stage2_dtype)
                 v = out.nll[n_final] = pn.nll_prefixes(bm, ranking, [n_final])[0]
@@ -311,7 +296,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,
-                 stage2_batch_ramp=ramp, stage2_verified_prev=out.verified, fused_nll=ev.fused)
+                 stage2_verified_prev=out.verified, fused_nll=ev.fused)
     if pn.reused > r0:
         stats["stage2_reused"] = pn.reused - r0
     stats.update(pn.stats())

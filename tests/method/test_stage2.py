@@ -61,12 +61,11 @@ def test_first_equals_linear_on_random_non_monotone_curves():
         rng = random.Random(seed)
         n_ranked = rng.randint(1, 300)
         ys = _random_curve(rng, n_ranked)
-        step, bsz = rng.choice([1, 1, 2, 3, 7]), rng.choice([1, 2, 3, 4, 8, 16])
+        step, bsz = rng.choice([1, 1, 2, 3, 7]), rng.choice([1, 2, 3, 8, 16])
         max_neurons, eps = rng.randint(1, 320), rng.uniform(0.05, 1.5)
-        ramp = rng.random() < 0.5  # the CPU default: scans of 1, 2, 4, ... up to bsz
         nll = lambda ns: [1.0 + ys[n] * math.log(10) for n in ns]  # noqa: E731
         out = {s: greedy_search(nll, 1.0, n_ranked, epsilon=eps, step=step, max_neurons=max_neurons, strategy=s,
-                                batch_size=bsz, ramp=ramp and s != "bisect") for s in ("first", "linear", "bisect")}
+                                batch_size=bsz) for s in ("first", "linear", "bisect")}
         grid = _grid(min(max_neurons, n_ranked), step)
         expect = _first_crossing(ys, grid, eps)
         first, lin = out["first"], out["linear"]
@@ -93,27 +92,3 @@ def test_first_is_the_default_and_bisect_may_return_a_later_crossing():
     got = {s: greedy_search(nll, 1.0, 100, epsilon=1.0, strategy=s, batch_size=1).n
            for s in ("first", "linear", "bisect")}
     assert got == {"first": 3, "linear": 3, "bisect": 21}
-
-
-def test_ramp_batches_and_cpu_default():
-    """CPU default for first/linear: scan batches of 1, 2, 4, 4, ...: a crossing at n = 1 costs one 1-prefix
-    forward, a late one at most 3 evaluations past it; bisect stays one prefix per forward; CUDA 16."""
-    import torch
-    from achilles_fast.method.config import FindConfig
-    from achilles_fast.method.stage2 import CPU_SCAN_BATCH, batch_plan
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert batch_plan(FindConfig(), cpu) == (CPU_SCAN_BATCH, True) == batch_plan(FindConfig(strategy="linear"), cpu)
-    assert batch_plan(FindConfig(strategy="bisect"), cpu) == (1, False)
-    assert batch_plan(FindConfig(), cuda) == (16, False)
-    assert batch_plan(FindConfig(batch_size=3), cpu) == (3, False)
-    for crossing, strategy in [(1, "first"), (1, "linear"), (37, "linear"), (589, "first")]:
-        sizes = []
-
-        def nll(ns):
-            sizes.append(len(ns))
-            return [1.0 + 3.0 * (n >= crossing) for n in ns]
-        out = greedy_search(nll, 1.0, 1000, epsilon=1.0, strategy=strategy, batch_size=4, ramp=True)
-        assert out.n == crossing
-        assert sizes[:3] == [1, 2, 4][:len(sizes)] and all(b <= 4 for b in sizes), sizes
-        assert out.evaluations <= (crossing if strategy == "linear" else crossing + 11) + 3, (strategy, sizes)
-    assert sizes.count(4) > 100
