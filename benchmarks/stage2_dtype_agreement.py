@@ -5,6 +5,7 @@ seconds with the 1-minute load beside it. Run it alone on the machine.
 
     python benchmarks/stage2_dtype_agreement.py --models stories,smollm2 --out benchmarks/results_stage2_dtype_cpu.json
     python benchmarks/stage2_dtype_agreement.py --models stories --scopes down_proj --k 4 --max-tokens 64  # smoke
+    python benchmarks/stage2_dtype_agreement.py --models stories,smollm2 --device cuda  # benchmarks/gpu_suite.sh
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-neurons", type=int, default=FindConfig.max_neurons)
     p.add_argument("--stories", default=str(STORIES))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="JSON rows")
     a = p.parse_args(argv)
     models, scopes = a.models.split(","), a.scopes.split(",")
@@ -56,7 +58,7 @@ def main(argv=None) -> None:
     rows = []
     for m in models:
         try:
-            model, tok, name = load_model(MODELS[m] or a.stories)
+            model, tok, name = load_model(MODELS[m] or a.stories, device=a.device)
         except ModelNotFoundError as e:
             print(f"# {m}: skipped ({e})")
             continue
@@ -79,7 +81,8 @@ def main(argv=None) -> None:
                            same=names == ref, evaluations=r.stats.get("stage2_evaluations"),
                            exact_reevaluations=low.get("exact_reevaluations"), margin=low.get("margin"),
                            max_error=low.get("max_error"), fallback=low.get("fallback"), seconds=s,
-                           load_1m=os.getloadavg()[0], log10_ratio=r.log10_ratio)
+                           load_1m=os.getloadavg()[0], log10_ratio=r.log10_ratio, device=a.device,
+                           weight_copy_bytes=low.get("weight_copy_bytes"))
                 rows.append(row)
                 mg = "-" if row["margin"] is None else f"{row['margin']:.3g}"
                 print(f"| {m} | {scope} | {row['stage2_dtype']} | {row['n'] if r.converged else 'not reached'} | "
