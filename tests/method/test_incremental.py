@@ -243,6 +243,24 @@ def test_stage2_dtype_same_answer_exact_near_epsilon(strategy):
     assert any(v != exact[n] for n, v in low.curve), "nothing was evaluated in bfloat16"
 
 
+def test_stage2_dtype_on_every_family(family):
+    """bfloat16 prefixes with cast weight copies on every registered family: the float32 answer (its neurons and its
+    exact final value), the copies made for the family's nn.Linear weights, the model's own Parameters untouched."""
+    name, model = family
+    ranking = _ranked(model, "all")
+    snap = weights_snapshot(model)
+    params = {k: p for k, p in model.named_parameters()}
+    eps = _epsilon(_search(model, ranking, "linear", 1, UNREACHABLE).curve)
+    ref = _search(model, ranking, "first", 1, eps)
+    low = _search(model, ranking, "first", 1, eps, stage2_dtype="bfloat16")
+    assert [n.name for n in low.neurons] == [n.name for n in ref.neurons], name
+    assert low.log10_ratio == ref.log10_ratio, name
+    has_linear = any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert (low.stats["stage2_dtype"]["weight_copy_bytes"] > 0) == has_linear, name
+    assert_bit_identical(model, snap)
+    assert all(p is params[k] for k, p in model.named_parameters()), name
+
+
 def test_stage2_dtype_bad_values():
     with pytest.raises(ValueError, match="stage2_dtype"):
         FindConfig(stage2_dtype="int8")
