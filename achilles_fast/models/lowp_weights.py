@@ -2,7 +2,8 @@
 
 Autocast casts every fp32 weight to bf16/fp16 at every forward (on this 2-core CPU that cast costs more than the bf16
 GEMM saves: Gemma-3-270M's prefix evaluation was slower under bf16 autocast than in fp32). Keeping one cast copy per
-weight and swapping it in removes the per-forward cast; autocast still sees the copy and leaves it as is.
+weight and swapping it in removes the per-forward cast; autocast still sees the copy and leaves it as is (with the
+bf16 LM head of ``ops.token_nll_lowp``, on a CPU with AMX: one Gemma-3-270M prefix evaluation 0.27 -> 0.13 s).
 
 The model's own Parameters are never written: ``swapped()`` replaces each module's ``weight`` entry by the copy and
 puts the original Parameter object back in ``finally`` (an exception or an interrupt inside leaves the model
