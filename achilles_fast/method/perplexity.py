@@ -102,7 +102,7 @@ class NLLEvaluator:
         B, Tm1, H = h.shape
         hf, tf = h.reshape(-1, H), tgt.reshape(-1)
         chunk = max(1, self.LOGIT_CHUNK_BYTES // (4 * head.weight.shape[0]))
-        low = self.dtype is not None and head.weight.dtype == getattr(torch, self.dtype)  # its copy swapped in
+        low = self.lowp is not None and head.weight.dtype == self.lowp.dtype  # its copy swapped in
         nll = ops.token_nll_lowp if low else ops.token_nll
         parts = [nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
         return torch.cat(parts).view(B, Tm1)

@@ -31,7 +31,7 @@ class LowPrecisionWeights:
         self._copies: Dict[int, Tuple[int, int, nn.Parameter]] = {}  # id(weight) -> (version, data_ptr, copy)
         self.reason: Optional[str] = None
         unique = {id(m.weight): m.weight for m in self.modules}.values()
-        need = sum(w.numel() for w in unique) * torch.empty((), dtype=dtype).element_size()
+        need = sum(w.numel() for w in unique) * dtype.itemsize
         if self.modules and need > budget_bytes:
             self.reason = (f"the {dtype} weight copies need {need / 2**20:.1f} MB, over the memory budget "
                            f"({budget_bytes / 2**20:.1f} MB): autocast casts at every forward")

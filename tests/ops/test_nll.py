@@ -54,6 +54,7 @@ def test_triton_token_nll_vocab_split(monkeypatch):
 def test_opcheck(backend):
     opcheck(backend, "token_nll")
 
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_token_nll_lowp_matches_reference(dtype, monkeypatch):
     """The low-precision head (stage2_dtype) chunked over the vocabulary equals its one-GEMM reference, and both
