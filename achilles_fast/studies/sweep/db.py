@@ -163,6 +163,7 @@ class SweepDB:
                                         timeout=timeout, isolation_level=None)
         else:
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.timeout = timeout
         try:
             self.version = _check_schema(self.conn, self.path)
             if not readonly:
@@ -177,8 +178,22 @@ class SweepDB:
             self.conn.close()
             raise
 
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL, retrying for up to ``timeout`` s: two processes opening a new file at once both
+        hold a shared lock and want an exclusive one, and SQLite answers one of them "database is locked" at once
+        (deadlock avoidance: no busy wait), which the timeout does not cover (16 of 60 racing pairs here)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                _one(self.conn, "PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     def _create_or_migrate(self) -> None:
-        _one(self.conn, "PRAGMA journal_mode=WAL")
+        self._enable_wal()
         self.conn.execute("PRAGMA synchronous=NORMAL")
         with self.transaction():
             version = _check_schema(self.conn, self.path)  # again, inside the write lock

@@ -75,3 +75,31 @@ def test_leases_released_when_the_runner_raises(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             lease_loop(_units(), store, r, "w1", ttl=5.0, poll=0.01)
         assert len(r.started) == 2 and store.leases() == []
+
+
+def _open_at_barrier(path, barrier, errors):
+    barrier.wait()
+    try:
+        SweepDB(path).close()
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path):
+    """Workers started together race to create the file and switch it to WAL; SQLite answers one of two racing
+    switches 'database is locked' at once (no busy wait): SweepDB retries it (CI saw a sweep exit 2 on it)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for i in range(20):  # without the retry, 16 of 60 racing pairs failed here
+        path = str(tmp_path / f"r{i}.db")
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_open_at_barrier, args=(path, barrier, errors)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+        assert errors.empty(), errors.get()
+        with SweepDB(path, readonly=True) as s:
+            assert s.version > 0
