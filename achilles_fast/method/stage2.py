@@ -228,8 +228,9 @@ class PrefixNLL:
         return [self._nll[k] for k in keys]
 
     def stats(self) -> Dict[str, Any]:
-        """The evaluators' stats: ``incremental`` (PrefixCache) and ``stage2_dtype`` (LowPrecision), when on."""
-        out: Dict[str, Any] = {}
+        """The evaluators' stats: ``lm_head`` (how the head's NLL is computed), ``incremental`` (PrefixCache) and
+        ``stage2_dtype`` (LowPrecision), when on."""
+        out: Dict[str, Any] = {"lm_head": self.ev.head_stats()}
         if self.ev.cache is not None:
             out["incremental"] = self.ev.cache.stats()
         if self.low is not None:

@@ -4,11 +4,15 @@
 Kernels: reference (below; defines the semantics), C++ CPU and CUDA (both csrc/common/token_nll.h: ATen ops chunked
 over the vocabulary with an online log-sum-exp), Triton (below). Targets equal to -100 give 0 (ignore_index).
 ``token_nll_lowp``: the low-precision variant (``stage2_dtype``): logits from a GEMM in the inputs' dtype, the
-log-sum-exp in float32.
+log-sum-exp in float32. ``token_nll_packed``: float32 logits from MKL-packed head chunks (``PackedHead``, CPU), for
+the thousands of evaluations of Stage 2 on one head.
 """
 from __future__ import annotations
 
+from typing import Iterable, Tuple
+
 import torch
+import torch.nn.functional as F
 
 from . import _lib
 from ._lib import tl, triton
@@ -26,9 +30,38 @@ def token_nll_lowp_ref(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: t
     return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
-# fp32-equivalent logits per vocabulary chunk of token_nll_lowp (as kCpuLogitChunkBytes: the chunk stays in cache;
-# Gemma-3-270M's head, N=150, H=640, 2 cores, bf16: 0.066 s chunked against 0.13 s in one GEMM, fp32 0.16 s)
-LOWP_CHUNK_BYTES = 4 << 20
+# fp32 logits per vocabulary chunk on CPU: csrc/common/token_nll.h's kCpuLogitChunkBytes (measured there), also used by
+# the Python variants below, so that token_nll_packed walks the vocabulary as token_nll does and equals it bitwise
+CPU_LOGIT_CHUNK_BYTES = 4 << 20
+
+
+def vocab_chunk(rows: int, vocab: int) -> int:
+    """Vocabulary rows per chunk for ``rows`` hidden rows: token_nll.h's rule (multiples of 256, <= 4 MiB fp32)."""
+    return max(256, min(vocab, CPU_LOGIT_CHUNK_BYTES // (4 * max(rows, 1)) // 256 * 256))
+
+
+def _online_nll(chunks: Iterable[Tuple[int, torch.Tensor]], targets: torch.Tensor, vocab: int) -> torch.Tensor:
+    """NLL [N] float32 from vocabulary chunks of logits ``(v0, logits [N, len])`` of a [vocab]-wide head, with an
+    online log-sum-exp (each chunk is overwritten: the caller's GEMM output); targets [N] (-100 -> 0). The Python
+    form of csrc/common/token_nll.h's loop, op for op, for the GEMMs the C++ op does not make (low precision,
+    MKL-packed)."""
+    N = targets.shape[0]
+    m_run = torch.full((N,), -float("inf"), dtype=torch.float32, device=targets.device)  # running max
+    s_run = torch.zeros((N,), dtype=torch.float32, device=targets.device)  # running sum of exp(logit - m_run)
+    tgt_logit = torch.zeros_like(s_run)
+    for v0, logits in chunks:
+        logits = logits.float()
+        if logits.shape[1] == vocab:  # a single chunk: -log_softmax at the target (token_nll.h's path)
+            nll = -torch.log_softmax(logits, 1).gather(1, targets.clamp(0, vocab - 1).unsqueeze(1)).squeeze(1)
+            return torch.where(targets == -100, torch.zeros_like(nll), nll)
+        inside = (targets >= v0) & (targets < v0 + logits.shape[1])
+        local = (targets - v0).clamp(0, logits.shape[1] - 1).unsqueeze(1)
+        tgt_logit = torch.where(inside, logits.gather(1, local).squeeze(1), tgt_logit)
+        m_new = torch.maximum(m_run, logits.amax(1))
+        s_run = s_run.mul_((m_run - m_new).exp_()).add_(logits.sub_(m_new.unsqueeze(1)).exp_().sum(1))
+        m_run = m_new
+    nll = s_run.log_().add_(m_run).sub_(tgt_logit)
+    return torch.where(targets == -100, torch.zeros_like(nll), nll)
 
 
 def token_nll_lowp(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -37,17 +70,50 @@ def token_nll_lowp(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch
     N, V = hidden.shape[0], lm_weight.shape[0]
     if lm_weight.dtype != hidden.dtype:
         raise TypeError(f"token_nll_lowp: hidden is {hidden.dtype} but lm_weight is {lm_weight.dtype}")
-    vchunk = max(256, min(V, LOWP_CHUNK_BYTES // (4 * max(N, 1)) // 256 * 256))
-    lse = hidden.new_full((N,), -float("inf"), dtype=torch.float32)
-    tgt_logit = hidden.new_zeros((N,), dtype=torch.float32)
-    for v0 in range(0, V, vchunk):
-        logits = torch.nn.functional.linear(hidden, lm_weight[v0:v0 + vchunk]).float()  # [N, len]
-        inside = (targets >= v0) & (targets < v0 + logits.shape[1])
-        local = (targets - v0).clamp(0, logits.shape[1] - 1).unsqueeze(1)
-        tgt_logit = torch.where(inside, logits.gather(1, local).squeeze(1), tgt_logit)
-        lse = torch.logaddexp(lse, logits.logsumexp(1))
-    nll = lse - tgt_logit
-    return torch.where(targets == -100, torch.zeros_like(nll), nll)
+    vc = vocab_chunk(N, V)  # Gemma-3-270M's head, N=150, H=640, 2 cores, bf16: 0.066 s so, 0.13 s in one GEMM
+    return _online_nll(((v0, F.linear(hidden, lm_weight[v0:v0 + vc])) for v0 in range(0, V, vc)), targets, V)
+
+
+# ---- MKL-packed LM head (CPU float32) ----------------------------------------------------------------------------
+# Gemma-3-270M's head (N=128 x V=262144 x H=640), 2 cores, fp32: token_nll's plain GEMM chunks run at 280 GFLOP/s
+# (0.154 s), packed ones at 352-361 GFLOP/s (0.119-0.122 s) for chunks of 2048-32768 rows (265 at 65536), so the
+# packed chunks keep token_nll's size (``vocab_chunk``); the packing allocates ~2x a chunk (MKL's size) but touches
+# ~1x (RSS +642 MB for the 640 MB head).
+
+
+def mkl_packing_available() -> bool:
+    """True where torch was built with MKL and has the packed-GEMM ops inductor uses (x86 CPU builds)."""
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+
+
+class PackedHead:
+    """A float32 CPU lm_weight [V, H] as MKL-packed vocabulary chunks for GEMMs of exactly ``rows`` hidden rows
+    (``token_nll_packed``). ``current(w, rows)``: still valid for ``w`` (not edited in place since) and ``rows``."""
+
+    def __init__(self, lm_weight: torch.Tensor, rows: int):
+        w = lm_weight.detach()
+        if w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
+            raise TypeError(f"PackedHead: a 2-D float32 CPU weight, got {w.dtype} {tuple(w.shape)} on {w.device}")
+        self.rows = int(rows)
+        self._key = (lm_weight._version, lm_weight.data_ptr())
+        self.vocab = w.shape[0]
+        vc = vocab_chunk(self.rows, self.vocab)
+        self.chunks = [(v0, w[v0:v0 + vc], torch.ops.mkl._mkl_reorder_linear_weight(w[v0:v0 + vc], self.rows))
+                       for v0 in range(0, self.vocab, vc)]
+        self.nbytes = w.numel() * 4  # resident (measured above), not MKL's allocation
+
+    def current(self, lm_weight: torch.Tensor, rows: int) -> bool:
+        return rows == self.rows and self._key == (lm_weight._version, lm_weight.data_ptr())
+
+
+def token_nll_packed(hidden: torch.Tensor, head: PackedHead, targets: torch.Tensor) -> torch.Tensor:
+    """``token_nll`` over a ``PackedHead``: hidden [head.rows, H] float32 CPU, targets [N] -> NLL [N] float32.
+    Bitwise equal to ``token_nll`` where MKL's packed and plain GEMMs agree (every shape tests/ops/test_nll.py tries)."""
+    if hidden.shape[0] != head.rows:
+        raise ValueError(f"token_nll_packed: the head is packed for {head.rows} rows, hidden has {hidden.shape[0]}")
+    mkl_linear = torch.ops.mkl._mkl_linear
+    return _online_nll(((v0, mkl_linear(hidden, p, w, None, head.rows)) for v0, w, p in head.chunks), targets,
+                       head.vocab)
 
 
 def _fake(hidden, lm_weight, targets):

@@ -13,6 +13,7 @@ namespace achilles_fast {
 // chunk_bytes: fp32 logits per vocabulary chunk. CPU: 4 MiB, so each chunk's logits stay in cache between the GEMM
 // that writes them and the log-sum-exp that reads them (Gemma-3-270M's head, N=128 x V=262144 x H=640, 2 cores:
 // 0.158 s per call at 2-8 MiB against 0.235 s for GEMM then log-sum-exp over 128 MiB). CUDA: 64 MiB (fewer launches).
+// achilles_fast/ops/nll.py::CPU_LOGIT_CHUNK_BYTES mirrors the CPU value (its packed head must chunk as this does).
 constexpr int64_t kCpuLogitChunkBytes = int64_t(4) << 20;
 constexpr int64_t kCudaLogitChunkBytes = int64_t(64) << 20;
 
