@@ -57,8 +57,8 @@ class NLLEvaluator:
 
     LOGIT_CHUNK_BYTES = 256 * 2**20  # logits chunk for the fused NLL path
     # fused calls of one row count before the CPU float32 head is MKL-packed (``ops.PackedHead``): packing costs
-    # about 5-20 calls' savings (Gemma-3-270M's head, 2 cores: 0.15-0.7 s against 0.154 -> 0.12 s per call), so a
-    # short run never pays for it and Stage 2's hundreds of evaluations do
+    # 5-35 calls' savings (Gemma-3-270M's head, 2 cores: 0.15-1.1 s, then 0.154 -> 0.12 s per call; ~17 s of a
+    # 590-evaluation find), so a run of a few evaluations never pays for it and Stage 2's hundreds do
     PACK_HEAD_AFTER = 8
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
