@@ -3,7 +3,8 @@
 One module per op (schema, pure-PyTorch reference, fake, Triton kernel and launcher, public wrapper):
 ``noise.py`` (noisy_embeds), ``absdiff.py`` (absdiff_accum_), ``channel_mask.py`` (mask_channels_ /
 restore_channels_), ``batched_mask.py`` (batched_channel_mask), ``nll.py`` (token_nll, and its Python variants
-token_nll_lowp and token_nll_packed); ``_lib.py`` registers them and loads the compiled kernels. The PyTorch dispatcher routes each call by device:
+token_nll_lowp and token_nll_packed); ``_lib.py`` registers them and loads the compiled kernels. The PyTorch
+dispatcher routes each call by device:
 - CPU: the C++ kernels (``csrc/cpu``, vectorised + OpenMP) of the extension ``achilles_fast._C``;
 - CUDA: its CUDA kernels (``csrc/cuda``) when built with CUDA, else the Triton kernels;
 - no compiled kernel (``_C`` not built: one warning): the reference, the semantics every kernel must match.

@@ -5,7 +5,7 @@ Kernels: reference (below; defines the semantics), C++ CPU and CUDA (both csrc/c
 over the vocabulary with an online log-sum-exp), Triton (below). Targets equal to -100 give 0 (ignore_index).
 ``token_nll_lowp``: the low-precision variant (``stage2_dtype``): logits from a GEMM in the inputs' dtype, the
 log-sum-exp in float32. ``token_nll_packed``: float32 logits from MKL-packed head chunks (``PackedHead``, CPU), for
-the thousands of evaluations of Stage 2 on one head.
+Stage 2's hundreds of evaluations on one head.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def token_nll_lowp(hidden: torch.Tensor, lm_weight: torch.Tensor, targets: torch
     N, V = hidden.shape[0], lm_weight.shape[0]
     if lm_weight.dtype != hidden.dtype:
         raise TypeError(f"token_nll_lowp: hidden is {hidden.dtype} but lm_weight is {lm_weight.dtype}")
-    vc = vocab_chunk(N, V)  # Gemma-3-270M's head, N=150, H=640, 2 cores, bf16: 0.066 s so, 0.13 s in one GEMM
+    vc = vocab_chunk(N, V)  # Gemma-3-270M's head, N=150, H=640, 2 cores, bf16: 0.066 s chunked, 0.13 s in one GEMM
     return _online_nll(((v0, F.linear(hidden, lm_weight[v0:v0 + vc])) for v0 in range(0, V, vc)), targets, V)
 
 
@@ -108,7 +108,7 @@ class PackedHead:
 
 def token_nll_packed(hidden: torch.Tensor, head: PackedHead, targets: torch.Tensor) -> torch.Tensor:
     """``token_nll`` over a ``PackedHead``: hidden [head.rows, H] float32 CPU, targets [N] -> NLL [N] float32.
-    Bitwise equal to ``token_nll`` where MKL's packed and plain GEMMs agree (every shape tests/ops/test_nll.py tries)."""
+    Bitwise equal to ``token_nll`` where MKL's packed and plain GEMMs agree (tests/ops/test_nll.py: small heads)."""
     if hidden.shape[0] != head.rows:
         raise ValueError(f"token_nll_packed: the head is packed for {head.rows} rows, hidden has {hidden.shape[0]}")
     mkl_linear = torch.ops.mkl._mkl_linear
