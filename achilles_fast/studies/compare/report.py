@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .. import plots
 from ..study.section import block, fmt, table, verdict
 from ...utils import atomic_write, write_json
 from ..study.report import render_html, render_markdown, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_report(doc: Dict[str, Any], run: Dict[str, Any], out_dir: Path) -> List[str]:
@@ -58,7 +60,7 @@ def persistence_figure(entries: Sequence[Dict], names: Sequence[str], max_rows: 
     entries = list(entries)[:max_rows]
     m = np.array([[np.nan if e["rank"][c] is None else math.log10(1 + e["rank"][c]) for c in names]
                   for e in entries], dtype=float)
-    fig = Figure(figsize=(2.5 + 0.6 * len(names), 1.5 + 0.22 * len(entries)))
+    fig = plots.canvas((2.5 + 0.6 * len(names), 1.5 + 0.22 * len(entries)), layout=None)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(m, cmap="viridis_r", aspect="auto", gid="persistence")
     for i, e in enumerate(entries):
@@ -77,7 +79,7 @@ def series_figure(series: Dict, epsilon: float) -> Figure:
     """|S| and the first checkpoint's set's log10 ratio along the checkpoints."""
     names = series["order"]
     x = np.arange(len(names))
-    fig = Figure(figsize=(max(5.0, 0.7 * len(names) + 2), 5.0))
+    fig = plots.canvas((max(5.0, 0.7 * len(names) + 2), 5.0), layout=None)
     a1, a2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
     sizes = [np.nan if v is None else v for v in series["n_critical"]]
     a1.plot(x, sizes, "o-", gid="sizes")

@@ -4,18 +4,20 @@ of log10 numbers, the rescue verdicts and the protect-mode figure."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import torch
-from matplotlib.figure import Figure
 
 from ...method.perplexity import log10_ppl, log10_ratio
 from ...utils import eval_mode
-from ..plots import epsilon_line
+from ..plots import canvas, epsilon_line
 from ..compression.params import PROTECT_MODES
 from ..compression.protect import protect_list, random_down_proj
 from .context import StudyContext
 from .section import StudyError, fmt, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HARM = 0.1  # a compression "harms" the model when its log10 ratio reaches this fraction of epsilon
 COLORS = {"none": "tab:red", "critical": "tab:green", "random": "tab:gray"}
@@ -109,4 +111,4 @@ def protect_axes(ax, xs: Sequence, rows: List[Dict], setting: str, eps: float, x
 
 
 def new_figure(panels: int = 1) -> Figure:
-    return Figure(figsize=(6.4 * panels, 4.0), layout="constrained")
+    return canvas((6.4 * panels, 4.0))

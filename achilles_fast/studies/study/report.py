@@ -8,12 +8,13 @@ import html
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Union
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Dict, List, Union
 
 from .. import plots
 from .section import FAILS, HOLDS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIG_DIR = "figures"
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Dict, List, Tuple
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ....method.perplexity import log10_ratio
 from ....utils import progress_bar
@@ -25,6 +23,9 @@ from ...compression.weights import block_weights
 from ..compressed import logs, new_figure, nll_now
 from ..context import StudyContext
 from ..section import Param, Section, StudyError, figure, fmt, positive_int, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CLAIM = ("A fault in the critical set is fatal: a few single-bit flips in the int8 weights that produce the critical "
          "channels collapse the model (AttentionBreaker: 3 flips take an 8-bit Llama-3-8B from WikiText PPL 12.6 to "

@@ -7,19 +7,21 @@ down_proj channels (the random baseline ranker, seeded). Prefixes of one ranking
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ....method.config import FindConfig
 from ....method.masking import BatchedMask
 from ....method.perplexity import log10_ratio
 from ....method.rankers import make_ranker
-from ...plots import epsilon_line
+from ...plots import canvas, epsilon_line
 from ....utils import eval_mode
 from ..context import StudyContext
 from ..section import Param, Section, Stage1, figure, fmt, grid_of, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RANDOM = "random down_proj"
 
@@ -111,7 +113,7 @@ class Components(Section):
         d = data
         comps = d["components"]
         ns = d["ns"]
-        fig = Figure(figsize=(max(6.4, 0.75 * len(comps) + 2), 4.2), layout="constrained")
+        fig = canvas((max(6.4, 0.75 * len(comps) + 2), 4.2))
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(comps))
         w = 0.8 / len(ns)

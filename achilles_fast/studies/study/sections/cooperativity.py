@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 import torch
-from matplotlib.figure import Figure
 
 from ....method.ranking import Ranking
 from ....utils import progress_bar
-from ...plots import epsilon_line
+from ...plots import canvas, epsilon_line
 from ..context import StudyContext
 from ..section import Param, Section, figure, fmt, positive_int, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HARMLESS = 0.1  # a subset is "harmless" below this fraction of epsilon
 
@@ -127,7 +129,7 @@ class Cooperativity(Section):
         d = data
         if not d or not d["subsets"]:
             return []
-        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+        fig = canvas((6.4, 4.0))
         ax = fig.add_subplot(1, 1, 1)
         subs = d["subsets"]
         if subs:

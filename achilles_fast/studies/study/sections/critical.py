@@ -3,9 +3,7 @@ headline claims (a tiny set, a sharp transition, outer layers / down_proj)."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Tuple
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ....method.masking import BatchedMask
 from ....method.perplexity import log10_ratio
@@ -14,6 +12,9 @@ from ....utils import eval_mode
 from ... import plots
 from ..context import StudyContext
 from ..section import Section, figure, fmt, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TINY = 0.01  # "ultra-sparse": at most 1% of the scanned channels
 MAX_ROWS = 50

@@ -1,13 +1,14 @@
 """Section 6, generations: clean vs masked greedy continuations (``studies.generate``)."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ...generate import DEFAULT_PROMPTS, check_max_new_tokens, check_prompts, generations
 from ..context import StudyContext
 from ..section import Param, Section, fmt, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @register

@@ -14,10 +14,9 @@ On the evaluation text, for each critical channel c of module m:
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from ....method.masking import masked
@@ -29,6 +28,10 @@ from ....models.targets import Target
 from ....utils import eval_mode
 from ..context import StudyContext
 from ..section import Section, figure, fmt, register, table, verdict
+from ...plots import canvas
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MASSIVE_ABS, MASSIVE_RATIO = 100.0, 1000.0
 DOMINANT = 0.5  # a single input coordinate carrying at least this share of the output: a super weight
@@ -283,7 +286,7 @@ class Mechanism(Section):
         if not d:
             return []
         out = []
-        fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+        fig = canvas((6.4, 3.8))
         ax = fig.add_subplot(1, 1, 1)
         for name, ys in d["activations"].items():
             ax.plot(range(len(ys)), [max(y, 1e-6) for y in ys], lw=1, label=name.replace(".mlp.", " mlp."),
@@ -297,7 +300,7 @@ class Mechanism(Section):
         out.append(("mechanism_activations", fig))
         att = d["attention"]
         if "unavailable" not in att:
-            fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+            fig = canvas((6.4, 3.6))
             ax = fig.add_subplot(1, 1, 1)
             ax.plot(att["clean"], marker="o", ms=3, label="clean", gid="att:clean")
             ax.plot(att["masked"], marker="s", ms=3, label="critical set masked", gid="att:masked")

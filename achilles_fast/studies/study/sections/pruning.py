@@ -7,9 +7,7 @@ The weights are restored bit-exact after each setting.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ...compression.activations import input_norms
 from ...compression.params import PRUNE_METHODS, check_method, check_sparsity
@@ -18,6 +16,9 @@ from ...compression.weights import block_weights
 from ..compressed import logs, new_figure, nll_now, protect_axes, protect_sets, rescue_verdicts
 from ..context import StudyContext
 from ..section import Param, Section, figure, fmt, grid_of, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def label(setting: str) -> str:

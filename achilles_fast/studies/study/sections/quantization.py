@@ -7,15 +7,16 @@ each on the evaluation text. The weights are restored bit-exact after each setti
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from ...compression.params import check_bits, check_group_size
 from ...compression.quantize import quantized
 from ..compressed import logs, new_figure, nll_now, protect_axes, protect_sets, rescue_verdicts, study_check
 from ..context import StudyContext
 from ..section import Param, Section, figure, fmt, grid_of, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def focus_bits(bits) -> int:

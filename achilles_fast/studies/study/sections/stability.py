@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from ....method.api import find_critical
 from ....method.config import FindConfig
@@ -31,6 +30,9 @@ from ...robustness import jaccard
 from ..context import StudyContext, digest
 from ..genres import EXTENSION, GENRES
 from ..section import Param, Section, Stage1, StudyError, figure, fmt, grid_of, register, table, verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STABLE_JACCARD = 0.5  # stable: Jaccard overlap with the default set >= this
 GROUPS = (("alpha", "noise scale alpha"), ("k", "noisy samples K"), ("length", "input length (tokens)"),
@@ -191,7 +193,7 @@ class Stability(Section):
 
     def figures(self, data: Dict) -> List[Tuple[str, Figure]]:
         rows = data["rows"]
-        fig = Figure(figsize=(13, 3.8), layout="constrained")
+        fig = plots.canvas((13, 3.8))
         axes = fig.subplots(1, len(GROUPS), squeeze=False)[0]
         for ax, (group, xlabel) in zip(axes, GROUPS):
             rs = [r for r in rows if r["group"] == group and r["n"] is not None]
