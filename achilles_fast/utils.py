@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Type, Union
+from typing import Any, Callable, Optional, Type, Union
 
 from torch import nn
 
@@ -60,6 +60,14 @@ def available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX
         return 16 << 30
+
+
+def over_budget(needs: str, need_bytes: int, budget_bytes: int) -> Optional[str]:
+    """``"<needs> X MB, over the memory budget (Y MB)"`` when ``need_bytes`` exceeds ``budget_bytes``, else None: the
+    one wording of every copy or cache refused for memory (the reason its stats give)."""
+    if need_bytes <= budget_bytes:
+        return None
+    return f"{needs} {need_bytes / 2**20:.1f} MB, over the memory budget ({budget_bytes / 2**20:.1f} MB)"
 
 
 def positive_int(value, name: str, what: str = "") -> int:

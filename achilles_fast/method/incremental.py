@@ -24,6 +24,8 @@ from torch import nn
 
 from ..models.layers import LayerStack, UnsupportedOutput, layer_stack, nbytes, stack_rows, take_row
 from ..models.targets import Target
+from ..utils import over_budget
+from .budget import auto_score_bytes
 from .ranking import Ranking
 
 
@@ -44,11 +46,10 @@ class PrefixCache:
             emb = model.get_input_embeddings().weight
             need = len(self.stack) * (windows + batch) * tokens * emb.shape[1] * max(4, emb.element_size())
             if budget_bytes is None:
-                from .stage1 import auto_score_bytes
                 budget_bytes = auto_score_bytes(emb.device if emb.device.type != "meta" else torch.device("cpu"))
-            if need > budget_bytes:
-                self._fall_back(f"the layer cache needs {need / 2**20:.1f} MB, over the memory budget "
-                                f"({budget_bytes / 2**20:.1f} MB)")
+            refused = over_budget("the layer cache needs", need, budget_bytes)
+            if refused:
+                self._fall_back(refused)
 
     @property
     def active(self) -> bool:

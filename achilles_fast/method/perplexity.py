@@ -21,7 +21,8 @@ from torch import nn
 from .. import ops
 from ..models.devices import autocast, embedding_device, offloaded
 from ..models.lowp_weights import LowPrecisionWeights
-from .budget import eval_batch_tokens
+from ..utils import over_budget
+from .budget import auto_score_bytes, eval_batch_tokens
 from .callbacks import between_forwards
 from .finite import NonFiniteError, nonfinite_error
 from .incremental import PrefixCache
@@ -78,7 +79,6 @@ class NLLEvaluator:
         self.dtype = dtype if dtype != "float32" else None
         self.lowp = None
         if self.dtype:
-            from .stage1 import auto_score_bytes
             self.lowp = LowPrecisionWeights(model, getattr(torch, dtype), auto_score_bytes(self.device))
         self._packed: Optional[ops.PackedHead] = None
         self._pack_calls = self._pack_rows = 0  # fused calls of ``_pack_rows`` rows since the shape or head changed
@@ -148,11 +148,8 @@ class NLLEvaluator:
         self._pack_calls += 1
         if self._pack_calls <= self.PACK_HEAD_AFTER:
             return None
-        from .stage1 import auto_score_bytes
-        need, budget = weight.numel() * 4, auto_score_bytes(weight.device)
-        if need > budget:
-            self.head_packing = (f"the packed LM head needs {need / 2**20:.1f} MB, over the memory budget "
-                                 f"({budget / 2**20:.1f} MB)")
+        self.head_packing = over_budget("the packed LM head needs", weight.numel() * 4, auto_score_bytes(weight.device))
+        if self.head_packing:
             return None
         self._packed, self._pack_checked = ops.PackedHead(weight, rows), False
         return self._packed

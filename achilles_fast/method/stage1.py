@@ -21,8 +21,7 @@ from torch import nn
 from .. import ops
 from ..models.devices import autocast, embedding_device
 from ..models.targets import Target
-from ..utils import available_ram
-from .budget import stage1_batch_tokens
+from .budget import auto_score_bytes, stage1_batch_tokens
 from .callbacks import between_forwards
 from .ranking import EntryCount, PositionMax, Ranking, Scores, ranking_from_scores
 
@@ -130,14 +129,6 @@ class _Capture:
             if progress is not None:
                 progress(n)
         return forwards
-
-
-def auto_score_bytes(device: torch.device) -> int:
-    """Memory for clean copies + score accumulators when the user gives no budget: a quarter of what is free."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free // 4)
-    return int(available_ram() // 4)
 
 
 def score_groups(targets: Sequence[Target], n_tokens: int, per_position: bool, elem_bytes: int,

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..utils import over_budget
 from .devices import offloaded
 
 
@@ -31,10 +32,10 @@ class LowPrecisionWeights:
         self._copies: Dict[int, Tuple[int, int, nn.Parameter]] = {}  # id(weight) -> (version, data_ptr, copy)
         self.reason: Optional[str] = None
         unique = {id(m.weight): m.weight for m in self.modules}.values()
-        need = sum(w.numel() for w in unique) * dtype.itemsize
-        if self.modules and need > budget_bytes:
-            self.reason = (f"the {dtype} weight copies need {need / 2**20:.1f} MB, over the memory budget "
-                           f"({budget_bytes / 2**20:.1f} MB): autocast casts at every forward")
+        refused = over_budget(f"the {dtype} weight copies need", sum(w.numel() for w in unique) * dtype.itemsize,
+                              budget_bytes)
+        if self.modules and refused:
+            self.reason = f"{refused}: autocast casts at every forward"
             self.modules = []
 
     def _copy(self, w: nn.Parameter) -> nn.Parameter:

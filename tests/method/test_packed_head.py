@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from achilles_fast import ops
-from achilles_fast.method import stage1
+from achilles_fast.method import perplexity
 from achilles_fast.method.config import FindConfig
 from achilles_fast.method.masking import BatchedMask
 from achilles_fast.method.perplexity import NLLEvaluator
@@ -92,7 +92,7 @@ def test_a_packing_that_rounds_otherwise_is_never_used(model, monkeypatch):
 def test_not_packed_over_budget_without_mkl_or_kernels(model, monkeypatch, why):
     ranking = _ranking(model)
     if why == "budget":
-        monkeypatch.setattr(stage1, "auto_score_bytes", lambda device: 1024)
+        monkeypatch.setattr(perplexity, "auto_score_bytes", lambda device: 1024)
     elif why == "no_mkl":
         monkeypatch.setattr(ops, "mkl_packing_available", lambda: False)
     ev = NLLEvaluator(model, IDS)
