@@ -68,7 +68,9 @@ class FindConfig:
                            "costs), linear (the paper's n = step, 2 step, ...) or bisect (exponential + bracketing "
                            "probes, ~log2(n) evaluations; on a non-monotone curve it may return a later crossing)",
                            choices=STRATEGIES, group="stage2")
-    batch_size: Optional[int] = _field(None, "Stage 2 candidates per forward (default: 1 on CPU, 16 on CUDA)",
+    batch_size: Optional[int] = _field(None, "Stage 2 candidates per evaluation call (default: 16 on CUDA; CPU: 4 "
+                                       "per scan, 1 per probe and for bisect, and prefixes share a forward only "
+                                       "when that runs fewer layers, each with its own forward's bits)",
                                        group="stage2")
     verify: bool = _field(True, "re-evaluate the final set with in-place weight masking", group="stage2")
     incremental: bool = _field(True, "run each prefix evaluation from the first decoder layer whose mask changed, on "

@@ -41,7 +41,7 @@ class PrefixCache:
         self.layers_run = 0  # decoder layers run, summed over forwards
         self.forwards = 0
         self._maps: Dict[int, Tuple[List[Target], Tuple[str, ...], torch.Tensor]] = {}
-        self._clear()
+        self.reset()
         if self.stack is not None:
             emb = model.get_input_embeddings().weight
             need = len(self.stack) * (windows + batch) * tokens * emb.shape[1] * max(4, emb.element_size())
@@ -55,14 +55,15 @@ class PrefixCache:
     def active(self) -> bool:
         return self.reason is None
 
-    def _clear(self) -> None:
+    def reset(self) -> None:
+        """Forget every cached prefix (the next forward of each window is a full one)."""
         self._ref: List[Optional[torch.Tensor]] = [None] * self.W  # per window: flat ids masked, or None
         self._ref_key: List[Optional[Tuple[str, ...]]] = [None] * self.W  # the targets those ids index
         self._outs: List[List[object]] = [[None] * self.W for _ in range(len(self.stack or []))]  # [layer][window]
 
     def _fall_back(self, reason: str) -> None:
         self.reason = reason
-        self._clear()
+        self.reset()
 
     def _layer_map(self, ranking: Ranking) -> Tuple[Tuple[str, ...], torch.Tensor]:
         """(target names, [total] long: the stack layer of each flat channel id of ``ranking``, 0 outside it)."""
@@ -88,6 +89,15 @@ class PrefixCache:
             return 0
         key, layer_of = self._layer_map(ranking)
         return min(self._first_changed(w, key, layer_of, ranking.channels[:n]) for n, w in zip(ns, windows))
+
+    def changed_layer(self, ranking: Ranking, m: int, n: int) -> int:
+        """The lowest layer whose mask differs between prefixes ``m`` and ``n`` of ``ranking`` (no layer: the stack's
+        length)."""
+        lo, hi = min(m, n), max(m, n)
+        if lo == hi:
+            return len(self.stack)
+        _, layer_of = self._layer_map(ranking)
+        return int(layer_of[ranking.channels[lo:hi]].min())
 
     @staticmethod
     def keepers(ns: Sequence[int], windows: Sequence[int]) -> Dict[int, int]:
@@ -126,7 +136,7 @@ class PrefixCache:
             with self.stack.run(start, standin, record):
                 yield new
         except BaseException:
-            self._clear()  # a forward stopped half way: nothing recorded is trusted
+            self.reset()  # a forward stopped half way: nothing recorded is trusted
             raise
         self._count(start)
         if bad:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..models.batch_exact import SequenceExact
 from ..models.devices import autocast, embedding_device, offloaded
 from ..models.lowp_weights import LowPrecisionWeights
 from ..utils import over_budget
@@ -61,6 +62,10 @@ class NLLEvaluator:
     # 5-35 calls' savings (Gemma-3-270M's head, 2 cores: 0.15-1.1 s, then 0.154 -> 0.12 s per call; ~17 s of a
     # 590-evaluation find), so a run of a few evaluations never pays for it and Stage 2's hundreds do
     PACK_HEAD_AFTER = 8
+    # CPU: a decoder layer's rows cost ~0.85x per prefix in a forward of 4 (Gemma-3-270M, T=129, 2 cores, 2026-12-03:
+    # 0.145 -> 0.12 s of layers per prefix; forwards of 8 gained nothing more), so prefixes share a forward only when
+    # sharing runs fewer layer-rows: n x (layers from the lowest first changed one) x 0.85 <= their own forwards' sum
+    CPU_SHARED_ROW_COST = 0.85
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
                  fused: Optional[bool] = None, what: str = "the text", incremental: bool = False,
@@ -84,6 +89,9 @@ class NLLEvaluator:
         self._pack_calls = self._pack_rows = 0  # fused calls of ``_pack_rows`` rows since the shape or head changed
         self._pack_checked = False  # the current packing's first call was compared with the plain GEMMs
         self.head_packing: Optional[str] = None  # why the head is not packed (None: it may be)
+        self.seq_exact = SequenceExact(model) if self.device.type == "cpu" else None
+        self.batch_exact: Dict[Tuple[int, int], bool] = {}  # CPU (forward size, threads) -> reproduced its own
+        self.shared_forwards = 0  # CPU forwards of several prefixes
         self.fused = False
         if fused is not False:
             self.fused = self._check_fused()
@@ -100,16 +108,21 @@ class NLLEvaluator:
         tgt = ids[:, 1:].to(lg.device)
         return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
 
-    def _token_nll_fused(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, T] -> per-token NLL [B, T-1] float32 via backbone + chunked LM head."""
+    def _token_nll_fused(self, ids: torch.Tensor, per_sequence: bool = False) -> torch.Tensor:
+        """ids [B, T] -> per-token NLL [B, T-1] float32 via backbone + chunked LM head (``per_sequence``: the head's
+        rows of each sequence as its own forward computes them)."""
         out = self.model.base_model(input_ids=ids.to(self.device), use_cache=False)
         h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # [B, T, H]
         head = self._head
         h = h[:, :-1].to(head.weight.device, head.weight.dtype)  # (autocast: the head in its own dtype)
         tgt = ids[:, 1:].to(h.device)
         B, Tm1, H = h.shape
-        hf, tf = h.reshape(-1, H), tgt.reshape(-1)
         chunk = max(1, self.LOGIT_CHUNK_BYTES // (4 * head.weight.shape[0]))
+        if per_sequence:  # its rows pick the GEMM's blocking and the vocabulary chunk
+            parts = [self._head_nll(h[b, i:i + chunk], head.weight, tgt[b, i:i + chunk])
+                     for b in range(B) for i in range(0, Tm1, chunk)]
+            return torch.cat(parts).view(B, Tm1)
+        hf, tf = h.reshape(-1, H), tgt.reshape(-1)
         parts = [self._head_nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
         return torch.cat(parts).view(B, Tm1)
 
@@ -187,29 +200,106 @@ class NLLEvaluator:
             return False
         return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
 
-    def _token_nll(self, ids: torch.Tensor) -> torch.Tensor:
+    def _token_nll(self, ids: torch.Tensor, per_sequence: bool = False) -> torch.Tensor:
+        """ids [B, T] -> token NLL [B, T-1] (``per_sequence``, CPU: each sequence's values bit-identical to its own
+        forward's, ``SequenceExact``)."""
         between_forwards()
         self.forwards += 1
-        with autocast(self.model, self.dtype), (self.lowp.swapped() if self.lowp else contextlib.nullcontext()):
-            return self._token_nll_fused(ids) if self.fused else self._token_nll_full(ids)
+        exact = per_sequence and self.seq_exact is not None and ids.shape[0] > 1
+        with autocast(self.model, self.dtype), (self.lowp.swapped() if self.lowp else contextlib.nullcontext()), \
+                (self.seq_exact.active() if exact else contextlib.nullcontext()):
+            return self._token_nll_fused(ids, exact) if self.fused else self._token_nll_full(ids)
 
-    def _masked_nll(self, bmask: BatchedMask, ns: Sequence[int], windows: Sequence[int]) -> torch.Tensor:
-        """Token NLL [B, T-1] of window ``windows[b]`` with prefix ``ns[b]`` of ``bmask`` set (incremental when on;
-        the first such forward is self-checked from the middle layer)."""
+    def _masked_nll(self, bmask: BatchedMask, ns: Sequence[int], windows: Sequence[int],
+                    start: Optional[int] = None) -> torch.Tensor:
+        """Token NLL [B, T-1] of window ``windows[b]`` with prefix ``ns[b]`` of ``bmask`` set, each element as its own
+        forward computes it on CPU (incremental when on, from layer ``start`` when given; the first such forward is
+        self-checked from the middle layer)."""
         ids = self.ids[list(windows)]
         cache = self.cache
         if cache is None:
-            return self._token_nll(ids)
-        with cache.forward(bmask.ranking, ns, windows):
-            nll = self._token_nll(ids)
+            return self._token_nll(ids, per_sequence=True)
+        with cache.forward(bmask.ranking, ns, windows, start=start):
+            nll = self._token_nll(ids, per_sequence=True)
         if cache.active and not cache.checked:  # the elements now cached, again from the middle layer
             keep = list(cache.keepers(ns, windows).values())
             sub_ns, sub_w = [ns[j] for j in keep], [windows[j] for j in keep]
             bmask.set_prefixes(sub_ns)
             with cache.forward(bmask.ranking, sub_ns, sub_w, start=max(1, len(cache.stack) // 2)):
-                again = self._token_nll(self.ids[sub_w])
+                again = self._token_nll(self.ids[sub_w], per_sequence=True)
             cache.check(nll[keep], again)
         return nll
+
+    def _jobs_nll(self, bmask: Optional[BatchedMask], ns: Sequence[int], jobs: Sequence[Tuple[int, int]],
+                  start: Optional[int] = None) -> torch.Tensor:
+        """Token NLL [len(jobs), T-1] of one forward: job (b, w) is prefix ``ns[b]`` on window ``w`` (no mask when
+        ``bmask`` is None; ``start``: ``_masked_nll``'s)."""
+        windows = [w for _, w in jobs]
+        if bmask is None:
+            return self._token_nll(self.ids[windows])
+        bmask.set_prefixes([ns[b] for b, _ in jobs])
+        try:
+            return self._masked_nll(bmask, [ns[b] for b, _ in jobs], windows, start)
+        finally:
+            bmask.clear()
+
+    def _plan(self, bmask: Optional[BatchedMask], ns: Sequence[int], jobs: List[Tuple[int, int]],
+              per_batch: int) -> List[List[Tuple[int, int]]]:
+        """Jobs grouped into forwards of at most ``per_batch``. GPU (a forward of many costs about one of one) and the
+        unmasked model: in order. CPU: consecutive jobs share a forward while that runs fewer layer-rows than their
+        own forwards would (from the first changed layers, ``CPU_SHARED_ROW_COST``)."""
+        if bmask is None or self.seq_exact is None:
+            return [jobs[i:i + per_batch] for i in range(0, len(jobs), per_batch)]
+        cache = self.cache if self.cache is not None and self.cache.active else None
+        L = len(cache.stack) if cache is not None else 1
+        prev: dict = {}  # window -> prefix of its previous job (then its cached reference)
+        groups: List[List[Tuple[int, int]]] = []
+        cur: List[Tuple[int, int]] = []
+        low, alone = L, 0  # the group's lowest first changed layer; layers its jobs' own forwards would run
+        for b, w in jobs:
+            n = ns[b]
+            if cache is None:
+                first = 0
+            elif w in prev:
+                first = cache.changed_layer(bmask.ranking, prev[w], n)
+            else:
+                first = cache.start_layer(bmask.ranking, [n], [w])
+            prev[w] = n
+            shared = (len(cur) + 1) * (L - min(low, first)) * self.CPU_SHARED_ROW_COST
+            if cur and (len(cur) >= per_batch or shared > alone + L - first):
+                groups.append(cur)
+                cur, low, alone = [], L, 0
+            cur.append((b, w))
+            low, alone = min(low, first), alone + L - first
+        return groups + [cur] if cur else groups
+
+    def _alone_agrees(self, bmask: BatchedMask, ns: Sequence[int], jobs: Sequence[Tuple[int, int]],
+                      nll: torch.Tensor) -> bool:
+        """Every job of a shared forward (token NLL ``nll`` [len(jobs), T-1]) again alone in a full forward: the same
+        bits? (A kernel's path depends on the shape, not the values: one forward of a size answers for the size.)"""
+        for i, (b, w) in enumerate(jobs):
+            bmask.set_prefixes([ns[b]])
+            try:
+                alone = self._token_nll(self.ids[[w]])
+            finally:
+                bmask.clear()
+            if not torch.equal(nll[i:i + 1], alone):
+                return False
+        return True
+
+    def batch_stats(self) -> dict:
+        """CPU forwards shared by several prefixes, whether the first one reproduced a prefix's own forward, and the
+        Linear call shapes computed sequence by sequence (``SequenceExact``)."""
+        if self.seq_exact is None:
+            return {}
+        out: dict = {"forwards": self.shared_forwards,
+                     "sizes_exact": sorted(b for (b, _), ok in self.batch_exact.items() if ok)}
+        out.update(self.seq_exact.stats())
+        bad = sorted(b for (b, _), ok in self.batch_exact.items() if not ok)
+        if bad:
+            out["not_shared"] = (f"a shared forward of {', '.join(map(str, bad))} prefixes did not reproduce a "
+                                 f"prefix's own forward: not shared at that size")
+        return out
 
     # -- public -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -230,18 +320,19 @@ class NLLEvaluator:
         jobs = [(b, w) for b in range(len(ns)) for w in range(self.W)]
         per_batch = max(1, self.max_batch_tokens // self.T)
         sums = [0.0] * len(ns)
-        for i in range(0, len(jobs), per_batch):
-            chunk = jobs[i:i + per_batch]
-            if bmask is not None:
-                bmask.set_prefixes([ns[b] for b, _ in chunk])
-            try:
-                if bmask is None:
-                    nll = self._token_nll(self.ids[[w for _, w in chunk]])  # [B, T-1]
-                else:
-                    nll = self._masked_nll(bmask, [ns[b] for b, _ in chunk], [w for _, w in chunk])
-            finally:
-                if bmask is not None:
-                    bmask.clear()
+        for chunk in self._plan(bmask, ns, jobs, per_batch):
+            size = (len(chunk), torch.get_num_threads())
+            shared = len(chunk) > 1 and bmask is not None and self.seq_exact is not None
+            exact = self.batch_exact.get(size) if shared else True
+            if exact is not False:  # unchecked: from layer 0, so the check covers every layer
+                nll = self._jobs_nll(bmask, ns, chunk, start=0 if exact is None else None)  # [B, T-1]
+            if exact is None:
+                exact = self.batch_exact[size] = self._alone_agrees(bmask, ns, chunk, nll)
+                if not exact and self.cache is not None:
+                    self.cache.reset()  # it holds the shared forward's layer outputs
+            if exact is False:
+                nll = torch.cat([self._jobs_nll(bmask, ns, [job]) for job in chunk])
+            self.shared_forwards += shared and exact
             row = nll.double().mean(1).tolist()
             for (b, _), v in zip(chunk, row):
                 sums[b] += v

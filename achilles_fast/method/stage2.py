@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,16 +36,27 @@ from .ranking import Ranking
 from .result import CriticalNeuron, CriticalResult, versions
 
 
-def default_batch(device: torch.device) -> int:
-    """Stage 2 candidates per forward when the user gives none."""
-    # CPU: a batched forward costs ~B single forwards (SmolLM2-135M, T=132: 0.8x per sequence at B=4; Gemma-3-270M,
-    # T=129: 0.245 vs 0.290 s per prefix), so the fewest evaluations win: B=1 makes bisect a plain binary search
-    # (stories260K n=143: 17 evaluations vs 27 at B=4), and a batch runs from the lowest first-changed layer of its
-    # candidates (tried, 2026-12-03: scans of 1, 2, then 4 per forward took SmolLM2's 48 incremental linear prefixes
-    # from 3.79 to 5.18 s and stories260K's paper-scope find from 1.34x to 1.02x over full forwards) and rounds like
-    # another batch composition (~1e-7): one candidate per forward keeps every curve bit-identical to full forwards.
-    # GPU: a forward of 16 sequences costs about one of a single sequence.
-    return 16 if device.type == "cuda" else 1
+CPU_SCAN_BATCH = 4  # CPU: candidates per scan call (the evaluator decides which of them share a forward)
+
+
+def default_batches(device: torch.device, strategy: str) -> Tuple[int, int]:
+    """(candidates per scan call, per probe call) of Stage 2 when the user gives no ``batch_size``.
+
+    GPU: a forward of 16 sequences costs about one of a single sequence: 16 everywhere. CPU: a shared forward saves
+    ~15% per prefix at best (``NLLEvaluator.CPU_SHARED_ROW_COST``) and gives every prefix its own forward's bits, so
+    a scan, which evaluates every candidate below a crossing anyway, hands ``CPU_SCAN_BATCH`` at a time to the
+    evaluator (Gemma-3-270M's 589-prefix find: 0.27 -> 0.25 s per prefix; the evaluator keeps SmolLM2's prefixes of
+    late layers in forwards of their own), while probes and bisect, where a speculative candidate is wasted work,
+    take one (bisect at 4 is a 5-ary search: stories260K n=143 took 27 evaluations vs 17).
+    """
+    if device.type == "cuda":
+        return 16, 16
+    return (1 if strategy == "bisect" else CPU_SCAN_BATCH), 1
+
+
+def stage2_batches(config: FindConfig, device: torch.device) -> Tuple[int, int]:
+    """(candidates per scan call, per probe call): the user's ``batch_size`` for both, else ``default_batches``."""
+    return (config.batch_size,) * 2 if config.batch_size else default_batches(device, config.strategy)
 
 
 @dataclasses.dataclass
@@ -68,8 +79,11 @@ def _grid(max_n: int, step: int) -> List[int]:
 
 def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: float, n_ranked: int,
                   epsilon: float = 1.0, step: int = 1, max_neurons: int = 1000, strategy: str = "first",
-                  batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
-    """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix."""
+                  batch_size: int = 8, progress: Optional[Callable[[int, float], None]] = None,
+                  probe_batch: Optional[int] = None) -> SearchOutcome:
+    """Search prefix sizes of a ranking of ``n_ranked`` channels; ``evaluate(ns)`` -> mean NLL of each prefix.
+    ``batch_size``: candidates per ``evaluate`` call; ``probe_batch`` (default ``batch_size``): per call of the
+    exponential probes of ``first``."""
     max_n = min(max_neurons, n_ranked)
     grid = _grid(max_n, step)
     curve: Dict[int, float] = {}
@@ -95,10 +109,10 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
     def first_of(part: Sequence[int]) -> Optional[int]:
         return next((n for n in part if crosses(n)), None)
 
-    def scan(ns: Sequence[int]) -> Optional[int]:
-        """Evaluate ``ns`` (increasing) ``batch_size`` at a time; the first crossing, stopping at its batch."""
-        for i in range(0, len(ns), batch_size):
-            part = ns[i:i + batch_size]
+    def scan(ns: Sequence[int], per_call: int = batch_size) -> Optional[int]:
+        """Evaluate ``ns`` (increasing) ``per_call`` at a time; the first crossing, stopping at its batch."""
+        for i in range(0, len(ns), per_call):
+            part = ns[i:i + per_call]
             run(part)
             hit = first_of(part)
             if hit is not None:
@@ -111,7 +125,7 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
     if strategy == "linear":
         found = scan(grid)
     elif strategy == "first":
-        hi = scan([grid[j] for j in probes])  # some crossing, not necessarily the first
+        hi = scan([grid[j] for j in probes], probe_batch or batch_size)  # some crossing, not necessarily the first
         scan([n for n in grid if n not in curve and (hi is None or n < hi)])  # certify: all candidates below hi
         found = first_of(sorted(curve))  # every candidate below it is evaluated and does not cross
     else:
@@ -152,8 +166,9 @@ class PrefixNLL:
 
     Entries are keyed by the prefix's channel set, so the searches for several epsilons on one ranking, and the
     searches of adaptive K on successive rankings that share a head, reuse every evaluation; the clean NLL is
-    computed once. With one candidate per forward (the CPU default) every value is bit-identical to a search of
-    its own; with batched candidates a value may come from a batch of another composition (float rounding).
+    computed once. On CPU every value is bit-identical to a search of its own (a forward shared by several prefixes
+    gives each its own forward's bits, ``NLLEvaluator``); on GPU a value may come from a batch of another composition
+    (float rounding).
     The evaluator and the clean NLL are made at first use (inside the first search's timing). ``config``: the
     token budget, ``incremental`` (prefixes run from their first changed layer) and ``stage2_dtype`` (low-precision
     evaluations, exact near epsilon: ``LowPrecision``).
@@ -228,9 +243,12 @@ class PrefixNLL:
         return [self._nll[k] for k in keys]
 
     def stats(self) -> Dict[str, Any]:
-        """The evaluators' stats: ``lm_head`` (how the head's NLL is computed), ``incremental`` (PrefixCache) and
+        """The evaluators' stats: ``lm_head`` (how the head's NLL is computed), ``shared_forwards`` (CPU: forwards of
+        several prefixes, ``NLLEvaluator.batch_stats``), ``incremental`` (PrefixCache) and
         ``stage2_dtype`` (LowPrecision), when on."""
         out: Dict[str, Any] = {"lm_head": self.ev.head_stats()}
+        if self.ev.batch_stats():
+            out["shared_forwards"] = self.ev.batch_stats()
         if self.ev.cache is not None:
             out["incremental"] = self.ev.cache.stats()
         if self.low is not None:
@@ -247,19 +265,19 @@ class PrefixNLL:
         return log10_ratio(self._verified[k], self.clean)
 
 
-def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float, batch_size: int,
+def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, epsilon: float,
             progress: Optional[Callable[[int, float], None]] = None) -> SearchOutcome:
+    batch_size, probe_batch = stage2_batches(cfg, pn.ev.device)
     return greedy_search(lambda ns: pn.nll_prefixes(bm, ranking, ns, epsilon), pn.clean, len(ranking), epsilon=epsilon,
                          step=cfg.step, max_neurons=cfg.max_neurons, strategy=cfg.strategy, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, probe_batch=probe_batch)
 
 
 def critical_sizes(pn: PrefixNLL, ranking: Ranking, config: FindConfig, epsilons: Sequence[float]) -> List[int]:
     """Size of the critical set of ``ranking`` for each epsilon (0: not converged), searched as ``search_ranking``
     searches, without verification; every evaluation goes through ``pn``."""
-    bsz = config.batch_size or default_batch(pn.ev.device)
     with BatchedMask(ranking, config.max_neurons) as bm:
-        return [_search(pn, bm, ranking, config, e, bsz).n for e in epsilons]
+        return [_search(pn, bm, ranking, config, e).n for e in epsilons]
 
 
 def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,
@@ -278,7 +296,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     with eval_mode(model), torch.no_grad():
         pn = prefix_nll or PrefixNLL(model, eval_ids, cfg)
         ev, clean = pn.ev, pn.clean
-        bsz = cfg.batch_size or default_batch(ev.device)
+        bsz = stage2_batches(cfg, ev.device)[0]
         f0, r0 = ev.forwards, pn.reused
         with progress_bar(min(cfg.max_neurons, len(ranking)), "Stage 2: greedy", "eval", progress) as bar, \
                 BatchedMask(ranking, cfg.max_neurons) as bm:
@@ -286,7 +304,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(n=n, log10_ratio=f"{lr:.3f}")
-            out = _search(pn, bm, ranking, cfg, cfg.epsilon, bsz, progress=on_eval)
+            out = _search(pn, bm, ranking, cfg, cfg.epsilon, progress=on_eval)
             n_final = out.n if out.converged else max(out.curve, default=0)
             if n_final and pn.low is not None:  # the reported value exact (stage2_dtype)
                 v = out.nll[n_final] = pn.nll_prefixes(bm, ranking, [n_final])[0]
@@ -296,7 +314,8 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
             stats["verify_log10_ratio"] = pn.verify(ranking, n_final)
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
-    stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_batch=bsz,
+    stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_calls=out.batches,
+                 stage2_batch=bsz,
                  stage2_verified_prev=out.verified, fused_nll=ev.fused)
     if pn.reused > r0:
         stats["stage2_reused"] = pn.reused - r0

@@ -1,0 +1,95 @@
+"""CPU Stage 2 forwards shared by several prefixes (issue 21): each prefix gets the bits of its own forward, prefixes
+share only when they run about the same layers, and a size whose shared forward rounds otherwise is never shared."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from achilles_fast.method.masking import BatchedMask
+from achilles_fast.method.perplexity import NLLEvaluator
+from achilles_fast.method.ranking import Ranking
+from achilles_fast.models.batch_exact import SequenceExact
+from achilles_fast.models.registry import discover_targets
+from conftest import assert_bit_identical, weights_snapshot
+
+from models.test_families import _build
+
+IDS = torch.tensor([(7 * i + 3) % 97 for i in range(24)])  # [T]
+NS = list(range(1, 11))
+
+
+def _ranking(model, layers, seed: int = 0) -> Ranking:
+    """One random down_proj channel of each of ``layers`` (in that order)."""
+    targets = discover_targets(model, "down_proj")
+    g = torch.Generator().manual_seed(seed)
+    offsets = [sum(t.num_channels for t in targets[:i]) for i in range(len(targets))]
+    chans = [offsets[l] + int(torch.randint(targets[l].num_channels, (1,), generator=g)) for l in layers]
+    while len(set(chans)) < len(chans):  # distinct channels
+        return _ranking(model, layers, seed + 1)
+    return Ranking(targets, torch.tensor(chans), torch.zeros(len(chans)))
+
+
+def _alone(model, bm, ns):
+    """Each prefix in a full forward of its own (a fresh evaluator per prefix)."""
+    return [NLLEvaluator(model, IDS).nll_prefixes(bm, [n])[0] for n in ns]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "qwen2_moe"])
+@pytest.mark.parametrize("incremental", [True, False])
+def test_shared_forwards_equal_each_prefix_alone(model_type, incremental):
+    model = _build(model_type)
+    snap = weights_snapshot(model)
+    ranking = _ranking(model, [0] * len(NS))  # all in layer 0: every prefix runs every layer, sharing pays
+    ev = NLLEvaluator(model, IDS, incremental=incremental)
+    with BatchedMask(ranking) as bm:
+        got = ev.nll_prefixes(bm, NS)
+        assert got == _alone(model, bm, NS)
+    st = ev.batch_stats()
+    assert st["forwards"] > 0 or st.get("not_shared"), st  # shared, or refused with the reason
+    if model_type == "llama":
+        assert st["forwards"] >= 1 and st["sizes_exact"], st  # the tiny dense model shares exactly
+    assert_bit_identical(model, snap)
+
+
+def test_a_size_whose_shared_forward_rounds_otherwise_is_never_shared(monkeypatch):
+    """Stand-in: batched Linear calls off by 1e-6. The first shared forward of each size fails its check, its values
+    are its prefixes' own (the layer outputs it cached are dropped: the next prefixes change layer 2 only and would
+    start from them), and that size is not shared again."""
+    model = _build("llama")
+    exact = SequenceExact.linear
+
+    def off(self, x, weight, bias):
+        out = exact(self, x, weight, bias)
+        return out + 1e-6 if x.dim() == 3 and x.shape[0] > 1 else out
+
+    monkeypatch.setattr(SequenceExact, "linear", off)
+    ranking = _ranking(model, [0] * 4 + [2] * 10)
+    ev = NLLEvaluator(model, IDS, incremental=True)
+    calls = [[1], [2], [3], [4], [5, 6, 7, 8], [9, 10], [11, 12, 13, 14]]
+    with BatchedMask(ranking) as bm:
+        got = [v for ns in calls for v in ev.nll_prefixes(bm, ns)]
+        assert got == _alone(model, bm, range(1, 15))
+    st = ev.batch_stats()
+    assert st["forwards"] == 0 and st["sizes_exact"] == [], st
+    assert st["not_shared"].startswith("a shared forward of 2, 4 prefixes did not reproduce"), st
+    assert set(ev.batch_exact) == {(4, torch.get_num_threads()), (2, torch.get_num_threads())}
+    # 1: + the layer cache's self-check; 2-4; 5-8: shared from layer 0 + the failed check's first prefix + 4 alone;
+    # 9-10: shared + check + 2 alone; 11-14: 4 alone (size 4 is known to fail)
+    assert ev.forwards == 2 + 3 + (1 + 1 + 4) + (1 + 1 + 2) + 4
+
+
+def test_prefixes_share_a_forward_only_when_they_run_about_the_same_layers():
+    model = _build("llama")  # 3 layers
+    ev = NLLEvaluator(model, IDS, incremental=True)
+    jobs = [(b, 0) for b in range(4)]
+    with BatchedMask(_ranking(model, [2, 2, 2, 2, 2])) as bm:  # last layer only
+        # the first prefix: no cached reference (every layer); then one layer each: 3 x 1 x 0.85 <= 3
+        assert ev._plan(bm, [1, 2, 3, 4], jobs, 8) == [[(0, 0)], [(1, 0), (2, 0), (3, 0)]]
+        assert ev._plan(bm, [1, 2, 3, 4], jobs, 2) == [[(0, 0)], [(1, 0), (2, 0)], [(3, 0)]]  # the token budget
+    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2])) as bm:
+        # 1: all layers; 2: layer 2 alone (1 layer); 3: layer 0 again (3 layers): sharing 2 and 3 would run 2 x 3
+        assert ev._plan(bm, [1, 2, 3, 4], jobs, 8) == [[(0, 0)], [(1, 0)], [(2, 0)], [(3, 0)]]
+    ev_full = NLLEvaluator(model, IDS, incremental=False)  # full forwards: sharing always pays
+    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2])) as bm:
+        assert ev_full._plan(bm, [1, 2, 3, 4], jobs, 8) == [jobs]
+        assert ev_full._plan(None, [0], [(0, 0)], 8) == [[(0, 0)]]
