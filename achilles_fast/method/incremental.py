@@ -41,7 +41,11 @@ class PrefixCache:
         self.layers_run = 0  # decoder layers run, summed over forwards
         self.forwards = 0
         self._maps: Dict[int, Tuple[List[Target], Tuple[str, ...], torch.Tensor]] = {}
-        self.reset()
+        cfg = getattr(model, "config", None)
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        # per layer: what picks its kernels' paths (NLLEvaluator checks shared forwards once per signature)
+        self.signatures = [] if self.stack is None else self.stack.signatures(getattr(cfg, "layer_types", None))
+        self._clear()
         if self.stack is not None:
             emb = model.get_input_embeddings().weight
             need = len(self.stack) * (windows + batch) * tokens * emb.shape[1] * max(4, emb.element_size())
@@ -55,15 +59,14 @@ class PrefixCache:
     def active(self) -> bool:
         return self.reason is None
 
-    def reset(self) -> None:
-        """Forget every cached prefix (the next forward of each window is a full one)."""
+    def _clear(self) -> None:
         self._ref: List[Optional[torch.Tensor]] = [None] * self.W  # per window: flat ids masked, or None
         self._ref_key: List[Optional[Tuple[str, ...]]] = [None] * self.W  # the targets those ids index
         self._outs: List[List[object]] = [[None] * self.W for _ in range(len(self.stack or []))]  # [layer][window]
 
     def _fall_back(self, reason: str) -> None:
         self.reason = reason
-        self.reset()
+        self._clear()
 
     def _layer_map(self, ranking: Ranking) -> Tuple[Tuple[str, ...], torch.Tensor]:
         """(target names, [total] long: the stack layer of each flat channel id of ``ranking``, 0 outside it)."""
@@ -136,7 +139,7 @@ class PrefixCache:
             with self.stack.run(start, standin, record):
                 yield new
         except BaseException:
-            self.reset()  # a forward stopped half way: nothing recorded is trusted
+            self._clear()  # a forward stopped half way: nothing recorded is trusted
             raise
         self._count(start)
         if bad:

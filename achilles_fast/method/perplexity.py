@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -62,10 +63,17 @@ class NLLEvaluator:
     # 5-35 calls' savings (Gemma-3-270M's head, 2 cores: 0.15-1.1 s, then 0.154 -> 0.12 s per call; ~17 s of a
     # 590-evaluation find), so a run of a few evaluations never pays for it and Stage 2's hundreds do
     PACK_HEAD_AFTER = 8
-    # CPU: a decoder layer's rows cost ~0.85x per prefix in a forward of 4 (Gemma-3-270M, T=129, 2 cores, 2026-12-03:
-    # 0.145 -> 0.12 s of layers per prefix; forwards of 8 gained nothing more), so prefixes share a forward only when
-    # sharing runs fewer layer-rows: n x (layers from the lowest first changed one) x 0.85 <= their own forwards' sum
+    # CPU: a decoder layer's rows cost ~0.85x per prefix in a forward of 4 (2 cores, 2026-12-03: Gemma-3-270M, T=129,
+    # 0.145 -> 0.12 s of layers per prefix, forwards of 8 gained nothing more; SmolLM2-135M full forwards 0.82-0.86x),
+    # so 4 prefixes share a forward only when that runs fewer layer-rows: 4 x (layers from their lowest first changed
+    # one) x 0.85 <= the sum over their own forwards; a size whose checked forward saved less than 5% of its prefixes'
+    # own forwards' time is not shared again (SmolLM2-135M: its LM head and Python overhead, which sharing does not
+    # reduce, are most of a prefix's 30-80 ms). A check costs one shared forward (SmolLM2: up to 0.45 s, 10% of a
+    # 48-prefix search) and sharing gains ~0.025 s per prefix where it pays (Gemma), so only after 64 prefixes alone
+    CPU_SHARE_AFTER = 64
+    CPU_SHARED_PREFIXES = 4
     CPU_SHARED_ROW_COST = 0.85
+    CPU_SHARED_MIN_SAVING = 0.05
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, max_batch_tokens: Optional[int] = None,
                  fused: Optional[bool] = None, what: str = "the text", incremental: bool = False,
@@ -90,8 +98,12 @@ class NLLEvaluator:
         self._pack_checked = False  # the current packing's first call was compared with the plain GEMMs
         self.head_packing: Optional[str] = None  # why the head is not packed (None: it may be)
         self.seq_exact = SequenceExact(model) if self.device.type == "cpu" else None
-        self.batch_exact: Dict[Tuple[int, int], bool] = {}  # CPU (forward size, threads) -> reproduced its own
+        # CPU, per (forward size, threads): the layer signatures on which a shared forward reproduced each of its
+        # prefixes' own forwards; why a size is not shared (it did not, or saved too little)
+        self.batch_exact: Dict[Tuple[int, int], frozenset] = {}
+        self.not_shared: Dict[Tuple[int, int], str] = {}
         self.shared_forwards = 0  # CPU forwards of several prefixes
+        self.masked_jobs = 0  # (prefix, window) evaluations under a mask
         self.fused = False
         if fused is not False:
             self.fused = self._check_fused()
@@ -246,59 +258,90 @@ class NLLEvaluator:
     def _plan(self, bmask: Optional[BatchedMask], ns: Sequence[int], jobs: List[Tuple[int, int]],
               per_batch: int) -> List[List[Tuple[int, int]]]:
         """Jobs grouped into forwards of at most ``per_batch``. GPU (a forward of many costs about one of one) and the
-        unmasked model: in order. CPU: consecutive jobs share a forward while that runs fewer layer-rows than their
-        own forwards would (from the first changed layers, ``CPU_SHARED_ROW_COST``)."""
+        unmasked model: in order. CPU: ``CPU_SHARED_PREFIXES`` consecutive jobs share a forward when that runs fewer
+        layer-rows than their own forwards would (from their first changed layers, ``CPU_SHARED_ROW_COST``), every
+        other job (and every job before ``CPU_SHARE_AFTER``) runs alone."""
         if bmask is None or self.seq_exact is None:
             return [jobs[i:i + per_batch] for i in range(0, len(jobs), per_batch)]
+        size = min(self.CPU_SHARED_PREFIXES, per_batch)
+        if size < 2 or self.masked_jobs < self.CPU_SHARE_AFTER or (size, torch.get_num_threads()) in self.not_shared:
+            return [[j] for j in jobs]
         cache = self.cache if self.cache is not None and self.cache.active else None
         L = len(cache.stack) if cache is not None else 1
         prev: dict = {}  # window -> prefix of its previous job (then its cached reference)
-        groups: List[List[Tuple[int, int]]] = []
-        cur: List[Tuple[int, int]] = []
-        low, alone = L, 0  # the group's lowest first changed layer; layers its jobs' own forwards would run
-        for b, w in jobs:
-            n = ns[b]
-            if cache is None:
-                first = 0
-            elif w in prev:
-                first = cache.changed_layer(bmask.ranking, prev[w], n)
-            else:
-                first = cache.start_layer(bmask.ranking, [n], [w])
-            prev[w] = n
-            shared = (len(cur) + 1) * (L - min(low, first)) * self.CPU_SHARED_ROW_COST
-            if cur and (len(cur) >= per_batch or shared > alone + L - first):
-                groups.append(cur)
-                cur, low, alone = [], L, 0
-            cur.append((b, w))
-            low, alone = min(low, first), alone + L - first
-        return groups + [cur] if cur else groups
 
-    def _alone_agrees(self, bmask: BatchedMask, ns: Sequence[int], jobs: Sequence[Tuple[int, int]],
-                      nll: torch.Tensor) -> bool:
-        """Every job of a shared forward (token NLL ``nll`` [len(jobs), T-1]) again alone in a full forward: the same
-        bits? (A kernel's path depends on the shape, not the values: one forward of a size answers for the size.)"""
-        for i, (b, w) in enumerate(jobs):
-            bmask.set_prefixes([ns[b]])
-            try:
-                alone = self._token_nll(self.ids[[w]])
-            finally:
-                bmask.clear()
-            if not torch.equal(nll[i:i + 1], alone):
-                return False
-        return True
+        def first_changed(b: int, w: int) -> int:
+            if cache is None:
+                return 0
+            if w in prev:
+                return cache.changed_layer(bmask.ranking, prev[w], ns[b])
+            return cache.start_layer(bmask.ranking, [ns[b]], [w])
+
+        groups: List[List[Tuple[int, int]]] = []
+        i = 0
+        while i < len(jobs):
+            saved = dict(prev)
+            firsts = []
+            for b, w in jobs[i:i + size]:
+                firsts.append(first_changed(b, w))
+                prev[w] = ns[b]
+            shared_rows = size * (L - min(firsts, default=0)) * self.CPU_SHARED_ROW_COST
+            if len(firsts) == size and shared_rows <= sum(L - f for f in firsts):
+                groups.append(jobs[i:i + size])
+                i += size
+                continue
+            prev = saved
+            b, w = jobs[i]
+            first_changed(b, w)
+            prev[w] = ns[b]
+            groups.append([jobs[i]])
+            i += 1
+        return groups
+
+    def _forward_jobs(self, bmask: Optional[BatchedMask], ns: Sequence[int],
+                      jobs: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """``_jobs_nll`` of a forward planned by ``_plan``. CPU, several prefixes: shared; checked (each prefix again
+        alone from the same start layer, those values kept) when that size has not yet reproduced them on every layer
+        signature the forward runs; a size that did not, or saved less than ``CPU_SHARED_MIN_SAVING`` of the time, is
+        not shared again. A kernel's path depends on the shape, not the values, so one check answers for a size on a
+        kind of layer."""
+        if len(jobs) == 1 or bmask is None or self.seq_exact is None:
+            return self._jobs_nll(bmask, ns, jobs)
+        size = (len(jobs), torch.get_num_threads())
+        if size in self.not_shared:  # found out earlier in this call's plan
+            return torch.cat([self._jobs_nll(bmask, ns, [job]) for job in jobs])
+        cache = self.cache if self.cache is not None and self.cache.active else None
+        start = cache.start_layer(bmask.ranking, [ns[b] for b, _ in jobs], [w for _, w in jobs]) if cache else None
+        runs = frozenset(cache.signatures[start:]) if cache else frozenset(["every layer"])
+        t0 = time.perf_counter()
+        nll = self._jobs_nll(bmask, ns, jobs, start=start)
+        if runs <= self.batch_exact.get(size, frozenset()):
+            self.shared_forwards += 1
+            return nll
+        # each prefix alone from the same layer: below it every prefix of the forward has the cached reference's
+        # outputs; the cache ends holding the last one's, as after one forward per prefix
+        t1 = time.perf_counter()
+        alone = torch.cat([self._jobs_nll(bmask, ns, [job], start=start) for job in jobs])
+        shared_s, alone_s = t1 - t0, time.perf_counter() - t1
+        if not torch.equal(nll, alone):
+            self.not_shared[size] = f"a shared forward of {size[0]} prefixes did not reproduce their own forwards"
+        elif shared_s > (1 - self.CPU_SHARED_MIN_SAVING) * alone_s:
+            self.not_shared[size] = (f"a shared forward of {size[0]} prefixes took {shared_s:.3f} s, their own "
+                                     f"forwards {alone_s:.3f} s")
+        else:
+            self.batch_exact[size] = runs | self.batch_exact.get(size, frozenset())
+        return alone
 
     def batch_stats(self) -> dict:
-        """CPU forwards shared by several prefixes, whether the first one reproduced a prefix's own forward, and the
-        Linear call shapes computed sequence by sequence (``SequenceExact``)."""
+        """CPU forwards shared by several prefixes (whose values were used), the sizes checked to reproduce each
+        prefix's own forward, why a size is not shared, and the Linear call shapes computed sequence by sequence
+        (``SequenceExact``)."""
         if self.seq_exact is None:
             return {}
-        out: dict = {"forwards": self.shared_forwards,
-                     "sizes_exact": sorted(b for (b, _), ok in self.batch_exact.items() if ok)}
+        out: dict = {"forwards": self.shared_forwards, "sizes_exact": sorted(b for b, _ in self.batch_exact)}
         out.update(self.seq_exact.stats())
-        bad = sorted(b for (b, _), ok in self.batch_exact.items() if not ok)
-        if bad:
-            out["not_shared"] = (f"a shared forward of {', '.join(map(str, bad))} prefixes did not reproduce a "
-                                 f"prefix's own forward: not shared at that size")
+        if self.not_shared:
+            out["not_shared"] = "; ".join(self.not_shared.values())
         return out
 
     # -- public -----------------------------------------------------------------------------------
@@ -320,19 +363,10 @@ class NLLEvaluator:
         jobs = [(b, w) for b in range(len(ns)) for w in range(self.W)]
         per_batch = max(1, self.max_batch_tokens // self.T)
         sums = [0.0] * len(ns)
-        for chunk in self._plan(bmask, ns, jobs, per_batch):
-            size = (len(chunk), torch.get_num_threads())
-            shared = len(chunk) > 1 and bmask is not None and self.seq_exact is not None
-            exact = self.batch_exact.get(size) if shared else True
-            if exact is not False:  # unchecked: from layer 0, so the check covers every layer
-                nll = self._jobs_nll(bmask, ns, chunk, start=0 if exact is None else None)  # [B, T-1]
-            if exact is None:
-                exact = self.batch_exact[size] = self._alone_agrees(bmask, ns, chunk, nll)
-                if not exact and self.cache is not None:
-                    self.cache.reset()  # it holds the shared forward's layer outputs
-            if exact is False:
-                nll = torch.cat([self._jobs_nll(bmask, ns, [job]) for job in chunk])
-            self.shared_forwards += shared and exact
+        plan = self._plan(bmask, ns, jobs, per_batch)
+        self.masked_jobs += len(jobs) if bmask is not None else 0
+        for chunk in plan:
+            nll = self._forward_jobs(bmask, ns, chunk)  # [B, T-1]
             row = nll.double().mean(1).tolist()
             for (b, _), v in zip(chunk, row):
                 sums[b] += v

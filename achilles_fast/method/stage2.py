@@ -36,22 +36,19 @@ from .ranking import Ranking
 from .result import CriticalNeuron, CriticalResult, versions
 
 
-CPU_SCAN_BATCH = 4  # CPU: candidates per scan call (the evaluator decides which of them share a forward)
-
-
 def default_batches(device: torch.device, strategy: str) -> Tuple[int, int]:
     """(candidates per scan call, per probe call) of Stage 2 when the user gives no ``batch_size``.
 
     GPU: a forward of 16 sequences costs about one of a single sequence: 16 everywhere. CPU: a shared forward saves
     ~15% per prefix at best (``NLLEvaluator.CPU_SHARED_ROW_COST``) and gives every prefix its own forward's bits, so
-    a scan, which evaluates every candidate below a crossing anyway, hands ``CPU_SCAN_BATCH`` at a time to the
-    evaluator (Gemma-3-270M's 589-prefix find: 0.27 -> 0.25 s per prefix; the evaluator keeps SmolLM2's prefixes of
-    late layers in forwards of their own), while probes and bisect, where a speculative candidate is wasted work,
-    take one (bisect at 4 is a 5-ary search: stories260K n=143 took 27 evaluations vs 17).
+    a scan, which evaluates every candidate below a crossing anyway, hands the evaluator a shared forward's size
+    (``NLLEvaluator.CPU_SHARED_PREFIXES``) per call (Gemma-3-270M's 589-prefix find: 0.27 -> 0.25 s per prefix; the
+    evaluator runs prefixes of different layers alone), while probes and bisect, where a speculative candidate is
+    wasted work, take one (bisect at 4 is a 5-ary search: stories260K n=143 took 27 evaluations vs 17).
     """
     if device.type == "cuda":
         return 16, 16
-    return (1 if strategy == "bisect" else CPU_SCAN_BATCH), 1
+    return (1 if strategy == "bisect" else NLLEvaluator.CPU_SHARED_PREFIXES), 1
 
 
 def stage2_batches(config: FindConfig, device: torch.device) -> Tuple[int, int]:

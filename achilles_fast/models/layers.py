@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -32,6 +32,14 @@ class LayerStack:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def signatures(self, layer_types: Optional[Sequence[str]] = None) -> List[tuple]:
+        """Per layer, what picks its kernels' paths: module types, parameter shapes and dtypes, the config's layer
+        type (``layer_types``: sliding / full attention). Layers of one signature run the same kernels on a shape."""
+        return [(tuple((n, type(m).__name__) for n, m in layer.named_modules()),
+                 tuple((n, tuple(p.shape), p.dtype) for n, p in layer.named_parameters()),
+                 layer_types[i] if layer_types is not None and i < len(layer_types) else None)
+                for i, layer in enumerate(self.layers)]
 
     def layer_of(self, name: str, layer: Optional[int]) -> Optional[int]:
         """Index of the stack layer holding module ``name`` (a Target's name and layer), None when outside it."""

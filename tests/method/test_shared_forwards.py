@@ -18,6 +18,12 @@ IDS = torch.tensor([(7 * i + 3) % 97 for i in range(24)])  # [T]
 NS = list(range(1, 11))
 
 
+@pytest.fixture(autouse=True)
+def share_at_once(monkeypatch):
+    """Share from the first prefix (the default waits for ``CPU_SHARE_AFTER``; tested below)."""
+    monkeypatch.setattr(NLLEvaluator, "CPU_SHARE_AFTER", 0)
+
+
 def _ranking(model, layers, seed: int = 0) -> Ranking:
     """One random down_proj channel of each of ``layers`` (in that order)."""
     targets = discover_targets(model, "down_proj")
@@ -42,10 +48,10 @@ def test_shared_forwards_equal_each_prefix_alone(model_type, incremental):
     ranking = _ranking(model, [0] * len(NS))  # all in layer 0: every prefix runs every layer, sharing pays
     ev = NLLEvaluator(model, IDS, incremental=incremental)
     with BatchedMask(ranking) as bm:
-        got = ev.nll_prefixes(bm, NS)
+        got = ev.nll_prefixes(bm, NS[:4]) + ev.nll_prefixes(bm, NS[4:])  # checked, then used (or refused), 2 alone
         assert got == _alone(model, bm, NS)
     st = ev.batch_stats()
-    assert st["forwards"] > 0 or st.get("not_shared"), st  # shared, or refused with the reason
+    assert st["sizes_exact"] == [4] or st.get("not_shared"), st  # shared, or refused with the reason
     if model_type == "llama":
         assert st["forwards"] >= 1 and st["sizes_exact"], st  # the tiny dense model shares exactly
     assert_bit_identical(model, snap)
@@ -53,8 +59,8 @@ def test_shared_forwards_equal_each_prefix_alone(model_type, incremental):
 
 def test_a_size_whose_shared_forward_rounds_otherwise_is_never_shared(monkeypatch):
     """Stand-in: batched Linear calls off by 1e-6. The first shared forward of each size fails its check, its values
-    are its prefixes' own (the layer outputs it cached are dropped: the next prefixes change layer 2 only and would
-    start from them), and that size is not shared again."""
+    are its prefixes' own (each again alone from the shared forward's start layer, on the cache's reference below
+    it), and that size is not shared again."""
     model = _build("llama")
     exact = SequenceExact.linear
 
@@ -71,25 +77,50 @@ def test_a_size_whose_shared_forward_rounds_otherwise_is_never_shared(monkeypatc
         assert got == _alone(model, bm, range(1, 15))
     st = ev.batch_stats()
     assert st["forwards"] == 0 and st["sizes_exact"] == [], st
-    assert st["not_shared"].startswith("a shared forward of 2, 4 prefixes did not reproduce"), st
-    assert set(ev.batch_exact) == {(4, torch.get_num_threads()), (2, torch.get_num_threads())}
-    # 1: + the layer cache's self-check; 2-4; 5-8: shared from layer 0 + the failed check's first prefix + 4 alone;
-    # 9-10: shared + check + 2 alone; 11-14: 4 alone (size 4 is known to fail)
-    assert ev.forwards == 2 + 3 + (1 + 1 + 4) + (1 + 1 + 2) + 4
+    assert st["not_shared"] == "a shared forward of 4 prefixes did not reproduce their own forwards", st
+    # 1: + the layer cache's self-check; 2-4; 5-8: shared + 4 alone (the check); 9, 10 (two: not a shared size);
+    # 11-14: 4 alone (size 4 is known to fail)
+    assert ev.forwards == 2 + 3 + (1 + 4) + 2 + 4
+    # layers: 1 all 3 + its self-check from layer 1; 2-4 add layer-0 channels (3 each); 5-14 change layer 2 only
+    assert ev.cache.layers_run == (3 + 2) + 3 * 3 + (1 + 4) + 2 + 4
+
+
+def test_a_shared_forward_that_saves_too_little_time_is_not_repeated(monkeypatch):
+    model = _build("llama")
+    monkeypatch.setattr(NLLEvaluator, "CPU_SHARED_MIN_SAVING", 1.0)  # a forward would have to take no time
+    ev = NLLEvaluator(model, IDS, incremental=False)
+    with BatchedMask(_ranking(model, [0] * 12)) as bm:
+        assert ev.nll_prefixes(bm, list(range(1, 13))) == _alone(model, bm, range(1, 13))
+    st = ev.batch_stats()
+    assert st["forwards"] == 0 and "a shared forward of 4 prefixes took" in st["not_shared"], st
+    assert ev.forwards == 1 + 4 + 8  # checked once, then alone
+
+
+def test_sharing_waits_for_share_after_prefixes(monkeypatch):
+    model = _build("llama")
+    monkeypatch.setattr(NLLEvaluator, "CPU_SHARE_AFTER", 6)
+    ev = NLLEvaluator(model, IDS, incremental=False)
+    with BatchedMask(_ranking(model, [0] * 16)) as bm:
+        for i in range(1, 17, 4):
+            ev.nll_prefixes(bm, list(range(i, i + 4)))
+    assert ev.forwards == 4 + 4 + (1 + 4) + 1  # alone until 6 prefixes were evaluated, then checked, then shared
+    assert ev.batch_stats()["forwards"] == 1
 
 
 def test_prefixes_share_a_forward_only_when_they_run_about_the_same_layers():
     model = _build("llama")  # 3 layers
     ev = NLLEvaluator(model, IDS, incremental=True)
-    jobs = [(b, 0) for b in range(4)]
-    with BatchedMask(_ranking(model, [2, 2, 2, 2, 2])) as bm:  # last layer only
-        # the first prefix: no cached reference (every layer); then one layer each: 3 x 1 x 0.85 <= 3
-        assert ev._plan(bm, [1, 2, 3, 4], jobs, 8) == [[(0, 0)], [(1, 0), (2, 0), (3, 0)]]
-        assert ev._plan(bm, [1, 2, 3, 4], jobs, 2) == [[(0, 0)], [(1, 0), (2, 0)], [(3, 0)]]  # the token budget
-    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2])) as bm:
-        # 1: all layers; 2: layer 2 alone (1 layer); 3: layer 0 again (3 layers): sharing 2 and 3 would run 2 x 3
-        assert ev._plan(bm, [1, 2, 3, 4], jobs, 8) == [[(0, 0)], [(1, 0)], [(2, 0)], [(3, 0)]]
+    jobs = [(b, 0) for b in range(5)]
+    ns = [1, 2, 3, 4, 5]
+    with BatchedMask(_ranking(model, [2] * 6)) as bm:  # last layer only
+        # the first prefix: no cached reference (all 3 layers), so it runs alone; then 4 prefixes of 1 layer each
+        assert ev._plan(bm, ns, jobs, 8) == [[(0, 0)], jobs[1:]]
+        assert ev._plan(bm, ns, jobs, 2) == [[(0, 0)], jobs[1:3], jobs[3:]]  # the token budget: forwards of 2
+        assert ev._plan(bm, ns[:4], jobs[:4], 8) == [[j] for j in jobs[:4]]  # 3 left: not a shared forward's size
+    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2, 2])) as bm:
+        # 1: 3 layers, 2: 1 layer, 3: 3 layers, 4: 1, 5: 1: sharing 1-4 or 2-5 runs 4 x 3 layers, more than alone
+        assert ev._plan(bm, ns, jobs, 8) == [[j] for j in jobs]
     ev_full = NLLEvaluator(model, IDS, incremental=False)  # full forwards: sharing always pays
-    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2])) as bm:
-        assert ev_full._plan(bm, [1, 2, 3, 4], jobs, 8) == [jobs]
+    with BatchedMask(_ranking(model, [0, 2, 0, 2, 2, 2])) as bm:
+        assert ev_full._plan(bm, ns, jobs, 8) == [jobs[:4], jobs[4:]]
         assert ev_full._plan(None, [0], [(0, 0)], 8) == [[(0, 0)]]
