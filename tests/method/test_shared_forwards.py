@@ -85,9 +85,9 @@ def test_a_size_whose_shared_forward_rounds_otherwise_is_never_shared(monkeypatc
     assert ev.cache.layers_run == (3 + 2) + 3 * 3 + (1 + 4) + 2 + 4
 
 
-def test_a_shared_forward_that_saves_too_little_time_is_not_repeated(monkeypatch):
+def test_a_shared_forward_slower_than_its_prefixes_alone_is_not_repeated(monkeypatch):
     model = _build("llama")
-    monkeypatch.setattr(NLLEvaluator, "CPU_SHARED_MIN_SAVING", 1.0)  # a forward would have to take no time
+    monkeypatch.setattr(NLLEvaluator, "CPU_SHARED_MAX_RATIO", 0.0)  # a forward would have to take no time
     ev = NLLEvaluator(model, IDS, incremental=False)
     with BatchedMask(_ranking(model, [0] * 12)) as bm:
         assert ev.nll_prefixes(bm, list(range(1, 13))) == _alone(model, bm, range(1, 13))
