@@ -249,8 +249,11 @@ class PrefixNLL:
         if self.ev.cache is not None:
             out["incremental"] = self.ev.cache.stats()
         if self.low is not None:
-            out["stage2_dtype"] = dict(self.low.stats(), **({"incremental": self.low.ev.cache.stats()}
-                                                            if self.low.ev.cache is not None else {}))
+            low = out["stage2_dtype"] = self.low.stats()
+            if self.low.ev.cache is not None:
+                low["incremental"] = self.low.ev.cache.stats()
+            if self.low.ev.batch_stats():
+                low["shared_forwards"] = self.low.ev.batch_stats()
         return out
 
     def verify(self, ranking: Ranking, n: int) -> float:
@@ -312,8 +315,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
     timings["stage2"] = time.perf_counter() - t1
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_calls=out.batches,
-                 stage2_batch=bsz,
-                 stage2_verified_prev=out.verified, fused_nll=ev.fused)
+                 stage2_batch=bsz, stage2_verified_prev=out.verified, fused_nll=ev.fused)
     if pn.reused > r0:
         stats["stage2_reused"] = pn.reused - r0
     stats.update(pn.stats())

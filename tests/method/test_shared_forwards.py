@@ -124,3 +124,18 @@ def test_prefixes_share_a_forward_only_when_they_run_about_the_same_layers():
     with BatchedMask(_ranking(model, [0, 2, 0, 2, 2, 2])) as bm:
         assert ev_full._plan(bm, ns, jobs, 8) == [jobs[:4], jobs[4:]]
         assert ev_full._plan(None, [0], [(0, 0)], 8) == [[(0, 0)]]
+
+
+def test_low_precision_prefixes_share_forwards_and_report_it():
+    """stage2_dtype: the low-precision evaluator plans and checks its own shared forwards; its stats say so."""
+    from achilles_fast.method.config import FindConfig
+    from achilles_fast.method.stage2 import search_ranking
+    model = _build("llama")
+    ranking = _ranking(model, [0] * 12)
+    cfg = FindConfig(strategy="linear", epsilon=1e6, max_neurons=12, verify=False)
+    low = search_ranking(model, ranking, IDS, cfg.replace(stage2_dtype="bfloat16"))
+    exact = search_ranking(model, ranking, IDS, cfg.replace(batch_size=1))
+    st = low.stats["stage2_dtype"]["shared_forwards"]
+    assert st["sizes_exact"] == [4] or st.get("not_shared"), st
+    assert low.stats["stage2_dtype"]["low_evaluations"] == 12
+    assert [n for n, _ in low.curve] == [n for n, _ in exact.curve]
