@@ -100,7 +100,7 @@ class NLLEvaluator:
         self.head_packing: Optional[str] = None  # why the head is not packed (None: it may be)
         self.seq_exact = SequenceExact(model) if self.device.type == "cpu" else None
         # CPU, per (forward size, threads): the layer signatures on which a shared forward reproduced each of its
-        # prefixes' own forwards; why a size is not shared (it did not, or saved too little)
+        # prefixes' own forwards; why a size is not shared (it did not, or was slower than they were)
         self.batch_exact: Dict[Tuple[int, int], frozenset] = {}
         self.not_shared: Dict[Tuple[int, int], str] = {}
         self.shared_forwards = 0  # CPU forwards of several prefixes
@@ -293,7 +293,6 @@ class NLLEvaluator:
                 continue
             prev = saved
             b, w = jobs[i]
-            first_changed(b, w)
             prev[w] = ns[b]
             groups.append([jobs[i]])
             i += 1
