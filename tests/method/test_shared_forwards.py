@@ -139,3 +139,16 @@ def test_low_precision_prefixes_share_forwards_and_report_it():
     assert st["sizes_exact"] == [4] or st.get("not_shared"), st
     assert low.stats["stage2_dtype"]["low_evaluations"] == 12
     assert [n for n, _ in low.curve] == [n for n, _ in exact.curve]
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_several_windows_share_exactly(incremental):
+    """Two evaluation windows: forwards of 4 (prefix, window) jobs mix windows; every mean equals each prefix alone."""
+    model = _build("llama")
+    ids = torch.stack([IDS, IDS.flip(0)])  # [W=2, T]
+    ranking = _ranking(model, [0, 0, 1, 1, 2, 2, 2, 2, 0, 1])
+    ev = NLLEvaluator(model, ids, incremental=incremental)
+    with BatchedMask(ranking) as bm:
+        got = ev.nll_prefixes(bm, NS[:4]) + ev.nll_prefixes(bm, NS[4:])
+        assert got == [NLLEvaluator(model, ids).nll_prefixes(bm, [n])[0] for n in NS]
+    assert ev.batch_stats()["sizes_exact"] == [4] or ev.batch_stats().get("not_shared")
