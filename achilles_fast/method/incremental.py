@@ -17,6 +17,7 @@ memory, as Stage 1's scores) fall back to full forwards with the reason in ``sta
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -43,8 +44,7 @@ class PrefixCache:
         self._maps: Dict[int, Tuple[List[Target], Tuple[str, ...], torch.Tensor]] = {}
         cfg = getattr(model, "config", None)
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        # per layer: what picks its kernels' paths (NLLEvaluator checks shared forwards once per signature)
-        self.signatures = [] if self.stack is None else self.stack.signatures(getattr(cfg, "layer_types", None))
+        self._layer_types = getattr(cfg, "layer_types", None)
         self._clear()
         if self.stack is not None:
             emb = model.get_input_embeddings().weight
@@ -54,6 +54,12 @@ class PrefixCache:
             refused = over_budget("the layer cache needs", need, budget_bytes)
             if refused:
                 self._fall_back(refused)
+
+    @functools.cached_property
+    def signatures(self) -> List[tuple]:
+        """Per layer, what picks its kernels' paths (NLLEvaluator checks shared forwards once per signature; made at
+        the first check)."""
+        return [] if self.stack is None else self.stack.signatures(self._layer_types)
 
     @property
     def active(self) -> bool:

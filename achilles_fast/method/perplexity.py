@@ -131,12 +131,10 @@ class NLLEvaluator:
         tgt = ids[:, 1:].to(h.device)
         B, Tm1, H = h.shape
         chunk = max(1, self.LOGIT_CHUNK_BYTES // (4 * head.weight.shape[0]))
-        if per_sequence:  # its rows pick the GEMM's blocking and the vocabulary chunk
-            parts = [self._head_nll(h[b, i:i + chunk], head.weight, tgt[b, i:i + chunk])
-                     for b in range(B) for i in range(0, Tm1, chunk)]
-            return torch.cat(parts).view(B, Tm1)
-        hf, tf = h.reshape(-1, H), tgt.reshape(-1)
-        parts = [self._head_nll(hf[i:i + chunk], head.weight, tf[i:i + chunk]) for i in range(0, hf.shape[0], chunk)]
+        # per sequence, its rows pick the GEMM's blocking and the vocabulary chunk
+        rows = [(h[b], tgt[b]) for b in range(B)] if per_sequence else [(h.reshape(-1, H), tgt.reshape(-1))]
+        parts = [self._head_nll(x[i:i + chunk], head.weight, t[i:i + chunk])
+                 for x, t in rows for i in range(0, x.shape[0], chunk)]
         return torch.cat(parts).view(B, Tm1)
 
     def _head_nll(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -256,6 +254,11 @@ class NLLEvaluator:
         finally:
             bmask.clear()
 
+    @property
+    def _live_cache(self) -> Optional[PrefixCache]:
+        """The layer cache when it is on and has not fallen back."""
+        return self.cache if self.cache is not None and self.cache.active else None
+
     def _plan(self, bmask: Optional[BatchedMask], ns: Sequence[int], jobs: List[Tuple[int, int]],
               per_batch: int) -> List[List[Tuple[int, int]]]:
         """Jobs grouped into forwards of at most ``per_batch``. GPU (a forward of many costs about one of one) and the
@@ -267,7 +270,7 @@ class NLLEvaluator:
         size = min(self.CPU_SHARED_PREFIXES, per_batch)
         if size < 2 or self.masked_jobs < self.CPU_SHARE_AFTER or (size, torch.get_num_threads()) in self.not_shared:
             return [[j] for j in jobs]
-        cache = self.cache if self.cache is not None and self.cache.active else None
+        cache = self._live_cache
         L = len(cache.stack) if cache is not None else 1
         prev: dict = {}  # window -> prefix of its previous job (then its cached reference)
 
@@ -310,7 +313,7 @@ class NLLEvaluator:
         size = (len(jobs), torch.get_num_threads())
         if size in self.not_shared:  # found out earlier in this call's plan
             return torch.cat([self._jobs_nll(bmask, ns, [job]) for job in jobs])
-        cache = self.cache if self.cache is not None and self.cache.active else None
+        cache = self._live_cache
         start = cache.start_layer(bmask.ranking, [ns[b] for b, _ in jobs], [w for _, w in jobs]) if cache else None
         runs = frozenset(cache.signatures[start:]) if cache else frozenset(["every layer"])
         t0, checks = time.perf_counter(), self.seq_exact.check_seconds

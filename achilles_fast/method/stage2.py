@@ -244,16 +244,18 @@ class PrefixNLL:
         several prefixes, ``NLLEvaluator.batch_stats``), ``incremental`` (PrefixCache) and
         ``stage2_dtype`` (LowPrecision), when on."""
         out: Dict[str, Any] = {"lm_head": self.ev.head_stats()}
-        if self.ev.batch_stats():
-            out["shared_forwards"] = self.ev.batch_stats()
+        shared = self.ev.batch_stats()
+        if shared:
+            out["shared_forwards"] = shared
         if self.ev.cache is not None:
             out["incremental"] = self.ev.cache.stats()
         if self.low is not None:
             low = out["stage2_dtype"] = self.low.stats()
             if self.low.ev.cache is not None:
                 low["incremental"] = self.low.ev.cache.stats()
-            if self.low.ev.batch_stats():
-                low["shared_forwards"] = self.low.ev.batch_stats()
+            shared = self.low.ev.batch_stats()
+            if shared:
+                low["shared_forwards"] = shared
         return out
 
     def verify(self, ranking: Ranking, n: int) -> float:

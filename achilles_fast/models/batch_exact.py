@@ -15,6 +15,7 @@ offload hooks) and offloaded modules are left alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Dict, Iterator, List, Tuple
 
@@ -31,12 +32,15 @@ class SequenceExact:
     """The plain CPU ``nn.Linear`` modules of ``model`` and, per call shape, whether the batched GEMM is exact."""
 
     def __init__(self, model: nn.Module):
-        self.modules: List[nn.Linear] = [m for m in model.modules() if type(m).forward is nn.Linear.forward
-                                         and "forward" not in vars(m) and m.weight.device.type == "cpu"
-                                         and not offloaded(m)]
+        self.model = model
         self.exact: Dict[ShapeKey, bool] = {}  # shape -> the batched GEMM gives every sequence's own bits
-        self.split_calls = 0  # calls computed sequence by sequence
         self.check_seconds = 0.0  # time of the extra GEMM of each shape's first call (not part of a forward's cost)
+
+    @functools.cached_property
+    def modules(self) -> List[nn.Linear]:
+        """The modules ``active()`` patches (found at its first use: most evaluators never share a forward)."""
+        return [m for m in self.model.modules() if type(m).forward is nn.Linear.forward and "forward" not in vars(m)
+                and m.weight.device.type == "cpu" and not offloaded(m)]
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` whose sequence b (x [B, T, H]) equals ``F.linear(x[b:b+1], ...)`` bitwise."""
@@ -52,7 +56,6 @@ class SequenceExact:
             t0 = time.perf_counter()
             self.exact[key] = torch.equal(F.linear(x, weight, bias), out)
             self.check_seconds += time.perf_counter() - t0
-        self.split_calls += 1
         return out
 
     @contextlib.contextmanager
