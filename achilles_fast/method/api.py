@@ -44,10 +44,16 @@ def _prepare(model, tokenizer, text, eval_text, config, device, dtype, params):
     return cfg, epsilons or [cfg.epsilon], model, name, targets, ids, eval_ids
 
 
-def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor]) -> None:
-    """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run."""
-    for what, x in [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)]):
+def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[torch.Tensor],
+                 pn: Optional[PrefixNLL] = None) -> None:
+    """One clean forward per text first: a NaN/Inf model fails here in one line, before Stage 1/2 run. ``pn``:
+    Stage 2's evaluator of the evaluation text (``eval_ids``, or ``ids`` when None), whose clean NLL is that
+    text's check (one forward fewer per run)."""
+    texts = [("the text", ids)] + ([] if eval_ids is None else [("the eval_text", eval_ids)])
+    for what, x in texts[:-1] if pn is not None else texts:
         NLLEvaluator(model, x, max_batch_tokens=cfg.max_batch_tokens, fused=False, what=what).nll()
+    if pn is not None:
+        pn.clean  # noqa: B018 (raises NonFiniteError naming the first non-finite module)
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
@@ -116,8 +122,10 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
                                       eval_text="same" if eval_text is None else "separate")
     stats: Dict[str, Any] = {"n_targets": len(targets), "n_channels": sum(t.num_channels for t in targets)}
     with eval_mode(model), ops.use_kernels(cfg.kernels), torch.no_grad():
-        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None)
-        pn = PrefixNLL(model, eval_ids, cfg)
+        pn = PrefixNLL(model, eval_ids, cfg, what="the text" if eval_text is None else "the eval_text")
+        t0 = time.perf_counter()
+        _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None, pn)
+        checked_s = time.perf_counter() - t0  # Stage 2's clean NLL: counted in its time
         ranking = ranked
         if ranking is None:
             ranking = _rank(model, targets, ids, cfg, epsilons, pn, progress)
@@ -125,8 +133,8 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
             stats["ranking_given"] = True
         stats.update(ranking.info.get("stats", {}))
         results = search_epsilons(model, ranking.head(cfg.max_neurons), eval_ids, cfg, epsilons, params=run_params,
-                                  prefix_nll=pn, model_name=name, timings=ranking.info.get("timings"), stats=stats,
-                                  progress=progress)
+                                  prefix_nll=pn, model_name=name, stats=stats, progress=progress,
+                                  timings={**ranking.info.get("timings", {}), "stage2": checked_s})
     return results if isinstance(params.get("epsilon"), (list, tuple)) else results[0]
 
 

@@ -166,15 +166,16 @@ class PrefixNLL:
     computed once. On CPU every value is bit-identical to a search of its own (a forward shared by several prefixes
     gives each its own forward's bits, ``NLLEvaluator``); on GPU a value may come from a batch of another composition
     (float rounding).
-    The evaluator and the clean NLL are made at first use (inside the first search's timing). ``config``: the
-    token budget, ``incremental`` (prefixes run from their first changed layer) and ``stage2_dtype`` (low-precision
-    evaluations, exact near epsilon: ``LowPrecision``).
+    The evaluator and the clean NLL are made at first use (``find_critical``: its clean-model check, before Stage 1).
+    ``config``: the token budget, ``incremental`` (prefixes run from their first changed layer) and ``stage2_dtype``
+    (low-precision evaluations, exact near epsilon: ``LowPrecision``); ``what``: the text's name in error messages.
     """
 
-    def __init__(self, model: nn.Module, eval_ids: torch.Tensor, config: Optional[FindConfig] = None):
+    def __init__(self, model: nn.Module, eval_ids: torch.Tensor, config: Optional[FindConfig] = None,
+                 what: str = "the text"):
         cfg = config or FindConfig()
         self._make = lambda dtype=None: NLLEvaluator(model, eval_ids, max_batch_tokens=cfg.max_batch_tokens,
-                                                     incremental=cfg.incremental, dtype=dtype)
+                                                     incremental=cfg.incremental, dtype=dtype, what=what)
         self._low_dtype = None if cfg.stage2_dtype in (None, "float32") else cfg.stage2_dtype
         self._ev: Optional[NLLEvaluator] = None
         self._low: Optional[LowPrecision] = None
@@ -288,7 +289,8 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
                    progress: bool = False, prefix_nll: Optional[PrefixNLL] = None) -> CriticalResult:
     """Find the first prefix of ``ranking`` crossing ``config.epsilon`` on ``eval_ids`` [T] and build the result
     (weights untouched; bit-exact after the in-place verification). ``prefix_nll``: evaluations to share with other
-    searches on the same text (``search_epsilons``)."""
+    searches on the same text (``search_epsilons``). ``timings``: seconds so far (a "stage2" there, e.g. the clean
+    NLL computed before Stage 1, is added to the search's)."""
     cfg = config
     timings = dict(timings or {})
     stats = dict(stats or {})
@@ -314,7 +316,7 @@ def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, c
         forwards = ev.forwards - f0
         if cfg.verify and out.converged:
             stats["verify_log10_ratio"] = pn.verify(ranking, n_final)
-    timings["stage2"] = time.perf_counter() - t1
+    timings["stage2"] = timings.get("stage2", 0.0) + time.perf_counter() - t1  # (+ the work before: clean NLL)
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     stats.update(stage2_forwards=forwards, stage2_evaluations=out.evaluations, stage2_calls=out.batches,
                  stage2_batch=bsz, stage2_verified_prev=out.verified, fused_nll=ev.fused)

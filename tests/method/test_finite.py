@@ -212,3 +212,22 @@ def test_readme_evaluate_mask_line_does_not_warn_about_rankings(stories):
     assert not [x for x in w if "ranking" in str(x.message)], [str(x.message) for x in w]
     with pytest.warns(UserWarning, match="rankings will be unstable"):  # still warned where a ranking is made
         af.find_critical(model, tok, "Hi there.", k=2, max_neurons=2, progress=False)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_clean_check_is_stage2s_clean_forward(monkeypatch, separate):
+    """The evaluation text's clean-model check is Stage 2's clean NLL (computed once, before Stage 1); only a separate
+    scoring text gets a forward of its own."""
+    from achilles_fast.method.perplexity import NLLEvaluator
+    made = []
+    real_init = NLLEvaluator.__init__
+
+    def counting_init(self, model, ids, *a, **k):
+        made.append(k.get("what"))
+        real_init(self, model, ids, *a, **k)
+    monkeypatch.setattr(NLLEvaluator, "__init__", counting_init)
+    model = tiny_model("llama")
+    r = af.find_critical(model, ToyTokenizer(), TEXT, eval_text=TEXT[::-1] if separate else None, k=2,
+                         progress=False)
+    assert made == (["the text", "the eval_text"] if separate else ["the text"])
+    assert math.isfinite(r.clean_nll)
