@@ -125,7 +125,7 @@ def find_critical(model: Union[nn.Module, str], tokenizer=None, text: Optional[s
         pn = PrefixNLL(model, eval_ids, cfg, what="the text" if eval_text is None else "the eval_text")
         t0 = time.perf_counter()
         _check_clean(model, cfg, ids, eval_ids if eval_text is not None else None, pn)
-        checked_s = time.perf_counter() - t0  # Stage 2's clean NLL: counted in its time
+        checked_s = time.perf_counter() - t0  # the clean checks (Stage 2's clean NLL among them): in its time
         ranking = ranked
         if ranking is None:
             ranking = _rank(model, targets, ids, cfg, epsilons, pn, progress)
