@@ -19,7 +19,7 @@ from .perplexity import NLLEvaluator, log10_ppl, log10_ratio
 from .rankers import make_ranker
 from .ranking import Ranking
 from .result import CriticalResult
-from .stage2 import PrefixNLL, critical_sizes, search_epsilons
+from .stage2 import PrefixNLL, Stage2Oracle, search_epsilons
 from .text import corpus_windows, model_context, sample_ids, text_ids, tokenize
 
 
@@ -57,25 +57,19 @@ def _check_clean(model, cfg: FindConfig, ids: torch.Tensor, eval_ids: Optional[t
 
 
 def _rank(model, targets, ids, cfg: FindConfig, epsilons, pn: PrefixNLL, progress: bool) -> Ranking:
-    """Run the configured ranker; ``ranking.info`` gets its timings and stats. The ranker gets Stage 2's oracle:
-    the critical-set sizes for ``epsilons`` of a ranking, evaluated through ``pn`` (which the final search then
-    reuses); sensitivity with k="auto" stops on them."""
+    """Run the configured ranker; ``ranking.info`` gets its timings and stats. The ranker gets Stage 2's oracle
+    (``Stage2Oracle``: the critical-set sizes for ``epsilons`` of a ranking, evaluated through ``pn``, which the
+    final search then reuses); sensitivity with k="auto" stops on them, and a low-precision Stage 1
+    (``stage1_dtype``) certifies the prefix they depend on."""
     ranker = make_ranker(cfg, progress)
-    in_checks = [0.0]  # seconds of k="auto"'s Stage 2 checks (part of the ranking time)
-
-    def sizes_of(r):
-        t = time.perf_counter()
-        try:
-            return critical_sizes(pn, r, cfg, epsilons)
-        finally:
-            in_checks[0] += time.perf_counter() - t
-    ranker.use_stage2(sizes_of)
+    oracle = Stage2Oracle(pn, cfg, epsilons)
+    ranker.use_stage2(oracle)
     t0 = time.perf_counter()
     ranking = ranker.rank(model, targets, ids)
     ranking.info = {**ranking.info, "timings": {ranker.timing_key: time.perf_counter() - t0},
                     "stats": dict(ranker.stats)}
-    if cfg.k == "auto":
-        ranking.info["stats"]["auto_k_checks_s"] = in_checks[0]
+    if oracle.seconds:  # Stage 2 searches run inside the ranking (part of its time)
+        ranking.info["stats"]["auto_k_checks_s" if cfg.k == "auto" else "ranker_stage2_s"] = oracle.seconds
     return ranking
 
 

@@ -51,9 +51,11 @@ class FindConfig:
                         "authors' code scans, MLP activations included)", choices=SCOPES, group="stage1")
     ranking: str = _field("per_token", "per_token (paper: every (module, position, channel) entry ranked), max or "
                           "mean over positions", choices=RANKINGS, group="stage1")
-    stage1_dtype: Optional[str] = _field(None, "run the Stage 1 forwards under autocast in this dtype (faster, "
-                                         "~1e-2 score rounding; near-ties may reorder)", choices=STAGE1_DTYPES,
-                                         group="stage1")
+    stage1_dtype: Optional[str] = _field(None, "run the Stage 1 forwards under autocast in this dtype (faster); "
+                                         "with a fixed k the low-precision ranking is kept only when a calibrated "
+                                         "margin certifies that the answer is the model's-dtype one, else Stage 1 "
+                                         "runs again in the model's dtype (stats: stage1_certified)",
+                                         choices=STAGE1_DTYPES, group="stage1")
     max_score_mb: Optional[float] = _field(None, "memory (MB) for Stage 1's clean copies + score accumulators; "
                                            "above it targets are scored in groups (default: a quarter of free "
                                            "memory)", group="stage1")

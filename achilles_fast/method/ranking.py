@@ -75,6 +75,8 @@ class EntryCount:
         self.top = int(top)
         self.maxima = torch.empty(0)  # [<= top] the best channel maxima so far, float32 CPU
         self.kept = torch.empty(0)  # [m] entries above the current floor, float32 CPU
+        self.kept_ch = torch.empty(0, dtype=torch.long)  # [m] their flat channel ids
+        self.offset = 0  # flat id of the next target's first channel
 
     def _floor(self) -> float:
         return float(self.maxima.min()) if self.maxima.numel() >= self.top else float("-inf")
@@ -85,7 +87,12 @@ class EntryCount:
         mx = s.amax(0).cpu()  # [C]
         self.maxima = torch.cat([self.maxima, mx]).topk(min(self.top, self.maxima.numel() + mx.numel())).values
         floor = self._floor()
-        self.kept = torch.cat([self.kept[self.kept > floor], s[s > floor].cpu()])
+        hit = s > floor  # [T, C]
+        ch = hit.nonzero()[:, 1].cpu() + self.offset  # row-major, as s[hit]
+        keep = self.kept > floor
+        self.kept = torch.cat([self.kept[keep], s[hit].cpu()])
+        self.kept_ch = torch.cat([self.kept_ch[keep], ch])
+        self.offset += s.shape[1]
 
     def first_entries(self, values: torch.Tensor) -> List[int]:
         """values [n] (ranked channel scores, each >= the floor) -> 1-based entry index of each channel's first
@@ -93,6 +100,14 @@ class EntryCount:
         kept = self.kept.sort().values
         above = kept.numel() - torch.searchsorted(kept, values.float().cpu(), right=True)  # [n] entries > s_n
         return [int(a) + 1 for a in above]
+
+    def settled(self, channel: int, value, width: float) -> bool:
+        """Whether the entry count of flat ``channel`` (scoring ``value``, its maximum) holds for any scores within
+        ``width`` of these: no entry of another channel within ``width`` of it (its own never count), and every
+        such entry kept (above the floor)."""
+        v = float(value)
+        near = (self.kept >= v - width) & (self.kept <= v + width) & (self.kept_ch != int(channel))
+        return v - width > self._floor() and not bool(near.any())
 
 
 def _stable_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -65,6 +65,8 @@ class SearchOutcome:
     evaluations: int  # number of (prefix, text) evaluations
     batches: int  # calls of ``evaluate`` (one batched forward each when the batch fits the token budget)
     verified: bool  # the point n - step was evaluated and does not cross
+    reach: int = 0  # the answer depends on the ranking's first ``reach`` channels only (``first``/``linear``: a
+    # first crossing, n; otherwise every evaluated prefix counts: the largest)
 
 
 def _grid(max_n: int, step: int) -> List[int]:
@@ -153,9 +155,10 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
     pos = grid.index(n) if n else -1
     prev = grid[pos - 1] if pos > 0 else None
     verified = bool(n) and (pos == 0 or (prev in curve and not crosses(prev)))
+    reach = n if n and strategy != "bisect" else max(curve, default=0)
     return SearchOutcome(n=n, converged=found is not None, curve=dict(sorted(curve.items())),
                          nll=dict(sorted(nlls.items())), evaluations=counts["evals"], batches=counts["batches"],
-                         verified=verified)
+                         verified=verified, reach=reach)
 
 
 class PrefixNLL:
@@ -276,11 +279,44 @@ def _search(pn: PrefixNLL, bm: BatchedMask, ranking: Ranking, cfg: FindConfig, e
                          progress=progress, probe_batch=probe_batch)
 
 
-def critical_sizes(pn: PrefixNLL, ranking: Ranking, config: FindConfig, epsilons: Sequence[float]) -> List[int]:
-    """Size of the critical set of ``ranking`` for each epsilon (0: not converged), searched as ``search_ranking``
-    searches, without verification; every evaluation goes through ``pn``."""
+def critical_searches(pn: PrefixNLL, ranking: Ranking, config: FindConfig,
+                      epsilons: Sequence[float]) -> List[SearchOutcome]:
+    """The search of ``ranking`` for each epsilon, as ``search_ranking`` searches, without verification; every
+    evaluation goes through ``pn`` (so ``search_ranking`` on the same ranking later evaluates nothing again)."""
     with BatchedMask(ranking, config.max_neurons) as bm:
-        return [_search(pn, bm, ranking, config, e).n for e in epsilons]
+        return [_search(pn, bm, ranking, config, e) for e in epsilons]
+
+
+class Stage2Oracle:
+    """What a ranker may ask of Stage 2 before the final search (``Ranker.use_stage2``): called on a ranking ->
+    its critical-set size per epsilon (0: not converged); ``within`` -> the searches when their answers depend on
+    the ranking's first ``length`` channels only. ``seconds``: the time spent in it."""
+
+    def __init__(self, pn: PrefixNLL, config: FindConfig, epsilons: Sequence[float]):
+        self.pn, self.config, self.epsilons = pn, config, list(epsilons)
+        self.seconds = 0.0
+
+    def searches(self, ranking: Ranking, config: Optional[FindConfig] = None) -> List[SearchOutcome]:
+        t = time.perf_counter()
+        try:
+            return critical_searches(self.pn, ranking, config or self.config, self.epsilons)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    def __call__(self, ranking: Ranking) -> List[int]:
+        return [o.n for o in self.searches(ranking)]
+
+    def within(self, ranking: Ranking, length: int) -> Optional[List[SearchOutcome]]:
+        """The searches of ``ranking`` when every answer depends on its first ``length`` channels only
+        (``SearchOutcome.reach``), else None. ``first``/``linear`` look no further than ``length`` (a first
+        crossing there is the first crossing of the whole search); ``bisect`` searches in full."""
+        cfg = self.config
+        if cfg.strategy != "bisect" and length < min(cfg.max_neurons, len(ranking)):
+            limit = length // cfg.step * cfg.step  # the search's own candidates only (n = step, 2 step, ...)
+            out = self.searches(ranking, cfg.replace(max_neurons=limit)) if limit else []
+            return out if out and all(o.converged for o in out) else None
+        out = self.searches(ranking)
+        return out if max(o.reach for o in out) <= length else None
 
 
 def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,

@@ -43,7 +43,8 @@ for st in steps:
     n = st["neurons_masked"]
     d = len(set(names[:n]))
     their_curve.setdefault(d, (n, st["magnitude_increase"]))
-for strat in ("first", "linear", "bisect"):
+variants = [s + d for s in ("first", "linear", "bisect") for d in ("", "_bfloat16", "_float16")]
+for strat in variants:
     p = out / f"ours_{strat}{SUF}.json"
     if not p.exists():
         continue
@@ -66,6 +67,10 @@ for strat in ("first", "linear", "bisect"):
     head = min(50, len(distinct), len(ranked))
     print(f"   top-{head} distinct channels overlap: {len(set(ranked[:head]) & set(distinct[:head]))}/{head}")
     print(f"   curve points with the same masked set: {agree}; max |diff| {max(diffs) if diffs else float('nan'):.2e}")
+    if "stage1_certified" in r["stats"]:
+        c = r["stats"]["stage1_certified"]
+        print(f"   stage1 {c['dtype']}: certified {c['certified']} (length {c.get('length')}, margin {c.get('margin')}, "
+              f"calibration {c.get('calibration_s', 0):.2f} s{', fallback: ' + c['fallback'] if 'fallback' in c else ''})")
 for name in ("theirs_stage1", f"theirs_stage2{SUF}"):
     t = timing(name)
     print(f"{name}: wall {t[0]:.1f} s, peak RSS {t[1]:.2f} GB")

@@ -10,7 +10,8 @@
 # Their repository (MIT) is cloned at a pinned commit into $AUTHORS_DIR (default ~/.cache/achilles_fast/authors);
 # it is never copied into this repository. Offline: point AUTHORS_DIR at an existing checkout.
 # EPS=0.3: another epsilon (their Stage 1 output is reused); STRATEGIES="first linear bisect" (default: all three);
-# OUT=DIR for the outputs (default /tmp/paper_sidebyside/<tag>).
+# OUT=DIR for the outputs (default /tmp/paper_sidebyside/<tag>); STAGE1_DTYPES="float32 bfloat16": ours also with
+# the certified bf16 Stage 1 (`--stage1-dtype bfloat16`, outputs ours_<strategy>_bfloat16.*).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -44,8 +45,11 @@ $T theirs_stage2$SUF.time python "$HERE/run_authors.py" stage2 --model_path "$MO
    --neuron_file theirs_stage1.json --test_text "$TEXT" --step_size 1 --max_magnitude "$EPS" \
    --output_file theirs_stage2$SUF.json --log_file theirs_stage2$SUF.log > /dev/null 2>&1
 for S in ${STRATEGIES:-first linear bisect}; do
-  echo "== load: $(uptime)"
-  $T ours_$S$SUF.time achilles-fast find "$MODEL" --scope paper --k 100 --alpha 5 --epsilon "$EPS" --strategy "$S" \
-     --top-report 1000 --max-neurons 1000 --out ours_$S$SUF.json > ours_$S$SUF.log 2>&1 || true
+  for D in ${STAGE1_DTYPES:-float32}; do
+    if [ "$D" = float32 ]; then V=$S; X=(); else V=${S}_$D; X=(--stage1-dtype "$D"); fi
+    echo "== load: $(uptime)"
+    $T ours_$V$SUF.time achilles-fast find "$MODEL" --scope paper --k 100 --alpha 5 --epsilon "$EPS" --strategy "$S" \
+       --top-report 1000 --max-neurons 1000 "${X[@]}" --out ours_$V$SUF.json > ours_$V$SUF.log 2>&1 || true
+  done
 done
 python "$HERE/compare.py" "$OUT" "$SUF"

@@ -9,6 +9,7 @@ from torch import nn
 from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
+from ..certify import certify
 from ..ranking import EntryCount, Ranking, ranking_from_scores
 from ..stage1 import adaptive_ranking, check_scores, plan_groups, sensitivity_scores
 from . import Ranker, register_ranker
@@ -17,13 +18,14 @@ from . import Ranker, register_ranker
 class SensitivityRanker(Ranker):
     """Mean |f(x) - f(x + alpha eps)| over K noisy copies, ranked by ``config.ranking``. ``stats`` receives forward
     counts and chunk sizes of the last ``rank`` call. With ``k="auto"`` (``adaptive_ranking``) K stops on the
-    Stage 2 oracle given to ``use_stage2``."""
+    Stage 2 oracle given to ``use_stage2``; with ``stage1_dtype`` (fixed K) the low-precision ranking is kept only
+    where that oracle's answer is certified (``method.certify``), else Stage 1 runs again in the model's dtype."""
 
     timing_key = "stage1"
 
     def __init__(self, config, progress: bool = False):
         super().__init__(config, progress)
-        self.sizes_of = None  # k="auto": ranking -> critical-set size per epsilon (Stage 2)
+        self.sizes_of = None  # Stage2Oracle: ranking -> critical-set size per epsilon (k="auto", certification)
 
     def use_stage2(self, sizes_of) -> None:
         self.sizes_of = sizes_of
@@ -31,12 +33,30 @@ class SensitivityRanker(Ranker):
     def rank(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
         cfg = self.config
         if cfg.k == "auto":
+            if cfg.stage1_dtype is not None:
+                self.stats["stage1_certified"] = {"dtype": cfg.stage1_dtype, "certified": False,
+                                                  "fallback": "k='auto' is not certified (its own stopping rule)"}
             return self._rank_auto(model, targets, ids)
+        if cfg.stage1_dtype is None:
+            return self._rank_fixed(model, targets, ids, None)[0]
+        low, entries = self._rank_fixed(model, targets, ids, cfg.stage1_dtype)
+        cert = self.stats["stage1_certified"] = certify(model, targets, ids, cfg, low, entries, self.sizes_of)
+        if cert["certified"]:
+            return low
+        low_stats = {k: self.stats[k] for k in ("stage1_forwards", "stage1_chunks") if k in self.stats}
+        ranking = self._rank_fixed(model, targets, ids, None, " (again in the model's dtype)")[0]
+        cert["low_precision"] = low_stats
+        return ranking
+
+    def _rank_fixed(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, dtype, what: str = ""):
+        """Stage 1 with a fixed K under ``dtype`` autocast (None: the model's dtype) -> (Ranking, the per_token
+        entry counts or None)."""
+        cfg = self.config
         per_position = cfg.ranking != "mean"
         groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
         entries = EntryCount(cfg.max_neurons) if cfg.ranking == "per_token" else None
-        with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples", "sample", self.progress) as bar, \
-                autocast(model, cfg.stage1_dtype), torch.no_grad():
+        with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples" + what, "sample", self.progress) as bar, \
+                autocast(model, dtype), torch.no_grad():
             scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
                                         per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
                                         groups=groups, reduce_positions=True,
@@ -47,7 +67,7 @@ class SensitivityRanker(Ranker):
         ranking = check_scores(ranking_from_scores(targets, scores, cfg.ranking, cfg.max_neurons), cfg.alpha)
         if entries is not None:  # the paper's unit: per_token entries up to each channel
             ranking.info["paper_entries"] = entries.first_entries(ranking.scores)
-        return ranking
+        return ranking, entries
 
     def _rank_auto(self, model: nn.Module, targets: Sequence[Target], ids: torch.Tensor) -> Ranking:
         cfg = self.config
