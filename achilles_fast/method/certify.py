@@ -32,10 +32,9 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..models.devices import autocast
 from ..models.targets import Target
 from .ranking import EntryCount, Ranking
-from .stage1 import plan_groups, sensitivity_scores
+from .stage1 import lowp_forwards, plan_groups, sensitivity_scores
 
 SAFETY = 4.0  # margin = SAFETY x the largest calibration error (x4-40 the full-K error measured, module docstring)
 CALIBRATION_SAMPLES = 2  # noisy samples scored both ways (each costs one float32 sample per target group)
@@ -57,7 +56,7 @@ def calibration_error(model: nn.Module, targets: Sequence[Target], ids: torch.Te
             part = [targets[i] for i in group]
             one = [list(range(len(part)))]
             exact = sensitivity_scores(model, part, ids, groups=one, **kw)
-            with autocast(model, config.stage1_dtype):
+            with lowp_forwards(model, config.stage1_dtype):
                 low = sensitivity_scores(model, part, ids, groups=one, **kw)
             for a, b in zip(low, exact):  # [T, C] or [C] sums
                 d = float((a.float() - b.float()).abs().max())

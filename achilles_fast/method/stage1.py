@@ -12,18 +12,33 @@ MoE), the targets are split into groups and Stage 1 runs once per group, with th
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .. import ops
 from ..models.devices import autocast, embedding_device
+from ..models.lowp_weights import LowPrecisionWeights
 from ..models.targets import Target
 from .budget import auto_score_bytes, stage1_batch_tokens
 from .callbacks import between_forwards
 from .ranking import EntryCount, PositionMax, Ranking, Scores, ranking_from_scores
+
+
+@contextlib.contextmanager
+def lowp_forwards(model: nn.Module, dtype: Optional[str]) -> Iterator[None]:
+    """Stage 1's forwards in ``dtype`` ("bfloat16", "float16"; None: the model's own): autocast, with every float32
+    Linear weight swapped for one cast copy for the whole block (``LowPrecisionWeights``: the values autocast would
+    cast at every forward, cast once; the model's Parameters are back on exit, whatever happens)."""
+    if dtype is None or dtype == "float32":
+        yield
+        return
+    weights = LowPrecisionWeights(model, getattr(torch, dtype), auto_score_bytes(embedding_device(model)))
+    with autocast(model, dtype), weights.swapped():
+        yield
 
 
 class _StopForward(Exception):

@@ -14,7 +14,9 @@ from achilles_fast.method.config import FindConfig
 from achilles_fast.method.rankers import make_ranker
 from achilles_fast.method.ranking import EntryCount
 from achilles_fast.method.stage2 import PrefixNLL, Stage2Oracle
+from achilles_fast.method.stage1 import lowp_forwards, sensitivity_scores
 from achilles_fast.method.text import text_ids
+from achilles_fast.models.devices import autocast
 from achilles_fast.models.registry import discover_targets
 
 KW = dict(progress=False, top_report=5)
@@ -135,3 +137,22 @@ def test_no_oracle_and_k_auto_are_not_certified(stories):
     assert r.stats["stage1_certified"] == {"dtype": "bfloat16", "certified": False,
                                            "fallback": "k='auto' is not certified (its own stopping rule)"}
 
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_lowp_forwards_equal_autocast(stories, dtype):
+    """Stage 1 on cast weight copies: autocast's scores bit for bit (the same casts, made once), weights restored."""
+    model, tok = stories
+    snap = weights_snapshot(model)
+    ids, _ = text_ids(model, tok, None, None, 64)
+    targets = discover_targets(model, "paper")
+    with torch.no_grad():
+        with autocast(model, dtype):
+            ref = sensitivity_scores(model, targets, ids, k=3)
+        with lowp_forwards(model, dtype):
+            got = sensitivity_scores(model, targets, ids, k=3)
+        with pytest.raises(KeyboardInterrupt), lowp_forwards(model, dtype):
+            raise KeyboardInterrupt
+    assert_bit_identical(model, snap)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)

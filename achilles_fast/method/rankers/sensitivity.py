@@ -6,12 +6,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ...models.devices import autocast
 from ...models.targets import Target
 from ...utils import progress_bar
 from ..certify import certify
 from ..ranking import EntryCount, Ranking, ranking_from_scores
-from ..stage1 import adaptive_ranking, check_scores, plan_groups, sensitivity_scores
+from ..stage1 import adaptive_ranking, check_scores, lowp_forwards, plan_groups, sensitivity_scores
 from . import Ranker, register_ranker
 
 
@@ -56,7 +55,7 @@ class SensitivityRanker(Ranker):
         groups = plan_groups(model, targets, int(ids.numel()), per_position, cfg.max_score_mb)
         entries = EntryCount(cfg.max_neurons) if cfg.ranking == "per_token" else None
         with progress_bar(cfg.k * len(groups), "Stage 1: noisy samples" + what, "sample", self.progress) as bar, \
-                autocast(model, dtype), torch.no_grad():
+                lowp_forwards(model, dtype), torch.no_grad():
             scores = sensitivity_scores(model, targets, ids, k=cfg.k, alpha=cfg.alpha, seed=cfg.seed,
                                         per_position=per_position, max_batch_tokens=cfg.max_batch_tokens,
                                         groups=groups, reduce_positions=True,

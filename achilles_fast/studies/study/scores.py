@@ -15,21 +15,21 @@ from torch import nn
 
 from ...method.config import FindConfig
 from ...method.ranking import Ranking, Scores, ranking_from_scores
-from ...method.stage1 import plan_groups, sensitivity_scores
-from ...models.devices import autocast
+from ...method.stage1 import lowp_forwards, plan_groups, sensitivity_scores
 from ...models.targets import Target
 from ...utils import progress_bar
 
 
 def snapshot_scores(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, ks: Sequence[int],
                     config: FindConfig, progress: bool = False) -> Dict[int, List[Scores]]:
-    """Stage 1 (``config``: alpha, seed, ranking, memory budgets, stage1_dtype) up to max(ks) samples on ids [T]
+    """Stage 1 (``config``: alpha, seed, ranking, memory budgets, stage1_dtype: not certified here, the study
+    reports what each K gives) up to max(ks) samples on ids [T]
     -> {K: per-target scores} (``PositionMax`` for the per_token / max rankings, [C] means for ``mean``)."""
     per_position = config.ranking != "mean"
     T = int(ids.numel())
     groups = plan_groups(model, targets, T, per_position, config.max_score_mb)
     with progress_bar(max(ks) * len(groups), "Stage 1 (K grid): noisy samples", "sample", progress) as bar, \
-            autocast(model, config.stage1_dtype), torch.no_grad():
+            lowp_forwards(model, config.stage1_dtype), torch.no_grad():
         out = sensitivity_scores(model, targets, ids, alpha=config.alpha, seed=config.seed, per_position=per_position,
                                  max_batch_tokens=config.max_batch_tokens, groups=groups, reduce_positions=True,
                                  progress=bar.update if bar is not None else None, snapshots=ks)
