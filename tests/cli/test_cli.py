@@ -106,7 +106,8 @@ def test_bench_commands(tmp_path):
     assert r.returncode == 0 and "usage: achilles-fast bench e2e" in r.stdout
     assert cli("bench", "nope").returncode == 2
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    checkout_scripts = ("bench_kernels.py", "bench_find_critical.py", "paper_baseline.py", "cpu_ceilings.py")
+    checkout_scripts = ("bench_kernels.py", "bench_find_critical.py", "paper_baseline.py", "cpu_ceilings.py",
+                        "stage1_calibration.py")
     for script in checkout_scripts:  # checkout entry points
         r = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--help"], capture_output=True,
                            text=True, timeout=120)
