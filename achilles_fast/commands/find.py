@@ -105,6 +105,8 @@ def print_result(res) -> None:
     head.add_row("clean PPL", fmt_ppl(res.clean_nll))
     head.add_row("masked PPL", fmt_ppl(res.final_nll))
     head.add_row("log10 PPL ratio", "n/a" if res.log10_ratio is None else f"{res.log10_ratio:.4f} (epsilon {res.epsilon})")
+    if res.stage1_note():
+        head.add_row("Stage 1 dtype", res.stage1_note())
     head.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
     con.print(head)
     if res.neurons:

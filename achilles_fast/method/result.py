@@ -136,6 +136,8 @@ class CriticalResult:
             f"log10 PPL ratio  {_fmt(self.log10_ratio)}  (epsilon {self.epsilon})",
             "time             " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.stage1_note():
+            lines.insert(-1, f"Stage 1 dtype    {self.stage1_note()}")
         if self.neurons:
             lines.append("")
             lines.append(f"{'#':>4}  {'neuron':<44} {'layer':>5}  {'kind':<16} {'score':>10}")
@@ -146,6 +148,17 @@ class CriticalResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def stage1_note(self) -> Optional[str]:
+        """One line on a low-precision Stage 1 (``stage1_dtype``): certified or ranked again; None when off."""
+        c = self.stats.get("stage1_certified")
+        if not c:
+            return None
+        if c.get("certified"):
+            return f"{c['dtype']}, certified (the first {c['length']} channel(s) apart by > 2 x margin {c['margin']:.3g})"
+        if "fallback" in c:
+            return f"{c['dtype']} not certified ({c['fallback']}): ranked again in the model's dtype"
+        return f"{c['dtype']} ranking kept, not certified ({c.get('reason')})"
 
 
 def _fmt(x: Optional[float]) -> str:

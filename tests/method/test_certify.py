@@ -64,9 +64,11 @@ def test_bf16_stage1_gives_the_float32_answer(stories, scope, epsilon):
     assert c["margin"] == pytest.approx(cert.SAFETY * c["max_error"]) and c["max_error"] > 0
     if epsilon < 0.1:  # n = 1 on its first channel, which is 2 margins above the next: certified
         assert c["certified"] and c["sizes"] == [len(b.neurons)] and "fallback" not in c
+        assert "Stage 1 dtype    bfloat16, certified" in b.summary()
         assert b.top_ranked[0].score != a.top_ranked[0].score  # the bf16 scores are kept (rounded)
     else:  # hundreds of channels closer than the margin: Stage 1 again in float32
         assert not c["certified"] and c["fallback"]
+        assert "ranked again in the model's dtype" in b.summary()
         assert [n.score for n in b.top_ranked] == [n.score for n in a.top_ranked]
 
 
@@ -135,7 +137,8 @@ def test_no_oracle_and_k_auto_are_not_certified(stories):
     assert torch.equal(got.channels, exact.channels) and torch.equal(got.scores, exact.scores)
     r = af.find_critical(model, tok, k="auto", max_k=8, stage1_dtype="bfloat16", epsilon=0.03, **KW)
     assert r.stats["stage1_certified"] == {"dtype": "bfloat16", "certified": False,
-                                           "fallback": "k='auto' is not certified (its own stopping rule)"}
+                                           "reason": "k='auto' is not certified (its own stopping rule)"}
+    assert "bfloat16 ranking kept, not certified" in r.summary()
 
 
 

@@ -34,7 +34,7 @@ class SensitivityRanker(Ranker):
         if cfg.k == "auto":
             if cfg.stage1_dtype is not None:
                 self.stats["stage1_certified"] = {"dtype": cfg.stage1_dtype, "certified": False,
-                                                  "fallback": "k='auto' is not certified (its own stopping rule)"}
+                                                  "reason": "k='auto' is not certified (its own stopping rule)"}
             return self._rank_auto(model, targets, ids)
         if cfg.stage1_dtype is None:
             return self._rank_fixed(model, targets, ids, None)[0]
