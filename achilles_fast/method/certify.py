@@ -14,11 +14,11 @@ can reorder it:
    the next one's. A channel's score is the max (or mean) of its entries, so it moves by at most the entries'
    error, and these channels have the float32 ranking's order, the same channels in the same places.
 3. Stage 2's answer (``Stage2Oracle.within``: the first crossing n for ``first``/``linear``, searched no further
-   than that length; every evaluated prefix for ``bisect``) must lie within it, and for ``per_token`` the paper's entry count at each answer
-   must be settled (no entry of another channel within 2 margins of the answer's score). Then the run is the float32 run:
-   the same prefixes up to the answer, hence the same set and ratio (Stage 2 evaluates in the model's dtype;
-   a probe of `first` past the answer may evaluate another prefix). Otherwise
-   Stage 1 runs again in the model's dtype and that ranking is used (``fallback`` says why).
+   than that length; every evaluated prefix for ``bisect``) must lie within it, and for ``per_token`` the paper's
+   entry count at each answer must be settled (no entry of another channel within 2 margins of the answer's
+   score). Then the run is the float32 run: the same prefixes up to the answer, hence the same set and ratio
+   (Stage 2 evaluates in the model's dtype; a probe of ``first`` past the answer may evaluate another prefix).
+   Otherwise Stage 1 runs again in the model's dtype and that ranking is used (``fallback`` says why).
 
 What remains in the low dtype: the reported scores of the ranked channels and the order of the ranking past the
 certified length (``stats["stage1_certified"]``). k="auto" is not certified (it stops on its own rule).
@@ -101,8 +101,8 @@ def certify(model: nn.Module, targets: Sequence[Target], ids: torch.Tensor, conf
         out["sizes"] = sizes
         if searches is None:
             reason = f"Stage 2's answer depends on more than the {length} certified channel(s)"
-        elif entries is not None and not all(entries.settled(ranking.channels[n - 1], ranking.scores[n - 1], 2 * margin)
-                                                        for n in sizes):
+        elif entries is not None and not all(
+                entries.settled(ranking.channels[n - 1], ranking.scores[n - 1], 2 * margin) for n in sizes):
             reason = "the paper's entry count at the answer has other entries within 2 margins"
     out["certified"] = reason is None
     if reason is not None:

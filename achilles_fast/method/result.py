@@ -155,7 +155,8 @@ class CriticalResult:
         if not c:
             return None
         if c.get("certified"):
-            return f"{c['dtype']}, certified (the first {c['length']} channel(s) apart by > 2 x margin {c['margin']:.3g})"
+            return (f"{c['dtype']}, certified (the first {c['length']} channel(s) apart by > 2 x margin "
+                    f"{c['margin']:.3g})")
         if "fallback" in c:
             return f"{c['dtype']} not certified ({c['fallback']}): ranked again in the model's dtype"
         return f"{c['dtype']} ranking kept, not certified ({c.get('reason')})"

@@ -31,12 +31,14 @@ from .ranking import EntryCount, PositionMax, Ranking, Scores, ranking_from_scor
 @contextlib.contextmanager
 def lowp_forwards(model: nn.Module, dtype: Optional[str]) -> Iterator[None]:
     """Stage 1's forwards in ``dtype`` ("bfloat16", "float16"; None: the model's own): autocast, with every float32
-    Linear weight swapped for one cast copy for the whole block (``LowPrecisionWeights``: the values autocast would
-    cast at every forward, cast once; the model's Parameters are back on exit, whatever happens)."""
+    Linear weight but the LM head swapped for one cast copy for the whole block (``LowPrecisionWeights``: the values
+    autocast would cast at every forward, cast once; the model's Parameters are back on exit, whatever happens)."""
     if dtype is None or dtype == "float32":
         yield
         return
-    weights = LowPrecisionWeights(model, getattr(torch, dtype), auto_score_bytes(embedding_device(model)))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weights = LowPrecisionWeights(model, getattr(torch, dtype), auto_score_bytes(embedding_device(model)),
+                                  skip=[head] if head is not None else [])  # Stage 1 stops before the head
     with autocast(model, dtype), weights.swapped():
         yield
 

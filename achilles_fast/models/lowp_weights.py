@@ -13,7 +13,7 @@ context) is copied again at the next swap, so a copy is never stale.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,10 +25,12 @@ from .devices import offloaded
 class LowPrecisionWeights:
     """bf16/fp16 copies of the float32 ``nn.Linear`` weights of ``model`` (tied weights copied once)."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, budget_bytes: int):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, budget_bytes: int, skip: Sequence[nn.Module] = ()):
+        """``skip``: modules left as they are (e.g. an LM head that Stage 1 never runs)."""
         self.dtype = dtype
         self.modules: List[nn.Linear] = [m for m in model.modules() if isinstance(m, nn.Linear)
-                                         and m.weight.dtype == torch.float32 and not offloaded(m)]
+                                         and m.weight.dtype == torch.float32 and not offloaded(m)
+                                         and not any(m is x for x in skip)]
         self._copies: Dict[int, Tuple[int, int, nn.Parameter]] = {}  # id(weight) -> (version, data_ptr, copy)
         self.reason: Optional[str] = None
         unique = {id(m.weight): m.weight for m in self.modules}.values()

@@ -69,8 +69,9 @@ for strat in variants:
     print(f"   curve points with the same masked set: {agree}; max |diff| {max(diffs) if diffs else float('nan'):.2e}")
     if "stage1_certified" in r["stats"]:
         c = r["stats"]["stage1_certified"]
-        print(f"   stage1 {c['dtype']}: certified {c['certified']} (length {c.get('length')}, margin {c.get('margin')}, "
-              f"calibration {c.get('calibration_s', 0):.2f} s{', fallback: ' + c['fallback'] if 'fallback' in c else ''})")
+        why = f", fallback: {c['fallback']}" if "fallback" in c else ""
+        print(f"   stage1 {c['dtype']}: certified {c['certified']} (length {c.get('length')}, margin "
+              f"{c.get('margin')}, calibration {c.get('calibration_s', 0):.2f} s{why})")
 for name in ("theirs_stage1", f"theirs_stage2{SUF}"):
     t = timing(name)
     print(f"{name}: wall {t[0]:.1f} s, peak RSS {t[1]:.2f} GB")
