@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_suite.sh [OUTDIR] [STEP ...]
 # STEP: setup, tests, kernels, e2e-smollm2 (fp32), e2e-smollm2-bf16, e2e-llama3-8b, incremental (Stage 2 from the first
 # changed layer, batched: 16 candidates per forward, on vs off), stage2-dtype (bf16 prefixes vs fp32: same sets,
-# Stage 2 seconds; default: all, in that order). The device tool allows
+# Stage 2 seconds), stage1-dtype (the certified bf16 Stage 1 vs fp32: same answers, certified or not, seconds;
+# default: all, in that order). The device tool allows
 # 600 s per command: run `setup tests kernels` in one call and each e2e step in its own (prefixed by `setup` when
 # the machine went cold between calls: it keeps build outputs only while warm).
 # setup builds the CUDA ops (`pip install --no-build-isolation --no-deps -e .`, ACHILLES_FAST_BUILD_CUDA=1); if that
@@ -12,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/achilles_gpu}}
 shift || true
-STEPS=${*:-setup tests kernels e2e-smollm2 e2e-smollm2-bf16 e2e-llama3-8b incremental stage2-dtype}
+STEPS=${*:-setup tests kernels e2e-smollm2 e2e-smollm2-bf16 e2e-llama3-8b incremental stage2-dtype stage1-dtype}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
@@ -44,7 +45,10 @@ for step in $STEPS; do
     stage2-dtype)
       python3 benchmarks/stage2_dtype_agreement.py --models stories,smollm2 --device cuda \
         --out "$OUT/stage2_dtype_cuda.json" 2>&1 | tee "$OUT/stage2_dtype_cuda.log" | tail -12 ;;
-    *) echo "unknown step $step (setup, tests, kernels, e2e-smollm2, e2e-smollm2-bf16, e2e-llama3-8b, incremental, stage2-dtype)"
+    stage1-dtype)
+      python3 benchmarks/stage2_dtype_agreement.py --stage 1 --models stories,smollm2 --device cuda \
+        --out "$OUT/stage1_dtype_cuda.json" 2>&1 | tee "$OUT/stage1_dtype_cuda.log" | tail -12 ;;
+    *) echo "unknown step $step (setup, tests, kernels, e2e-smollm2, e2e-smollm2-bf16, e2e-llama3-8b, incremental, stage2-dtype, stage1-dtype)"
        exit 2 ;;
   esac
 done
