@@ -65,8 +65,6 @@ class SearchOutcome:
     evaluations: int  # number of (prefix, text) evaluations
     batches: int  # calls of ``evaluate`` (one batched forward each when the batch fits the token budget)
     verified: bool  # the point n - step was evaluated and does not cross
-    reach: int = 0  # the answer depends on the ranking's first ``reach`` channels only (``first``/``linear``: a
-    # first crossing, n; otherwise every evaluated prefix counts: the largest)
 
 
 def _grid(max_n: int, step: int) -> List[int]:
@@ -155,10 +153,9 @@ def greedy_search(evaluate: Callable[[Sequence[int]], List[float]], nll_clean: f
     pos = grid.index(n) if n else -1
     prev = grid[pos - 1] if pos > 0 else None
     verified = bool(n) and (pos == 0 or (prev in curve and not crosses(prev)))
-    reach = n if n and strategy != "bisect" else max(curve, default=0)
     return SearchOutcome(n=n, converged=found is not None, curve=dict(sorted(curve.items())),
                          nll=dict(sorted(nlls.items())), evaluations=counts["evals"], batches=counts["batches"],
-                         verified=verified, reach=reach)
+                         verified=verified)
 
 
 class PrefixNLL:
@@ -307,16 +304,16 @@ class Stage2Oracle:
         return [o.n for o in self.searches(ranking)]
 
     def within(self, ranking: Ranking, length: int) -> Optional[List[SearchOutcome]]:
-        """The searches of ``ranking`` when every answer depends on its first ``length`` channels only
-        (``SearchOutcome.reach``), else None. ``first``/``linear`` look no further than ``length`` (a first
-        crossing there is the first crossing of the whole search); ``bisect`` searches in full."""
+        """The searches of ``ranking`` when every answer depends on its first ``length`` channels only, else None.
+        ``first``/``linear`` look no further than ``length`` (a first crossing there is the first crossing of the
+        whole search); ``bisect`` searches in full, and every prefix it evaluated must lie within ``length``."""
         cfg = self.config
         if cfg.strategy != "bisect" and length < min(cfg.max_neurons, len(ranking)):
             limit = length // cfg.step * cfg.step  # the search's own candidates only (n = step, 2 step, ...)
             out = self.searches(ranking, cfg.replace(max_neurons=limit)) if limit else []
             return out if out and all(o.converged for o in out) else None
         out = self.searches(ranking)
-        return out if max(o.reach for o in out) <= length else None
+        return out if max(max(o.curve, default=0) for o in out) <= length else None
 
 
 def search_ranking(model: nn.Module, ranking: Ranking, eval_ids: torch.Tensor, config: FindConfig, *,
